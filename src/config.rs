@@ -1,0 +1,210 @@
+//! Start-up configuration: who the module is, where edgeHub is, how it proves its identity.
+//!
+//! Resolved once from the environment (and `--mqtt-url`) into a [`Config`]; anything missing or
+//! malformed is a [`ConfigError`] that names the variable and what is wrong, and the binary exits
+//! with code 2. Sources, as in the official SDKs (contract §4–5):
+//!
+//! - `EdgeHubConnectionString` (`HostName=…;GatewayHostName=…;DeviceId=…;ModuleId=…;
+//!   SharedAccessKey=…`), as written by the IoT Edge hub dev tool, with
+//!   `EdgeModuleCACertificateFile` as the CA that edgeHub's certificate chains to;
+//! - `EDGEFILTER_MQTT_URL` / `--mqtt-url` (`mqtt://host:port` plain TCP, `mqtts://host:port`
+//!   TLS), which overrides where the connection goes, for local brokers;
+//! - `EDGEFILTER_TOKEN_TTL_SECS`: the SAS token lifetime, 3600 s by default like the SDKs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::settings::{self, Settings};
+use crate::topic::ModuleId;
+
+/// What the module needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub identity: Identity,
+    pub endpoint: Endpoint,
+    pub credentials: Credentials,
+    pub token_ttl: Duration,
+    /// Settings from the environment over the defaults: the base the twin applies to.
+    pub settings: Settings,
+}
+
+/// The module identity and the IoT Hub it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The IoT Hub hostname: used in the username and the token's audience, never dialled.
+    pub hub_hostname: String,
+    pub module: ModuleId,
+}
+
+/// Where the MQTT connection goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Trust>,
+}
+
+/// Which certificate authorities the server certificate must chain to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// A PEM file (`EdgeModuleCACertificateFile`).
+    CaFile(PathBuf),
+    /// The operating system's roots.
+    SystemRoots,
+}
+
+/// How SAS tokens are signed.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A shared access key held by the module.
+    Key(Vec<u8>),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Key(_) => f.write_str("Key(<redacted>)"),
+        }
+    }
+}
+
+/// A configuration problem: the variable, and what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { variable, problem: problem.into() }
+}
+
+const CONNECTION_STRING: &str = "EdgeHubConnectionString";
+const CA_FILE: &str = "EdgeModuleCACertificateFile";
+const MQTT_URL: &str = "EDGEFILTER_MQTT_URL";
+const TOKEN_TTL: &str = "EDGEFILTER_TOKEN_TTL_SECS";
+
+/// The fields of a connection string.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConnectionString {
+    pub host_name: String,
+    pub gateway_host_name: Option<String>,
+    pub device_id: String,
+    pub module_id: String,
+    pub shared_access_key: String,
+}
+
+/// Parses `Key=value;Key=value`. Values may contain `=` (base64 keys end in it).
+pub fn parse_connection_string(s: &str) -> Result<ConnectionString, ConfigError> {
+    let mut cs = ConnectionString::default();
+    let mut seen_module = false;
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| err(CONNECTION_STRING, format!("`{}` is not Key=value", redact(part))))?;
+        match k {
+            "HostName" => cs.host_name = v.to_string(),
+            "GatewayHostName" => cs.gateway_host_name = Some(v.to_string()),
+            "DeviceId" => cs.device_id = v.to_string(),
+            "ModuleId" => {
+                cs.module_id = v.to_string();
+                seen_module = true;
+            }
+            "SharedAccessKey" => cs.shared_access_key = v.to_string(),
+            "SharedAccessKeyName" | "SharedAccessSignature" | "x509" => {
+                return Err(err(CONNECTION_STRING, format!("{k} is not supported: use a module's SharedAccessKey")))
+            }
+            other => return Err(err(CONNECTION_STRING, format!("unknown key {other}"))),
+        }
+    }
+    for (name, value) in [("HostName", &cs.host_name), ("DeviceId", &cs.device_id), ("SharedAccessKey", &cs.shared_access_key)] {
+        if value.is_empty() {
+            return Err(err(CONNECTION_STRING, format!("{name} is missing")));
+        }
+    }
+    if !seen_module || cs.module_id.is_empty() {
+        return Err(err(CONNECTION_STRING, "ModuleId is missing: this is a device connection string, a module's is needed"));
+    }
+    Ok(cs)
+}
+
+fn redact(part: &str) -> &str {
+    part.split_once('=').map_or(part, |(k, _)| k)
+}
+
+/// Parses `mqtt://host:port` or `mqtts://host:port`.
+pub fn parse_mqtt_url(url: &str, trust: Trust) -> Result<Endpoint, String> {
+    let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (Some(trust), r, 8883)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (None, r, 1883)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| format!("{url:?} has an invalid port {p:?}"))?)
+        }
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?} has no valid host"));
+    }
+    Ok(Endpoint { host: host.to_string(), port, tls })
+}
+
+/// Resolves the configuration from environment variables (`lookup`) and an optional `--mqtt-url`.
+pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&str>) -> Result<Config, ConfigError> {
+    let raw = lookup(CONNECTION_STRING)
+        .ok_or_else(|| err(CONNECTION_STRING, "not set: the module needs its identity (HostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…)"))?;
+    let cs = parse_connection_string(&raw)?;
+    let key = crate::sas::decode_key(&cs.shared_access_key)
+        .map_err(|_| err(CONNECTION_STRING, "SharedAccessKey is not valid base64"))?;
+
+    let trust = match lookup(CA_FILE).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(err(CA_FILE, format!("{} is not a readable file", path.display())));
+            }
+            Trust::CaFile(path)
+        }
+        None => Trust::SystemRoots,
+    };
+    let endpoint = match mqtt_url_flag.map(str::to_string).or_else(|| lookup(MQTT_URL)) {
+        Some(url) => parse_mqtt_url(&url, trust).map_err(|p| err(MQTT_URL, p))?,
+        None => Endpoint {
+            host: cs.gateway_host_name.clone().unwrap_or_else(|| cs.host_name.clone()),
+            port: 8883,
+            tls: Some(trust),
+        },
+    };
+    let token_ttl = match lookup(TOKEN_TTL) {
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if (10..=86_400 * 365).contains(&secs) => Duration::from_secs(secs),
+            _ => return Err(err(TOKEN_TTL, format!("expected whole seconds from 10 to 31536000, got {v:?}"))),
+        },
+        None => Duration::from_secs(3600),
+    };
+    let settings = settings::from_env(&lookup).map_err(|problem| {
+        let variable = settings::names().find(|n| problem.starts_with(n)).unwrap_or("settings");
+        err(variable, problem.split_once(": ").map_or(problem.clone(), |(_, p)| p.to_string()))
+    })?;
+    Ok(Config {
+        identity: Identity { hub_hostname: cs.host_name, module: ModuleId::new(cs.device_id, cs.module_id) },
+        endpoint,
+        credentials: Credentials::Key(key),
+        token_ttl,
+        settings,
+    })
+}

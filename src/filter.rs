@@ -1,0 +1,85 @@
+//! The filter's decision: does this message alert, and what does the alert look like.
+//!
+//! The tutorial's rule, unchanged: a message on `input1` alerts when `machine.temperature` is
+//! strictly greater than `TemperatureThreshold`; the alert is the same body, the same properties
+//! plus `MessageType=Alert`, sent to `output1`. Everything else is dropped, with a reason.
+
+use crate::scan::{scan, Malformed, Missing, Scan};
+use crate::topic::Properties;
+
+/// The input the filter reads.
+pub const INPUT: &str = "input1";
+/// The output alerts go to.
+pub const OUTPUT: &str = "output1";
+
+/// What happens to one message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// Forward as an alert.
+    Alert,
+    /// Dropped, for this reason.
+    Drop(Reason),
+}
+
+/// Why a message is not an alert. One name per reason in logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A valid temperature at or below the threshold: the normal case.
+    BelowThreshold,
+    /// A message on another input than `input1`.
+    UnknownInput,
+    /// A topic whose property bag cannot be read.
+    BadPropertyBag,
+    Missing(Missing),
+    Malformed(Malformed),
+}
+
+impl Reason {
+    /// The reason's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::BelowThreshold => "below_threshold",
+            Reason::UnknownInput => "unknown_input",
+            Reason::BadPropertyBag => "bad_property_bag",
+            Reason::Missing(m) => m.name(),
+            Reason::Malformed(m) => m.name(),
+        }
+    }
+
+    /// Every reason, for metrics that list them all.
+    pub const ALL: [Reason; 12] = [
+        Reason::BelowThreshold,
+        Reason::UnknownInput,
+        Reason::BadPropertyBag,
+        Reason::Missing(Missing::NotAnObject),
+        Reason::Missing(Missing::NoMachine),
+        Reason::Missing(Missing::MachineNotAnObject),
+        Reason::Missing(Missing::NoTemperature),
+        Reason::Missing(Missing::TemperatureNotANumber),
+        Reason::Malformed(Malformed::InvalidUtf8),
+        Reason::Malformed(Malformed::InvalidJson),
+        Reason::Malformed(Malformed::NumberOutOfRange),
+        Reason::Malformed(Malformed::TooDeep),
+    ];
+
+    /// Index into [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Decides a body against the threshold.
+pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
+    match scan(body) {
+        Scan::Temperature(t) if t > temperature_threshold => Decision::Alert,
+        Scan::Temperature(_) => Decision::Drop(Reason::BelowThreshold),
+        Scan::Missing(m) => Decision::Drop(Reason::Missing(m)),
+        Scan::Malformed(m) => Decision::Drop(Reason::Malformed(m)),
+    }
+}
+
+/// The properties of the alert made from a message with `properties`.
+pub fn alert_properties(mut properties: Properties) -> Properties {
+    properties.set("MessageType", "Alert");
+    properties
+}

@@ -1,0 +1,173 @@
+//! Settings: the module's tunables, typed and validated in one place.
+//!
+//! Every setting has one name, used alike in the module twin's desired properties, the
+//! environment, the reported properties, the logs and the metrics. A value resolves, in order of
+//! precedence, from the twin, then the environment variable of the same name, then the built-in
+//! default (as iotedge's TemperatureFilter does). A twin value that is the wrong type, not finite
+//! or out of range is rejected: the previous value stays, and the rejection is logged and
+//! reported under `RejectedSettings`. Setting a desired property to `null` removes it, so the
+//! value falls back to the environment or default. Unknown desired properties are ignored.
+//!
+//! All of this is pure: JSON in, settings and rejections out.
+
+use serde_json::{Map, Value};
+
+/// The effective settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// A message alerts when `machine.temperature` is strictly greater than this.
+    pub temperature_threshold: f64,
+}
+
+/// One setting's name, range and how it lives in [`Settings`].
+struct Spec {
+    name: &'static str,
+    min: f64,
+    max: f64,
+    integer: bool,
+    get: fn(&Settings) -> f64,
+    set: fn(&mut Settings, f64),
+}
+
+const SPECS: &[Spec] = &[Spec {
+    name: "TemperatureThreshold",
+    min: -1.0e6,
+    max: 1.0e6,
+    integer: false,
+    get: |s| s.temperature_threshold,
+    set: |s, v| s.temperature_threshold = v,
+}];
+
+/// The names of all settings, as they appear in the twin and the environment.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SPECS.iter().map(|s| s.name)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { temperature_threshold: 25.0 }
+    }
+}
+
+/// A rejected value: which setting, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// The outcome of applying desired properties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub settings: Settings,
+    /// The names whose effective value changed.
+    pub changed: Vec<&'static str>,
+    pub rejected: Vec<Rejection>,
+}
+
+/// How desired properties arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The `desired` section of a full twin: a setting that is absent falls back to its base.
+    FullTwin,
+    /// A patch: a setting that is absent keeps its current value.
+    Patch,
+}
+
+/// Settings from the environment (`TemperatureThreshold=30`) over the defaults. Invalid values
+/// are an error naming the variable: the module must not start on a misconfiguration.
+pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    let mut settings = Settings::default();
+    for spec in SPECS {
+        if let Some(raw) = lookup(spec.name) {
+            let value = raw
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{}: expected a number, got {raw:?}", spec.name))
+                .and_then(|v| check(spec, v).map_err(|e| format!("{}: {e}", spec.name)))?;
+            (spec.set)(&mut settings, value);
+        }
+    }
+    Ok(settings)
+}
+
+/// Applies desired properties to `current`. `base` is what a removed or absent setting falls
+/// back to (the environment over the defaults).
+pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, Value>, source: Source) -> Applied {
+    let mut next = *current;
+    let mut rejected = Vec::new();
+    for spec in SPECS {
+        let value = match (desired.get(spec.name), source) {
+            (None, Source::Patch) => continue,
+            (None | Some(Value::Null), _) => (spec.get)(base),
+            (Some(v), _) => match parse(spec, v) {
+                Ok(v) => v,
+                Err(reason) => {
+                    rejected.push(Rejection { name: spec.name, reason });
+                    continue;
+                }
+            },
+        };
+        (spec.set)(&mut next, value);
+    }
+    let changed = SPECS
+        .iter()
+        .filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits())
+        .map(|s| s.name)
+        .collect();
+    Applied { settings: next, changed, rejected }
+}
+
+fn parse(spec: &Spec, v: &Value) -> Result<f64, String> {
+    let n = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not representable"))?,
+        other => return Err(format!("expected a number, got {}", type_name(other))),
+    };
+    check(spec, n)
+}
+
+fn check(spec: &Spec, n: f64) -> Result<f64, String> {
+    if !n.is_finite() {
+        return Err(format!("{n} is not a finite number"));
+    }
+    if spec.integer && n.fract() != 0.0 {
+        return Err(format!("expected a whole number, got {n}"));
+    }
+    if n < spec.min || n > spec.max {
+        return Err(format!("{n} is out of range {}..={}", spec.min, spec.max));
+    }
+    Ok(n)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The reported-properties patch: the effective settings, and under `RejectedSettings` the reason
+/// for each setting whose last desired value was refused (`null`, which removes the entry, for
+/// the others).
+pub fn reported(settings: &Settings, rejected: &[Rejection]) -> Value {
+    let mut out = Map::new();
+    let mut rejections = Map::new();
+    for spec in SPECS {
+        let v = (spec.get)(settings);
+        let v = if spec.integer { Value::from(v as i64) } else { Value::from(v) };
+        out.insert(spec.name.to_string(), v);
+        let reason = rejected.iter().find(|r| r.name == spec.name).map(|r| Value::from(r.reason.clone()));
+        rejections.insert(spec.name.to_string(), reason.unwrap_or(Value::Null));
+    }
+    out.insert("RejectedSettings".to_string(), Value::Object(rejections));
+    Value::Object(out)
+}
+
+/// The `$version` of a desired section or patch, when present.
+pub fn desired_version(desired: &Map<String, Value>) -> Option<u64> {
+    desired.get("$version").and_then(Value::as_u64)
+}

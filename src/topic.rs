@@ -1,0 +1,307 @@
+//! Topics and property bags: how a message's properties ride in an MQTT topic name.
+//!
+//! edgeHub has no MQTT 5 user properties to work with, so IoT Hub's MQTT dialect appends the
+//! message's properties to the topic as a URL-encoded `k=v&k=v` bag (contract §2):
+//!
+//! - inbound to a module: `devices/{d}/modules/{m}/inputs/{input}/{bag}`, the bag holding the
+//!   application properties first and then the system properties under their wire names;
+//! - outbound from a module: `devices/{d}/modules/{m}/messages/events/{bag}`, the output name
+//!   riding as `$.on`, in the Python SDK's order (`$.on,$.mid,$.cid,$.uid,$.ct,$.ce,$.exp`, then
+//!   the application properties sorted by key).
+//!
+//! Everything here is pure string work, shared by the module, the embedded hub and the tools.
+
+use std::fmt::Write as _;
+
+/// A module identity as edgeHub knows it: the MQTT client id is `{device_id}/{module_id}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleId {
+    pub device_id: String,
+    pub module_id: String,
+}
+
+impl ModuleId {
+    pub fn new(device_id: impl Into<String>, module_id: impl Into<String>) -> Self {
+        ModuleId { device_id: device_id.into(), module_id: module_id.into() }
+    }
+
+    /// The MQTT client id edgeHub requires.
+    pub fn client_id(&self) -> String {
+        format!("{}/{}", self.device_id, self.module_id)
+    }
+
+    /// The filter that receives every input of this module (the Python SDK's form).
+    pub fn inputs_filter(&self) -> String {
+        format!("devices/{}/modules/{}/inputs/#", self.device_id, self.module_id)
+    }
+
+    /// The prefix of the topic edgeHub delivers input `input` on.
+    pub fn input_topic(&self, input: &str, bag: &str) -> String {
+        let mut t = format!("devices/{}/modules/{}/inputs/{}", self.device_id, self.module_id, quote(input));
+        if !bag.is_empty() {
+            t.push('/');
+            t.push_str(bag);
+        }
+        t
+    }
+
+    /// The topic a module sends output messages on, with its property bag.
+    pub fn events_topic(&self, bag: &str) -> String {
+        format!("devices/{}/modules/{}/messages/events/{}", self.device_id, self.module_id, bag)
+    }
+}
+
+/// The twin response subscription.
+pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
+/// The desired-properties patch subscription.
+pub const TWIN_DESIRED_PATCHES: &str = "$iothub/twin/PATCH/properties/desired/#";
+const TWIN_RES_PREFIX: &str = "$iothub/twin/res/";
+const TWIN_DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
+
+/// The topic of a full twin request.
+pub fn twin_get(rid: &str) -> String {
+    format!("$iothub/twin/GET/?$rid={rid}")
+}
+
+/// The topic of a reported-properties patch.
+pub fn twin_reported(rid: &str) -> String {
+    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+}
+
+/// The topic of a twin response, as edgeHub sends it (no `$version`).
+pub fn twin_response(status: u16, rid: &str) -> String {
+    format!("{TWIN_RES_PREFIX}{status}/?$rid={rid}")
+}
+
+/// The topic of a desired-properties patch pushed to a module.
+pub fn twin_desired_patch(version: u64) -> String {
+    format!("{TWIN_DESIRED_PREFIX}?$version={version}")
+}
+
+/// A topic a module receives, classified.
+#[derive(Debug, PartialEq)]
+pub enum Inbound<'a> {
+    /// A message on one of the module's inputs.
+    Input { input: String, properties: Properties },
+    /// A response to a twin request: status and request id.
+    TwinResponse { status: u16, rid: &'a str },
+    /// A desired-properties patch.
+    DesiredPatch,
+    /// Something the module does not handle (methods, C2D, another module's topics).
+    Other,
+}
+
+/// Why an input topic could not be read.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum TopicError {
+    /// A bag entry without `=`: the Python SDK fails on it too.
+    BagEntryWithoutValue,
+    /// A twin response topic without a numeric status or a `$rid`.
+    BadTwinResponse,
+}
+
+impl TopicError {
+    /// The reason's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicError::BagEntryWithoutValue => "bad_property_bag",
+            TopicError::BadTwinResponse => "bad_twin_response",
+        }
+    }
+}
+
+/// Classifies a topic that arrived at module `id`.
+pub fn classify<'a>(id: &ModuleId, topic: &'a str) -> Result<Inbound<'a>, TopicError> {
+    if let Some(rest) = topic.strip_prefix(TWIN_RES_PREFIX) {
+        let (status, query) = rest.split_once('/').ok_or(TopicError::BadTwinResponse)?;
+        let status = status.parse().map_err(|_| TopicError::BadTwinResponse)?;
+        let rid = query_param(query, "$rid").ok_or(TopicError::BadTwinResponse)?;
+        return Ok(Inbound::TwinResponse { status, rid });
+    }
+    if topic.starts_with(TWIN_DESIRED_PREFIX) {
+        return Ok(Inbound::DesiredPatch);
+    }
+    let Some(rest) = topic
+        .strip_prefix("devices/")
+        .and_then(|t| t.strip_prefix(id.device_id.as_str()))
+        .and_then(|t| t.strip_prefix("/modules/"))
+        .and_then(|t| t.strip_prefix(id.module_id.as_str()))
+        .and_then(|t| t.strip_prefix("/inputs/"))
+    else {
+        return Ok(Inbound::Other);
+    };
+    let (input, bag) = rest.split_once('/').unwrap_or((rest, ""));
+    let properties = Properties::from_bag(bag)?;
+    Ok(Inbound::Input { input: unquote(input), properties })
+}
+
+/// The value of `key` in a `?k=v&…` query (the part after the last `/` of a twin topic).
+pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    let query = query.strip_prefix('?').unwrap_or(query);
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+/// A message's properties as the Python SDK holds them: the system properties it maps to message
+/// fields, and everything else as application (custom) properties, in bag order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Properties {
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub user_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub expiry_time_utc: Option<String>,
+    /// `$.cdid` and `$.cmid`: the sender edgeHub names. Not forwarded: they describe the hop.
+    pub connection_device_id: Option<String>,
+    pub connection_module_id: Option<String>,
+    pub application: Vec<(String, String)>,
+}
+
+/// System properties edgeHub sends that describe the inbound hop and are not forwarded on an
+/// alert (the Python SDK drops `$.to`; the rest are the sender's identity and delivery details).
+const HOP_PROPERTIES: [&str; 8] = ["$.to", "ack", "iothub-ack", "iothub-operation", "$.ctime", "$.on", "$.schema", "$.sub"];
+
+impl Properties {
+    /// Reads an inbound bag (`k=v&…`, URL-encoded) the way the Python SDK does.
+    pub fn from_bag(bag: &str) -> Result<Properties, TopicError> {
+        let mut p = Properties::default();
+        for (key, value) in parse_bag(bag)? {
+            let slot = match key.as_str() {
+                "$.mid" => &mut p.message_id,
+                "$.cid" => &mut p.correlation_id,
+                "$.uid" => &mut p.user_id,
+                "$.ct" => &mut p.content_type,
+                "$.ce" => &mut p.content_encoding,
+                "$.exp" => &mut p.expiry_time_utc,
+                "$.cdid" => &mut p.connection_device_id,
+                "$.cmid" => &mut p.connection_module_id,
+                k if HOP_PROPERTIES.contains(&k) => continue,
+                _ => {
+                    p.application.push((key, value));
+                    continue;
+                }
+            };
+            *slot = Some(value);
+        }
+        Ok(p)
+    }
+
+    /// Sets an application property, replacing an existing one of the same key.
+    pub fn set(&mut self, key: &str, value: &str) {
+        match self.application.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => self.application.push((key.to_string(), value.to_string())),
+        }
+    }
+
+    /// The application property `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.application.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The outbound bag for output `output`, in the Python SDK's order.
+    pub fn to_output_bag(&self, output: &str) -> String {
+        let mut bag = String::with_capacity(128);
+        push_pair(&mut bag, "$.on", output);
+        let system = [
+            ("$.mid", &self.message_id),
+            ("$.cid", &self.correlation_id),
+            ("$.uid", &self.user_id),
+            ("$.ct", &self.content_type),
+            ("$.ce", &self.content_encoding),
+            ("$.exp", &self.expiry_time_utc),
+        ];
+        for (key, value) in system {
+            if let Some(v) = value {
+                push_pair(&mut bag, key, v);
+            }
+        }
+        let mut application: Vec<&(String, String)> = self.application.iter().collect();
+        application.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in application {
+            push_pair(&mut bag, k, v);
+        }
+        bag
+    }
+}
+
+/// Splits a URL-encoded bag into decoded pairs, in order. An empty bag has no pairs.
+pub fn parse_bag(bag: &str) -> Result<Vec<(String, String)>, TopicError> {
+    let bag = bag.strip_suffix('/').unwrap_or(bag);
+    if bag.is_empty() {
+        return Ok(Vec::new());
+    }
+    bag.split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').ok_or(TopicError::BagEntryWithoutValue)?;
+            Ok((unquote(k), unquote(v)))
+        })
+        .collect()
+}
+
+/// Encodes pairs as a bag, in the order given.
+pub fn encode_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut bag = String::new();
+    for (k, v) in pairs {
+        push_pair(&mut bag, k, v);
+    }
+    bag
+}
+
+fn push_pair(bag: &mut String, key: &str, value: &str) {
+    if !bag.is_empty() {
+        bag.push('&');
+    }
+    quote_into(bag, key);
+    bag.push('=');
+    quote_into(bag, value);
+}
+
+/// Python's `urllib.parse.quote(s, safe="")`: every byte but `A-Za-z0-9_.-~` as `%XX`.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    quote_into(&mut out, s);
+    out
+}
+
+fn quote_into(out: &mut String, s: &str) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Python's `urllib.parse.unquote`: valid `%XX` escapes decoded, anything else kept literally,
+/// `+` kept, invalid UTF-8 replaced with U+FFFD.
+pub fn unquote(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
