@@ -102,17 +102,16 @@ impl<P: Clone> Delivery<P> {
         }
     }
 
-    /// The hub acknowledged the publish with this packet id.
-    pub fn confirmed(&mut self, pkid: u16) {
-        if let Some(id) = self.by_pkid.remove(&pkid) {
-            self.alerts.remove(&id);
-        }
+    /// The hub acknowledged the publish with this packet id; true when it was an alert.
+    pub fn confirmed(&mut self, pkid: u16) -> bool {
+        let alert = self.by_pkid.remove(&pkid).is_some_and(|id| self.alerts.remove(&id).is_some());
         if let Some((held, id)) = self.collided {
             if held == pkid {
                 self.by_pkid.insert(pkid, id);
                 self.collided = None;
             }
         }
+        alert
     }
 
     /// Input packet ids that may now be acknowledged, in arrival order.

@@ -204,7 +204,9 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                 }
                 Ok(Event::Incoming(Incoming::Publish(publish))) => shell.publish(publish),
                 Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                    shell.delivery.confirmed(ack.pkid);
+                    if shell.delivery.confirmed(ack.pkid) {
+                        stats.alerts_confirmed.fetch_add(1, Relaxed);
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shell.delivery.written(pkid),
                 Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shell.delivery.collided(pkid),

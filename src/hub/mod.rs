@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
-use rumqttc::mqttbytes::{self, matches, valid_filter, valid_topic, QoS};
+use rumqttc::mqttbytes::{self, valid_filter, valid_topic, QoS};
 use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck, SubscribeReasonCode, UnsubAck};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,7 +112,7 @@ impl Session {
     }
 
     fn granted(&self, topic: &str) -> Option<QoS> {
-        self.subscriptions.iter().filter(|(f, _)| matches(topic, f) || (f == topic)).map(|(_, q)| *q).max_by_key(|q| *q as u8)
+        self.subscriptions.iter().filter(|(f, _)| filter_matches(f, topic)).map(|(_, q)| *q).max_by_key(|q| *q as u8)
     }
 }
 
@@ -239,7 +239,12 @@ impl Hub {
         };
         ConnAck::new(ConnectReturnCode::Success, session_present).write(&mut out).map_err(|e| e.to_string())?;
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        info!("hub: {client_id} connected (session present: {session_present})");
+        let anonymous = connect.login.is_none();
+        if anonymous {
+            debug!("hub: {client_id} connected (session present: {session_present})");
+        } else {
+            info!("hub: {client_id} connected (session present: {session_present})");
+        }
         self.emit(HubEvent::Connected { client_id: client_id.clone() });
 
         let keep_alive = Duration::from_secs(u64::from(connect.keep_alive).max(1)) * 3 / 2;
@@ -255,7 +260,11 @@ impl Hub {
             }
         }
         drop(state);
-        info!("hub: {client_id} disconnected");
+        if anonymous {
+            debug!("hub: {client_id} disconnected");
+        } else {
+            info!("hub: {client_id} disconnected");
+        }
         self.emit(HubEvent::Disconnected { client_id });
         result
     }
@@ -462,6 +471,25 @@ impl Hub {
         let msg = Message { topic: topic::twin_response(status, &rid), payload: body, qos: QoS::AtLeastOnce, dup: false };
         deliver_to(&mut state, client_id, msg);
     }
+}
+
+/// MQTT topic matching (3.1.1 §4.7): `+` one level, `#` the rest; a wildcard in the first level
+/// does not match topics that start with `$` (so `#` does not see `$iothub/…`).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(t) if f == "+" || f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 /// Delivers to every session with a matching subscription.
