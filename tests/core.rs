@@ -1,0 +1,402 @@
+//! Unit tests of the pure core: topics and property bags both ways, SAS tokens, twin patches to
+//! settings, delivery bookkeeping, hub routing, twins and usernames.
+
+use edgefilter::delivery::{Alert, Delivery};
+use edgefilter::hub::routes::{delivery_bag, local_routes, parse_module_event, Sink};
+use edgefilter::hub::twin::Twin;
+use edgefilter::hub::{filter_matches, parse_module_username};
+use edgefilter::module::{renewal_margin, username};
+use edgefilter::settings::{apply_desired, from_env, reported, Settings, Source};
+use edgefilter::topic::{classify, encode_bag, parse_bag, quote, unquote, Inbound, ModuleId, Properties, TopicError};
+use edgefilter::{config, filter, sas};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+fn id() -> ModuleId {
+    ModuleId::new("Device1", "Module1")
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("not an object"),
+    }
+}
+
+// ---- topics and property bags ----
+
+#[test]
+fn edgehub_test_topic_is_read_like_the_python_sdk() {
+    let topic = "devices/Device1/modules/Module1/inputs/input1/Foo=Bar&Prop2=Value2&Prop3=Value3&%24.ce=utf-8&%24.ct=application%2Fjson&%24.schema=schema1&%24.to=foo&%24.uid=user1&%24.cid=1234&%24.mid=m1&%24.cdid=fromDevice1&%24.cmid=fromModule1&%24.sub=testComponent";
+    let Ok(Inbound::Input { input, properties: p }) = classify(&id(), topic) else { panic!("not an input") };
+    assert_eq!(input, "input1");
+    assert_eq!(p.application, vec![("Foo".into(), "Bar".into()), ("Prop2".into(), "Value2".into()), ("Prop3".into(), "Value3".into())]);
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.content_encoding.as_deref(), Some("utf-8"));
+    assert_eq!(p.message_id.as_deref(), Some("m1"));
+    assert_eq!(p.correlation_id.as_deref(), Some("1234"));
+    assert_eq!(p.user_id.as_deref(), Some("user1"));
+    assert_eq!(p.connection_device_id.as_deref(), Some("fromDevice1"));
+    assert_eq!(p.connection_module_id.as_deref(), Some("fromModule1"));
+}
+
+#[test]
+fn input_topics_without_bag_and_other_topics() {
+    assert_eq!(
+        classify(&id(), "devices/Device1/modules/Module1/inputs/input1"),
+        Ok(Inbound::Input { input: "input1".into(), properties: Properties::default() })
+    );
+    assert_eq!(
+        classify(&id(), "devices/Device1/modules/Module1/inputs/input1/"),
+        Ok(Inbound::Input { input: "input1".into(), properties: Properties::default() })
+    );
+    assert_eq!(classify(&id(), "devices/Device1/modules/Other/inputs/input1"), Ok(Inbound::Other));
+    assert_eq!(classify(&id(), "$iothub/methods/POST/reset/?$rid=1"), Ok(Inbound::Other));
+    assert_eq!(classify(&id(), "devices/Device1/modules/Module1/inputs/input1/a=1&b"), Err(TopicError::BagEntryWithoutValue));
+    assert_eq!(classify(&id(), "$iothub/twin/res/200/?$rid=7"), Ok(Inbound::TwinResponse { status: 200, rid: "7" }));
+    assert_eq!(classify(&id(), "$iothub/twin/res/x/?$rid=7"), Err(TopicError::BadTwinResponse));
+    assert_eq!(classify(&id(), "$iothub/twin/PATCH/properties/desired/?$version=5"), Ok(Inbound::DesiredPatch));
+}
+
+#[test]
+fn alert_bag_is_in_python_order_with_message_type() {
+    let p = Properties::from_bag("z=1&a=x%20y&%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=m1&%24.cdid=d&%24.cmid=s&%24.to=t").unwrap();
+    let bag = filter::alert_properties(p).to_output_bag(filter::OUTPUT);
+    assert_eq!(bag, "%24.on=output1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&MessageType=Alert&a=x%20y&z=1");
+    assert_eq!(
+        id().events_topic(&bag),
+        format!("devices/Device1/modules/Module1/messages/events/{bag}")
+    );
+}
+
+#[test]
+fn message_type_replaces_an_existing_one() {
+    let p = filter::alert_properties(Properties::from_bag("MessageType=Normal").unwrap());
+    assert_eq!(p.application, vec![("MessageType".to_string(), "Alert".to_string())]);
+}
+
+#[test]
+fn quoting_matches_python() {
+    assert_eq!(quote("a b/c=d&e~f_g.h-i"), "a%20b%2Fc%3Dd%26e~f_g.h-i");
+    assert_eq!(quote("é"), "%C3%A9");
+    assert_eq!(unquote("a%20b+c"), "a b+c");
+    assert_eq!(unquote("%zz%4"), "%zz%4");
+    assert_eq!(unquote("%C3%A9"), "é");
+    assert_eq!(unquote("%FF"), "\u{FFFD}");
+    for s in ["", "plain", "a&b=c/d e%f", "ünïcödé 😀"] {
+        assert_eq!(unquote(&quote(s)), s);
+    }
+    let pairs = vec![("k 1".to_string(), "v&=/".to_string()), ("$.ct".to_string(), "application/json".to_string())];
+    let bag = encode_bag(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    assert_eq!(parse_bag(&bag).unwrap(), pairs);
+    assert_eq!(parse_bag("").unwrap(), vec![]);
+}
+
+// ---- SAS tokens ----
+
+#[test]
+fn sas_token_matches_the_python_sdk_form() {
+    let key = sas::decode_key("MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=").unwrap();
+    let sr = sas::encoded_resource("hub.azure-devices.net", &id());
+    assert_eq!(sr, "hub.azure-devices.net%2Fdevices%2FDevice1%2Fmodules%2FModule1");
+    assert_eq!(sas::string_to_sign(&sr, 1700000000), format!("{sr}\n1700000000"));
+    let token = sas::token_from_key(&key, "hub.azure-devices.net", &id(), 1700000000);
+    // The Python SDK's token for the same key and expiry, computed with Python's hmac module:
+    // quote(b64encode(hmac.new(key, (sr + "\n1700000000").encode(), sha256).digest()), safe="").
+    let expected_sig = "Pb7PZPJfpxUdK0VE7p%2B2cyqc%2F7%2BuUFOs8DzbwM2G1Ok%3D";
+    assert_eq!(token, format!("SharedAccessSignature sr={sr}&sig={expected_sig}&se=1700000000"));
+}
+
+#[test]
+fn sas_signature_known_answer() {
+    // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    let sig = sas::sign(b"Jefe", b"what do ya want for nothing?");
+    assert_eq!(sig, "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM=");
+}
+
+#[test]
+fn hub_validates_tokens_like_edgehub() {
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let hosts = ["hub.azure-devices.net"];
+    let now = 1_000_000;
+    let good = sas::token_from_key(&key, "HUB.azure-devices.net", &id(), now + 60);
+    assert_eq!(sas::validate(&good, &key, &hosts, &id(), now), Ok(()));
+    assert_eq!(sas::validate(&good, &key, &hosts, &id(), now + 60), Err(sas::TokenError::Expired));
+    assert_eq!(sas::validate(&good, b"other key", &hosts, &id(), now), Err(sas::TokenError::BadSignature));
+    assert_eq!(sas::validate(&good, &key, &hosts, &ModuleId::new("Device1", "Other"), now), Err(sas::TokenError::WrongAudience));
+    assert_eq!(sas::validate(&good, &key, &["elsewhere"], &id(), now), Err(sas::TokenError::WrongAudience));
+    assert_eq!(sas::validate("Basic abc", &key, &hosts, &id(), now), Err(sas::TokenError::Malformed));
+    let tampered = good.replace(&format!("se={}", now + 60), &format!("se={}", now + 6000));
+    assert_eq!(sas::validate(&tampered, &key, &hosts, &id(), now), Err(sas::TokenError::BadSignature));
+}
+
+#[test]
+fn username_and_renewal() {
+    assert_eq!(
+        username("hub.azure-devices.net", &id()),
+        format!("hub.azure-devices.net/Device1/Module1/?api-version=2019-10-01&DeviceClientType=edgefilter%2F{}", env!("CARGO_PKG_VERSION"))
+    );
+    let (hub, parsed) = parse_module_username(&username("hub.azure-devices.net", &id())).unwrap();
+    assert_eq!((hub.as_str(), parsed), ("hub.azure-devices.net", id()));
+    assert!(parse_module_username("hub/Device1/Module1/?DeviceClientType=x").is_err());
+    assert!(parse_module_username("hub/Device1/?api-version=1").is_err());
+    assert!(parse_module_username("hub/Device1/Module1/?api-version=").is_err());
+    assert_eq!(renewal_margin(Duration::from_secs(3600)), Duration::from_secs(120));
+    assert_eq!(renewal_margin(Duration::from_secs(10)), Duration::from_secs(2));
+}
+
+// ---- settings ----
+
+#[test]
+fn full_twin_and_patches_resolve_settings() {
+    let base = Settings { temperature_threshold: 22.0 };
+    let current = Settings { temperature_threshold: 30.0 };
+    let a = apply_desired(&current, &base, &obj(json!({"TemperatureThreshold": 27, "$version": 4})), Source::FullTwin);
+    assert_eq!(a.settings.temperature_threshold, 27.0);
+    assert_eq!(a.changed, vec!["TemperatureThreshold"]);
+    // Absent in a full twin: back to the base. Absent in a patch: unchanged.
+    let a = apply_desired(&current, &base, &obj(json!({"Other": 1})), Source::FullTwin);
+    assert_eq!(a.settings.temperature_threshold, 22.0);
+    let a = apply_desired(&current, &base, &obj(json!({"Other": 1})), Source::Patch);
+    assert_eq!(a.settings.temperature_threshold, 30.0);
+    assert!(a.changed.is_empty());
+    // null removes the desired value.
+    let a = apply_desired(&current, &base, &obj(json!({"TemperatureThreshold": null})), Source::Patch);
+    assert_eq!(a.settings.temperature_threshold, 22.0);
+}
+
+#[test]
+fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
+    let current = Settings { temperature_threshold: 30.0 };
+    for (bad, reason) in [
+        (json!("hot"), "expected a number, got a string"),
+        (json!(true), "expected a number, got a boolean"),
+        (json!({"a": 1}), "expected a number, got an object"),
+        (json!([1]), "expected a number, got an array"),
+        (json!(1e7), "10000000 is out of range -1000000..=1000000"),
+        (json!(-2e6), "-2000000 is out of range -1000000..=1000000"),
+    ] {
+        let a = apply_desired(&current, &Settings::default(), &obj(json!({ "TemperatureThreshold": bad })), Source::Patch);
+        assert_eq!(a.settings, current);
+        assert_eq!(a.rejected.len(), 1);
+        assert_eq!(a.rejected[0].reason, reason);
+    }
+    let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
+    assert_eq!(
+        reported(&a.settings, &a.rejected),
+        json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})
+    );
+    assert_eq!(reported(&a.settings, &[]), json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": null}}));
+}
+
+#[test]
+fn environment_settings() {
+    let env = |v: &'static str| move |n: &str| (n == "TemperatureThreshold").then(|| v.to_string());
+    assert_eq!(from_env(env("31.5")).unwrap().temperature_threshold, 31.5);
+    assert_eq!(from_env(|_| None).unwrap(), Settings::default());
+    assert!(from_env(env("hot")).unwrap_err().starts_with("TemperatureThreshold: expected a number"));
+    assert!(from_env(env("NaN")).unwrap_err().contains("not a finite number"));
+}
+
+// ---- configuration ----
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+}
+
+const CS: &str = "HostName=hub.azure-devices.net;GatewayHostName=gw.local;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0";
+
+#[test]
+fn configuration_from_the_connection_string() {
+    let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS)]), None).unwrap();
+    assert_eq!(c.identity.hub_hostname, "hub.azure-devices.net");
+    assert_eq!(c.identity.module, ModuleId::new("dev", "filter"));
+    assert_eq!(c.endpoint, config::Endpoint { host: "gw.local".into(), port: 8883, tls: Some(config::Trust::SystemRoots) });
+    assert_eq!(c.token_ttl, Duration::from_secs(3600));
+    let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://127.0.0.1:1999")]), None).unwrap();
+    assert_eq!(c.endpoint, config::Endpoint { host: "127.0.0.1".into(), port: 1999, tls: None });
+    let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS)]), Some("mqtts://broker")).unwrap();
+    assert_eq!(c.endpoint.port, 8883);
+    assert!(format!("{:?}", c.credentials).contains("redacted"));
+}
+
+#[test]
+fn configuration_errors_name_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "EdgeHubConnectionString: not set"),
+        (&[("EdgeHubConnectionString", "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0")], "EdgeHubConnectionString: ModuleId is missing"),
+        (&[("EdgeHubConnectionString", "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=!!")], "EdgeHubConnectionString: SharedAccessKey is not valid base64"),
+        (&[("EdgeHubConnectionString", "garbage")], "EdgeHubConnectionString: `garbage` is not Key=value"),
+        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "http://x")], "EDGEFILTER_MQTT_URL: \"http://x\" must start with mqtt:// or mqtts://"),
+        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://x:99999")], "EDGEFILTER_MQTT_URL: \"mqtt://x:99999\" has an invalid port"),
+        (&[("EdgeHubConnectionString", CS), ("EdgeModuleCACertificateFile", "/nonexistent.pem")], "EdgeModuleCACertificateFile: /nonexistent.pem is not a readable file"),
+        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_TOKEN_TTL_SECS", "5")], "EDGEFILTER_TOKEN_TTL_SECS: expected whole seconds"),
+        (&[("EdgeHubConnectionString", CS), ("TemperatureThreshold", "warm")], "TemperatureThreshold: expected a number"),
+    ];
+    for (env, want) in cases {
+        let e = config::resolve(env_of(env), None).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{e:?} should start with {want:?}");
+        assert!(!e.contains("c2VjcmV0"), "the key leaked: {e}");
+    }
+}
+
+// ---- delivery ----
+
+fn alert(n: u8) -> Alert<u8> {
+    Alert { topic: format!("t{n}"), payload: n }
+}
+
+#[test]
+fn inputs_are_acknowledged_in_order_after_their_alerts() {
+    let mut d = Delivery::new();
+    d.alerted(10, alert(1));
+    d.dropped(11);
+    assert_eq!(d.ready(), Vec::<u16>::new(), "the drop waits behind the unconfirmed alert");
+    d.written(1);
+    d.alerted(12, alert(2));
+    d.written(2);
+    assert!(d.confirmed(1));
+    assert_eq!(d.ready(), vec![10, 11]);
+    assert!(!d.confirmed(99), "an unknown PUBACK changes nothing");
+    assert!(d.confirmed(2));
+    assert_eq!(d.ready(), vec![12]);
+    assert_eq!((d.inputs_pending(), d.alerts_pending()), (0, 0));
+}
+
+#[test]
+fn retransmissions_keep_their_alerts_and_lost_sessions_return_them() {
+    let mut d = Delivery::new();
+    d.alerted(10, alert(1));
+    d.alerted(11, alert(2));
+    d.written(1);
+    // Reconnect with the session: inputs are void, the written alert is retransmitted under its
+    // id, the unwritten one gets a new id.
+    assert_eq!(d.reconnected(true), vec![]);
+    assert_eq!(d.inputs_pending(), 0);
+    d.written(1);
+    d.written(2);
+    assert!(d.confirmed(1));
+    assert!(d.confirmed(2));
+    // Without a session both are handed back for requeueing, in order.
+    let mut d = Delivery::new();
+    d.alerted(10, alert(1));
+    d.alerted(11, alert(2));
+    d.written(1);
+    assert_eq!(d.reconnected(false), vec![alert(1), alert(2)]);
+    d.written(5);
+    d.written(6);
+    assert!(d.confirmed(6));
+    assert!(d.confirmed(5));
+    assert_eq!(d.alerts_pending(), 0);
+}
+
+#[test]
+fn collided_alert_takes_its_id_after_the_earlier_confirmation() {
+    let mut d = Delivery::new();
+    d.alerted(10, alert(1));
+    d.written(1);
+    d.alerted(11, alert(2));
+    d.collided(1);
+    d.written(1); // the client reports the held publish when it finally goes out
+    assert!(d.confirmed(1));
+    assert_eq!(d.ready(), vec![10]);
+    assert!(d.confirmed(1));
+    assert_eq!(d.ready(), vec![11]);
+}
+
+#[test]
+fn qos0_inputs_owe_no_acknowledgement() {
+    let mut d: Delivery<u8> = Delivery::new();
+    d.dropped(0);
+    d.alerted(0, alert(1));
+    assert_eq!(d.inputs_pending(), 0);
+    assert_eq!(d.alerts_pending(), 1);
+}
+
+// ---- hub ----
+
+#[test]
+fn topic_filters_follow_mqtt_rules() {
+    assert!(filter_matches("#", "a/b"));
+    assert!(!filter_matches("#", "$iothub/twin/res/200"));
+    assert!(!filter_matches("+/twin/#", "$iothub/twin/res"));
+    assert!(filter_matches("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1"));
+    assert!(filter_matches("devices/d/modules/m/inputs/#", "devices/d/modules/m/inputs/input1/a=b"));
+    assert!(filter_matches("a/+/c", "a/b/c"));
+    assert!(!filter_matches("a/+/c", "a/b/c/d"));
+    assert!(filter_matches("a/#", "a"));
+    assert!(!filter_matches("a/b", "a"));
+}
+
+#[test]
+fn routed_messages_carry_edgehubs_bag() {
+    let topic = "devices/dev/modules/SimulatedTemperatureSensor/messages/events/%24.on=temperatureOutput&%24.ct=application%2Fjson&%24.ce=utf-8&sequenceNumber=1&batchId=b";
+    let m = parse_module_event(topic).unwrap().unwrap();
+    assert_eq!(m.output.as_deref(), Some("temperatureOutput"));
+    let bag = delivery_bag(&m);
+    let encoded = encode_bag(bag.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    assert_eq!(encoded, "sequenceNumber=1&batchId=b&%24.ce=utf-8&%24.ct=application%2Fjson&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor");
+    let routes = local_routes("SimulatedTemperatureSensor", "edgefilter");
+    assert!(routes[0].matches("SimulatedTemperatureSensor", Some("temperatureOutput")));
+    assert!(!routes[0].matches("SimulatedTemperatureSensor", Some("other")));
+    assert!(routes[1].matches("edgefilter", Some("output1")) && routes[1].sink == Sink::Upstream);
+    assert!(parse_module_event("devices/d/modules/m/messages/events").unwrap().is_ok());
+    assert!(parse_module_event("devices/d/modules/m/messages/eventsX").is_none());
+    assert!(parse_module_event("devices/d/modules/m/inputs/x").is_none());
+}
+
+#[test]
+fn twins_merge_and_version() {
+    let mut t = Twin::with_desired(obj(json!({"TemperatureThreshold": 25, "Nested": {"a": 1, "b": 2}})));
+    assert_eq!(t.get_body(), json!({"desired": {"TemperatureThreshold": 25, "Nested": {"a": 1, "b": 2}, "$version": 1}, "reported": {"$version": 1}}));
+    let pushed = t.patch_desired(&obj(json!({"TemperatureThreshold": 30, "Nested": {"a": null}})));
+    assert_eq!(pushed, json!({"TemperatureThreshold": 30, "Nested": {"a": null}, "$version": 2}));
+    assert_eq!(t.desired, obj(json!({"TemperatureThreshold": 30, "Nested": {"b": 2}})));
+    t.patch_reported(&obj(json!({"x": 1})));
+    t.patch_reported(&obj(json!({"x": null, "y": 2})));
+    assert_eq!(t.reported, obj(json!({"y": 2})));
+    assert_eq!(t.reported_version, 3);
+}
+
+#[test]
+fn local_console_lines() {
+    use edgefilter::local::parse_desired_line;
+    assert_eq!(parse_desired_line("TemperatureThreshold=30").unwrap(), Some(obj(json!({"TemperatureThreshold": 30}))));
+    assert_eq!(parse_desired_line("TemperatureThreshold = hot").unwrap(), Some(obj(json!({"TemperatureThreshold": "hot"}))));
+    assert_eq!(parse_desired_line(r#"{"TemperatureThreshold":null}"#).unwrap(), Some(obj(json!({"TemperatureThreshold": null}))));
+    assert_eq!(parse_desired_line("  ").unwrap(), None);
+    assert!(parse_desired_line("nonsense").is_err());
+    assert!(parse_desired_line("[1]").is_err());
+}
+
+#[test]
+fn sensor_messages_look_like_simulated_temperature_sensor() {
+    use edgefilter::sensor::Sensor;
+    let mut s = Sensor::new(7);
+    let mut last = 21.0;
+    for n in 1..=200u64 {
+        let r = s.next_reading(std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let t = v["machine"]["temperature"].as_f64().unwrap();
+        assert_eq!(t, r.machine_temperature);
+        if last <= 100.0 {
+            assert!((-0.25..1.25).contains(&(t - last)), "step {}", t - last);
+        } else {
+            assert!((-0.5..0.5).contains(&(t - last)));
+        }
+        last = t;
+        let p = v["machine"]["pressure"].as_f64().unwrap();
+        assert!((p - (1.0 + (t - 21.0) * 9.0 / 79.0)).abs() < 1e-9);
+        assert!((20.5..21.5).contains(&v["ambient"]["temperature"].as_f64().unwrap()));
+        assert!((24..=26).contains(&v["ambient"]["humidity"].as_u64().unwrap()));
+        assert_eq!(v["timeCreated"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(r.properties.get("sequenceNumber"), Some(n.to_string().as_str()));
+        assert_eq!(r.properties.content_type.as_deref(), Some("application/json"));
+        assert_eq!(r.properties.content_encoding.as_deref(), Some("utf-8"));
+    }
+    let batch = |s: &mut Sensor| s.next_reading(std::time::SystemTime::now()).properties.get("batchId").map(str::to_string);
+    let first = batch(&mut s);
+    assert_eq!(first, batch(&mut s));
+    assert_eq!(first.unwrap().len(), 36);
+}
