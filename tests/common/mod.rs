@@ -1,0 +1,263 @@
+//! Test harness: a real mosquitto broker, the module running in-process, and an MQTT peer that
+//! plays edgeHub's side of the conversation (inputs, twin answers) through the broker.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefilter::config;
+use edgefilter::stats::Stats;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub const DEVICE: &str = "dev";
+pub const MODULE: &str = "filter";
+/// base64 of "0123456789abcdef0123456789abcdef".
+pub const KEY_B64: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const HUB: &str = "test-hub.azure-devices.net";
+
+pub fn connection_string() -> String {
+    format!("HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY_B64}")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on the port.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// A mosquitto broker with persistence, in its own directory.
+pub struct Broker {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(extra: &str) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_packet_size 300000\n{extra}\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker { port, dir, child: None };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    /// Stops the broker gracefully (it saves its persistent sessions) and starts it again.
+    pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&c);
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn mosquitto_binary() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+pub fn terminate(c: &Child) {
+    Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+}
+
+/// The module, running in this process until stopped.
+pub struct RunningModule {
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+impl RunningModule {
+    pub fn start(env: &[(&str, String)]) -> RunningModule {
+        edgefilter::logging::init(|n| std::env::var(n).ok());
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let config = config::resolve(|n| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()), None).unwrap();
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(edgefilter::module::run(config, stats.clone(), async {
+            let _ = rx.await;
+        }));
+        RunningModule { stats, stop: Some(tx), handle }
+    }
+
+    /// Plain TCP to a local broker.
+    pub fn on(port: u16, extra: &[(&str, String)]) -> RunningModule {
+        let mut env = vec![("EdgeHubConnectionString", connection_string()), ("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))];
+        env.extend(extra.iter().cloned());
+        RunningModule::start(&env)
+    }
+
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.handle).await.expect("module did not stop").unwrap()
+    }
+}
+
+/// An MQTT client whose received publishes arrive on a channel (acknowledged automatically).
+pub struct Peer {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Publish>,
+    task: JoinHandle<()>,
+}
+
+impl Peer {
+    pub async fn connect(port: u16, client_id: &str, clean: bool, filters: &[&str]) -> Peer {
+        Peer::connect_with(MqttOptions::new(client_id, "127.0.0.1", port), clean, filters).await
+    }
+
+    pub async fn connect_with(mut options: MqttOptions, clean: bool, filters: &[&str]) -> Peer {
+        options.set_clean_session(clean).set_max_packet_size(300_000, 300_000).set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let sub = client.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut pending_subacks = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        for f in &filters {
+                            sub.subscribe(f.clone(), QoS::AtLeastOnce).await.unwrap();
+                        }
+                        pending_subacks = filters.len();
+                        if pending_subacks == 0 {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        pending_subacks -= 1;
+                        if pending_subacks == 0 {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("peer did not connect").unwrap();
+        Peer { client, rx, task }
+    }
+
+    pub async fn publish(&self, topic: &str, body: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, body).await.unwrap();
+    }
+
+    /// The next publish, or None after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Publish> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Everything that arrives until nothing has for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Publish> {
+        let mut out = Vec::new();
+        while let Some(p) = self.next(quiet).await {
+            out.push(p);
+        }
+        out
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn input_topic(bag: &str) -> String {
+    let t = format!("devices/{DEVICE}/modules/{MODULE}/inputs/input1");
+    if bag.is_empty() {
+        t
+    } else {
+        format!("{t}/{bag}")
+    }
+}
+
+pub fn hot(seq: u64, t: f64) -> (String, String) {
+    (
+        input_topic(&format!("sequenceNumber={seq}&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid={DEVICE}&%24.cmid=sensor")),
+        format!(r#"{{"machine":{{"temperature":{t},"pressure":1.5}},"ambient":{{"temperature":21,"humidity":25}}}}"#),
+    )
+}
+
+/// The value of `key` in an alert's topic bag.
+pub fn bag_value(topic: &str, key: &str) -> Option<String> {
+    let bag = topic.rsplit_once("/messages/events/")?.1;
+    edgefilter::topic::parse_bag(bag).ok()?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Plays edgeHub's twin side on a plain broker: answers GETs with `desired`, collects reported
+/// patches. Returns the reported patches seen.
+pub async fn answer_twin(peer: &mut Peer, desired: &serde_json::Value, wait: Duration) -> Vec<serde_json::Value> {
+    let mut reported = Vec::new();
+    while let Some(p) = peer.next(wait).await {
+        let topic = p.topic.clone();
+        if topic.starts_with("$iothub/twin/GET/") {
+            let rid = edgefilter::topic::query_param(topic.rsplit('/').next().unwrap(), "$rid").unwrap().to_string();
+            let body = serde_json::json!({"desired": desired, "reported": {"$version": 1}});
+            peer.publish(&edgefilter::topic::twin_response(200, &rid), body.to_string()).await;
+        } else if topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
+            reported.push(serde_json::from_slice(&p.payload).unwrap());
+        }
+    }
+    reported
+}

@@ -1,0 +1,202 @@
+//! The module against a real mosquitto broker, with this test playing edgeHub's side: inputs on
+//! the module's input topic with edgeHub's property bag, twin answers, TLS with real certificates,
+//! a broker restart mid-stream.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const EDGE_SIDE: [&str; 3] = [
+    "devices/dev/modules/filter/messages/events/#",
+    "$iothub/twin/GET/#",
+    "$iothub/twin/PATCH/properties/reported/#",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_keep_body_and_properties_and_everything_else_is_dropped() {
+    let broker = Broker::start("");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[]);
+    let reported = answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+    assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(25.0));
+
+    let body = r#"{"machine":{"temperature":25.5,"pressure":1.5},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:00:00Z"}"#;
+    let bag = "sequenceNumber=1&batchId=b%2F1&%24.ce=utf-8&%24.ct=application%2Fjson&%24.mid=m1&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor";
+    edge.publish(&input_topic(bag), body).await;
+    let inputs: Vec<(String, Vec<u8>)> = vec![
+        (input_topic("sequenceNumber=2"), br#"{"machine":{"temperature":25}}"#.to_vec()),
+        (input_topic("sequenceNumber=3"), b"not json".to_vec()),
+        (input_topic("sequenceNumber=4"), br#"{"machine":{"temperature":"99"}}"#.to_vec()),
+        (input_topic("sequenceNumber=5"), vec![0xff, 0xfe, b'{']),
+        ("devices/dev/modules/filter/inputs/input2/sequenceNumber=6".into(), br#"{"machine":{"temperature":99}}"#.to_vec()),
+        (input_topic("sequenceNumber=7&broken"), br#"{"machine":{"temperature":99}}"#.to_vec()),
+        (input_topic(""), br#"{"machine":{"temperature":1e3}}"#.to_vec()),
+    ];
+    for (topic, body) in &inputs {
+        edge.client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, body.clone()).await.unwrap();
+    }
+    let alerts = edge.drain(Duration::from_secs(2)).await;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(
+        alerts[0].topic,
+        "devices/dev/modules/filter/messages/events/%24.on=output1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&MessageType=Alert&batchId=b%2F1&sequenceNumber=1"
+    );
+    assert_eq!(alerts[0].payload.as_ref(), body.as_bytes());
+    assert_eq!(alerts[1].topic, "devices/dev/modules/filter/messages/events/%24.on=output1&MessageType=Alert");
+    assert_eq!(alerts[1].payload.as_ref(), br#"{"machine":{"temperature":1e3}}"#);
+
+    let stats = module.stats.clone();
+    module.stop().await.unwrap();
+    use edgefilter::filter::Reason;
+    use edgefilter::scan::{Malformed, Missing};
+    assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 8);
+    assert_eq!(stats.dropped(Reason::BelowThreshold), 1);
+    assert_eq!(stats.dropped(Reason::Malformed(Malformed::InvalidJson)), 2);
+    assert_eq!(stats.dropped(Reason::Missing(Missing::TemperatureNotANumber)), 1);
+    assert_eq!(stats.dropped(Reason::UnknownInput), 1);
+    assert_eq!(stats.dropped(Reason::BadPropertyBag), 1);
+    assert_eq!(stats.alerts_confirmed.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
+    let broker = Broker::start("");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[("TemperatureThreshold", "10".into())]);
+    // The full twin at start: 30 overrides the environment's 10.
+    let reported = answer_twin(&mut edge, &json!({"TemperatureThreshold": 30, "$version": 3}), Duration::from_secs(2)).await;
+    assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(30.0));
+
+    let send = |seq: u64, t: f64| hot(seq, t);
+    let (topic, body) = send(1, 28.0);
+    edge.publish(&topic, body).await;
+    assert!(edge.next(Duration::from_secs(1)).await.is_none(), "28 is below 30");
+
+    // A live patch lowers it.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"TemperatureThreshold":20,"$version":4}"#).await;
+    let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
+    assert_eq!(reported, vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": null}})]);
+    let (topic, body) = send(2, 28.0);
+    edge.publish(&topic, body).await;
+    let alert = edge.next(Duration::from_secs(2)).await.expect("28 is above 20");
+    assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("2"));
+
+    // A bad value is rejected, the previous one stays, and both the log and reported say so.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=5", r#"{"TemperatureThreshold":"hot","$version":5}"#).await;
+    let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
+    assert_eq!(
+        reported,
+        vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})]
+    );
+    // A stale patch (older $version) is ignored; garbage is ignored.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":99,"$version":2}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=6", r#"[[[["#).await;
+    let (topic, body) = send(3, 21.0);
+    edge.publish(&topic, body).await;
+    let alert = edge.next(Duration::from_secs(2)).await.expect("21 is above 20");
+    assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("3"));
+
+    // Removing the desired value falls back to the environment's 10.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=7", r#"{"TemperatureThreshold":null,"$version":7}"#).await;
+    let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
+    assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(10.0));
+    let stats = module.stats.clone();
+    module.stop().await.unwrap();
+    assert_eq!(stats.twin_rejections.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// A CA and a server certificate for `localhost`, written as PEM files.
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "edgefilter test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let tls_port = free_port();
+    let broker = Broker::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+        cert.display(),
+        key.display()
+    ));
+    wait_for_port(tls_port);
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let env = |ca: &std::path::Path| {
+        vec![
+            ("EdgeHubConnectionString", connection_string()),
+            ("EDGEFILTER_MQTT_URL", format!("mqtts://localhost:{tls_port}")),
+            ("EdgeModuleCACertificateFile", ca.display().to_string()),
+        ]
+    };
+    let module = RunningModule::start(&env(&ca));
+    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+    let (topic, body) = hot(1, 40.0);
+    edge.publish(&topic, body).await;
+    let alert = edge.next(Duration::from_secs(3)).await.expect("an alert over TLS");
+    assert_eq!(bag_value(&alert.topic, "MessageType").as_deref(), Some("Alert"));
+    module.stop().await.unwrap();
+
+    // A CA the server's certificate does not chain to: the module never connects.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = certificates(other.path());
+    let module = RunningModule::start(&env(&wrong_ca));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (topic, body) = hot(2, 40.0);
+    edge.publish(&topic, body).await;
+    assert!(edge.next(Duration::from_secs(2)).await.is_none());
+    assert_eq!(module.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 0);
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_no_alert() {
+    let mut broker = Broker::start("");
+    // Persistent sessions on both sides: the sensor side publishes at QoS 1, the upstream side
+    // collects alerts, both survive the restart.
+    let mut upstream = Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let sensor = Peer::connect(broker.port, "sensor", false, &[]).await;
+    let module = RunningModule::on(broker.port, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const N: u64 = 400;
+    for seq in 1..=N {
+        let (topic, body) = hot(seq, 30.0 + seq as f64 / 100.0);
+        sensor.publish(&topic, body).await;
+        if seq == N / 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            broker.restart(Duration::from_millis(500));
+        }
+        if seq % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    while seen.len() < N as usize {
+        let Some(p) = upstream.next(Duration::from_secs(20)).await else { break };
+        let seq: u64 = bag_value(&p.topic, "sequenceNumber").unwrap().parse().unwrap();
+        if !seen.insert(seq) {
+            duplicates += 1;
+        }
+    }
+    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "lost {} alerts: {missing:?} (duplicates: {duplicates})", missing.len());
+    assert!(module.stats.connections.load(std::sync::atomic::Ordering::Relaxed) >= 2, "the module reconnected");
+    module.stop().await.unwrap();
+}
