@@ -125,13 +125,18 @@ pub fn parse_connection_string(s: &str) -> Result<ConnectionString, ConfigError>
             other => return Err(err(CONNECTION_STRING, format!("unknown key {other}"))),
         }
     }
-    for (name, value) in [("HostName", &cs.host_name), ("DeviceId", &cs.device_id), ("SharedAccessKey", &cs.shared_access_key)] {
+    for (name, value) in
+        [("HostName", &cs.host_name), ("DeviceId", &cs.device_id), ("SharedAccessKey", &cs.shared_access_key)]
+    {
         if value.is_empty() {
             return Err(err(CONNECTION_STRING, format!("{name} is missing")));
         }
     }
     if !seen_module || cs.module_id.is_empty() {
-        return Err(err(CONNECTION_STRING, "ModuleId is missing: this is a device connection string, a module's is needed"));
+        return Err(err(
+            CONNECTION_STRING,
+            "ModuleId is missing: this is a device connection string, a module's is needed",
+        ));
     }
     Ok(cs)
 }
@@ -165,8 +170,12 @@ pub fn parse_mqtt_url(url: &str, trust: Trust) -> Result<Endpoint, String> {
 
 /// Resolves the configuration from environment variables (`lookup`) and an optional `--mqtt-url`.
 pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&str>) -> Result<Config, ConfigError> {
-    let raw = lookup(CONNECTION_STRING)
-        .ok_or_else(|| err(CONNECTION_STRING, "not set: the module needs its identity (HostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…)"))?;
+    let raw = lookup(CONNECTION_STRING).ok_or_else(|| {
+        err(
+            CONNECTION_STRING,
+            "not set: the module needs its identity (HostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…)",
+        )
+    })?;
     let cs = parse_connection_string(&raw)?;
     let key = crate::sas::decode_key(&cs.shared_access_key)
         .map_err(|_| err(CONNECTION_STRING, "SharedAccessKey is not valid base64"))?;

@@ -112,10 +112,10 @@ async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Optio
     let id = ModuleId::new(DEVICE_ID, SENSOR_MODULE);
     let mut options = MqttOptions::new(id.client_id(), "127.0.0.1", port);
     let expiry = crate::module::now_secs() + 365 * 86_400;
-    options
-        .set_clean_session(false)
-        .set_keep_alive(Duration::from_secs(60))
-        .set_credentials(crate::module::username(HUB_HOSTNAME, &id), crate::sas::token_from_key(&key, HUB_HOSTNAME, &id, expiry));
+    options.set_clean_session(false).set_keep_alive(Duration::from_secs(60)).set_credentials(
+        crate::module::username(HUB_HOSTNAME, &id),
+        crate::sas::token_from_key(&key, HUB_HOSTNAME, &id, expiry),
+    );
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     let publisher = tokio::spawn(async move {
@@ -183,7 +183,9 @@ async fn desired_from_stdin(hub: Arc<Hub>) {
     while let Ok(Some(line)) = lines.next_line().await {
         match parse_desired_line(&line) {
             Ok(Some(patch)) => match hub.set_desired(FILTER_MODULE, &patch) {
-                Ok(v) => println!("desired properties of {FILTER_MODULE} are now version {v}: {}", Value::Object(patch)),
+                Ok(v) => {
+                    println!("desired properties of {FILTER_MODULE} are now version {v}: {}", Value::Object(patch))
+                }
                 Err(e) => println!("{e}"),
             },
             Ok(None) => {}

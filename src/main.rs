@@ -80,12 +80,16 @@ fn run(args: &[String]) -> Result<(), Failure> {
     let mut mqtt_url = None;
     while let Some(arg) = args.next() {
         match arg {
-            "--mqtt-url" => mqtt_url = Some(args.next().ok_or_else(|| Failure::Usage("--mqtt-url needs a URL".into()))?),
+            "--mqtt-url" => {
+                mqtt_url = Some(args.next().ok_or_else(|| Failure::Usage("--mqtt-url needs a URL".into()))?)
+            }
             other => return Err(Failure::Usage(format!("unknown argument {other:?}"))),
         }
     }
     let config = config::resolve(|n| std::env::var(n).ok(), mqtt_url).map_err(|e| Failure::Config(e.to_string()))?;
-    runtime.block_on(module::run(config, std::sync::Arc::new(Stats::default()), shutdown_signal())).map_err(Failure::Runtime)
+    runtime
+        .block_on(module::run(config, std::sync::Arc::new(Stats::default()), shutdown_signal()))
+        .map_err(Failure::Runtime)
 }
 
 fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::LocalOptions, Failure> {
@@ -94,11 +98,14 @@ fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::L
         local::LocalOptions { port: 1884, interval: Duration::from_secs(1), messages: None, twin_file: None, settings };
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| Failure::Usage(format!("{name} needs a value")));
-        let number = |name: &str, v: &str| v.parse::<u64>().map_err(|_| Failure::Usage(format!("{name}: {v:?} is not a whole number")));
+        let number = |name: &str, v: &str| {
+            v.parse::<u64>().map_err(|_| Failure::Usage(format!("{name}: {v:?} is not a whole number")))
+        };
         match arg {
             "--port" => {
                 let v = value("--port")?;
-                options.port = u16::try_from(number("--port", v)?).map_err(|_| Failure::Usage("--port: too large".into()))?;
+                options.port =
+                    u16::try_from(number("--port", v)?).map_err(|_| Failure::Usage("--port: too large".into()))?;
             }
             "--interval-ms" => {
                 let v = value("--interval-ms")?;

@@ -80,9 +80,7 @@ pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
                 return Err(format!("EdgeModuleCACertificateFile: {} holds no PEM certificate", path.display()));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("EdgeModuleCACertificateFile: {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("EdgeModuleCACertificateFile: {}: {e}", path.display()))?;
             }
         }
         Trust::SystemRoots => {
@@ -231,7 +229,11 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
             },
         }
         shell.flush();
-        if shell.draining && shell.delivery.alerts_pending() == 0 && shell.delivery.inputs_pending() == 0 && shell.outbox.is_empty() {
+        if shell.draining
+            && shell.delivery.alerts_pending() == 0
+            && shell.delivery.inputs_pending() == 0
+            && shell.outbox.is_empty()
+        {
             info!("all alerts confirmed and inputs acknowledged");
             break;
         }
@@ -334,7 +336,8 @@ impl Shell<'_> {
                         let topic = id.events_topic(&properties.to_output_bag(filter::OUTPUT));
                         debug!("alert: {} bytes to {}", publish.payload.len(), filter::OUTPUT);
                         self.stats.alerts.fetch_add(1, Relaxed);
-                        self.delivery.alerted(publish.pkid, Alert { topic: topic.clone(), payload: publish.payload.clone() });
+                        self.delivery
+                            .alerted(publish.pkid, Alert { topic: topic.clone(), payload: publish.payload.clone() });
                         self.outbox.push_back(Pending::Alert { topic, payload: publish.payload });
                     }
                     Decision::Drop(reason) => {
@@ -430,7 +433,8 @@ impl Shell<'_> {
         self.rejected = applied.rejected;
         let reported = settings::reported(&self.settings, &self.rejected);
         let rid = self.rid();
-        self.outbox.push_back(Pending::Twin { topic: topic::twin_reported(&rid), payload: Bytes::from(reported.to_string()) });
+        self.outbox
+            .push_back(Pending::Twin { topic: topic::twin_reported(&rid), payload: Bytes::from(reported.to_string()) });
     }
 
     /// Hands what it can to the client: acknowledgements that are due, then queued requests.

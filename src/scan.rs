@@ -210,11 +210,7 @@ impl<'a> Parser<'a> {
 
     /// The members of an object whose `{` was just consumed, at nesting `depth` (1 = top level).
     /// `member` is called after each key and its colon, positioned before the value.
-    fn members(
-        &mut self,
-        depth: u32,
-        mut member: impl FnMut(&mut Self, RawStr) -> Result<()>,
-    ) -> Result<()> {
+    fn members(&mut self, depth: u32, mut member: impl FnMut(&mut Self, RawStr) -> Result<()>) -> Result<()> {
         if depth >= DEPTH_LIMIT {
             return Err(Malformed::TooDeep);
         }
@@ -409,10 +405,7 @@ impl<'a> Parser<'a> {
     }
 
     fn hex4(&mut self) -> Result<u16> {
-        let digits = self
-            .doc
-            .get(self.pos..self.pos + 4)
-            .ok_or(Malformed::InvalidJson)?;
+        let digits = self.doc.get(self.pos..self.pos + 4).ok_or(Malformed::InvalidJson)?;
         let mut unit = 0u16;
         for &d in digits {
             let v = match d {

@@ -66,7 +66,8 @@ impl Sensor {
         }
         self.sequence += 1;
         let t = self.temperature;
-        let pressure = PRESSURE_MIN + (t - MACHINE_TEMP_MIN) * (PRESSURE_MAX - PRESSURE_MIN) / (MACHINE_TEMP_MAX - MACHINE_TEMP_MIN);
+        let pressure = PRESSURE_MIN
+            + (t - MACHINE_TEMP_MIN) * (PRESSURE_MAX - PRESSURE_MIN) / (MACHINE_TEMP_MAX - MACHINE_TEMP_MIN);
         let ambient = AMBIENT_TEMP + self.unit() - 0.5;
         let humidity = 24 + self.next_u64() % 3;
         let body = format!(
@@ -80,7 +81,10 @@ impl Sensor {
         let properties = Properties {
             content_type: Some("application/json".into()),
             content_encoding: Some("utf-8".into()),
-            application: vec![("sequenceNumber".into(), self.sequence.to_string()), ("batchId".into(), self.batch_id.clone())],
+            application: vec![
+                ("sequenceNumber".into(), self.sequence.to_string()),
+                ("batchId".into(), self.batch_id.clone()),
+            ],
             ..Properties::default()
         };
         Reading { body, properties, machine_temperature: t }

@@ -110,11 +110,8 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
         };
         (spec.set)(&mut next, value);
     }
-    let changed = SPECS
-        .iter()
-        .filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits())
-        .map(|s| s.name)
-        .collect();
+    let changed =
+        SPECS.iter().filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits()).map(|s| s.name).collect();
     Applied { settings: next, changed, rejected }
 }
 

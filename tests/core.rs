@@ -30,7 +30,10 @@ fn edgehub_test_topic_is_read_like_the_python_sdk() {
     let topic = "devices/Device1/modules/Module1/inputs/input1/Foo=Bar&Prop2=Value2&Prop3=Value3&%24.ce=utf-8&%24.ct=application%2Fjson&%24.schema=schema1&%24.to=foo&%24.uid=user1&%24.cid=1234&%24.mid=m1&%24.cdid=fromDevice1&%24.cmid=fromModule1&%24.sub=testComponent";
     let Ok(Inbound::Input { input, properties: p }) = classify(&id(), topic) else { panic!("not an input") };
     assert_eq!(input, "input1");
-    assert_eq!(p.application, vec![("Foo".into(), "Bar".into()), ("Prop2".into(), "Value2".into()), ("Prop3".into(), "Value3".into())]);
+    assert_eq!(
+        p.application,
+        vec![("Foo".into(), "Bar".into()), ("Prop2".into(), "Value2".into()), ("Prop3".into(), "Value3".into())]
+    );
     assert_eq!(p.content_type.as_deref(), Some("application/json"));
     assert_eq!(p.content_encoding.as_deref(), Some("utf-8"));
     assert_eq!(p.message_id.as_deref(), Some("m1"));
@@ -52,7 +55,10 @@ fn input_topics_without_bag_and_other_topics() {
     );
     assert_eq!(classify(&id(), "devices/Device1/modules/Other/inputs/input1"), Ok(Inbound::Other));
     assert_eq!(classify(&id(), "$iothub/methods/POST/reset/?$rid=1"), Ok(Inbound::Other));
-    assert_eq!(classify(&id(), "devices/Device1/modules/Module1/inputs/input1/a=1&b"), Err(TopicError::BagEntryWithoutValue));
+    assert_eq!(
+        classify(&id(), "devices/Device1/modules/Module1/inputs/input1/a=1&b"),
+        Err(TopicError::BagEntryWithoutValue)
+    );
     assert_eq!(classify(&id(), "$iothub/twin/res/200/?$rid=7"), Ok(Inbound::TwinResponse { status: 200, rid: "7" }));
     assert_eq!(classify(&id(), "$iothub/twin/res/x/?$rid=7"), Err(TopicError::BadTwinResponse));
     assert_eq!(classify(&id(), "$iothub/twin/PATCH/properties/desired/?$version=5"), Ok(Inbound::DesiredPatch));
@@ -60,13 +66,13 @@ fn input_topics_without_bag_and_other_topics() {
 
 #[test]
 fn alert_bag_is_in_python_order_with_message_type() {
-    let p = Properties::from_bag("z=1&a=x%20y&%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=m1&%24.cdid=d&%24.cmid=s&%24.to=t").unwrap();
+    let p = Properties::from_bag(
+        "z=1&a=x%20y&%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=m1&%24.cdid=d&%24.cmid=s&%24.to=t",
+    )
+    .unwrap();
     let bag = filter::alert_properties(p).to_output_bag(filter::OUTPUT);
     assert_eq!(bag, "%24.on=output1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&MessageType=Alert&a=x%20y&z=1");
-    assert_eq!(
-        id().events_topic(&bag),
-        format!("devices/Device1/modules/Module1/messages/events/{bag}")
-    );
+    assert_eq!(id().events_topic(&bag), format!("devices/Device1/modules/Module1/messages/events/{bag}"));
 }
 
 #[test]
@@ -123,7 +129,10 @@ fn hub_validates_tokens_like_edgehub() {
     assert_eq!(sas::validate(&good, &key, &hosts, &id(), now), Ok(()));
     assert_eq!(sas::validate(&good, &key, &hosts, &id(), now + 60), Err(sas::TokenError::Expired));
     assert_eq!(sas::validate(&good, b"other key", &hosts, &id(), now), Err(sas::TokenError::BadSignature));
-    assert_eq!(sas::validate(&good, &key, &hosts, &ModuleId::new("Device1", "Other"), now), Err(sas::TokenError::WrongAudience));
+    assert_eq!(
+        sas::validate(&good, &key, &hosts, &ModuleId::new("Device1", "Other"), now),
+        Err(sas::TokenError::WrongAudience)
+    );
     assert_eq!(sas::validate(&good, &key, &["elsewhere"], &id(), now), Err(sas::TokenError::WrongAudience));
     assert_eq!(sas::validate("Basic abc", &key, &hosts, &id(), now), Err(sas::TokenError::Malformed));
     let tampered = good.replace(&format!("se={}", now + 60), &format!("se={}", now + 6000));
@@ -134,7 +143,10 @@ fn hub_validates_tokens_like_edgehub() {
 fn username_and_renewal() {
     assert_eq!(
         username("hub.azure-devices.net", &id()),
-        format!("hub.azure-devices.net/Device1/Module1/?api-version=2019-10-01&DeviceClientType=edgefilter%2F{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "hub.azure-devices.net/Device1/Module1/?api-version=2019-10-01&DeviceClientType=edgefilter%2F{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     let (hub, parsed) = parse_module_username(&username("hub.azure-devices.net", &id())).unwrap();
     assert_eq!((hub.as_str(), parsed), ("hub.azure-devices.net", id()));
@@ -176,7 +188,8 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         (json!(1e7), "10000000 is out of range -1000000..=1000000"),
         (json!(-2e6), "-2000000 is out of range -1000000..=1000000"),
     ] {
-        let a = apply_desired(&current, &Settings::default(), &obj(json!({ "TemperatureThreshold": bad })), Source::Patch);
+        let a =
+            apply_desired(&current, &Settings::default(), &obj(json!({ "TemperatureThreshold": bad })), Source::Patch);
         assert_eq!(a.settings, current);
         assert_eq!(a.rejected.len(), 1);
         assert_eq!(a.rejected[0].reason, reason);
@@ -186,7 +199,10 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         reported(&a.settings, &a.rejected),
         json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})
     );
-    assert_eq!(reported(&a.settings, &[]), json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": null}}));
+    assert_eq!(
+        reported(&a.settings, &[]),
+        json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": null}})
+    );
 }
 
 #[test]
@@ -205,16 +221,24 @@ fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
 }
 
-const CS: &str = "HostName=hub.azure-devices.net;GatewayHostName=gw.local;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0";
+const CS: &str =
+    "HostName=hub.azure-devices.net;GatewayHostName=gw.local;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0";
 
 #[test]
 fn configuration_from_the_connection_string() {
     let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS)]), None).unwrap();
     assert_eq!(c.identity.hub_hostname, "hub.azure-devices.net");
     assert_eq!(c.identity.module, ModuleId::new("dev", "filter"));
-    assert_eq!(c.endpoint, config::Endpoint { host: "gw.local".into(), port: 8883, tls: Some(config::Trust::SystemRoots) });
+    assert_eq!(
+        c.endpoint,
+        config::Endpoint { host: "gw.local".into(), port: 8883, tls: Some(config::Trust::SystemRoots) }
+    );
     assert_eq!(c.token_ttl, Duration::from_secs(3600));
-    let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://127.0.0.1:1999")]), None).unwrap();
+    let c = config::resolve(
+        env_of(&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://127.0.0.1:1999")]),
+        None,
+    )
+    .unwrap();
     assert_eq!(c.endpoint, config::Endpoint { host: "127.0.0.1".into(), port: 1999, tls: None });
     let c = config::resolve(env_of(&[("EdgeHubConnectionString", CS)]), Some("mqtts://broker")).unwrap();
     assert_eq!(c.endpoint.port, 8883);
@@ -225,14 +249,35 @@ fn configuration_from_the_connection_string() {
 fn configuration_errors_name_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "EdgeHubConnectionString: not set"),
-        (&[("EdgeHubConnectionString", "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0")], "EdgeHubConnectionString: ModuleId is missing"),
-        (&[("EdgeHubConnectionString", "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=!!")], "EdgeHubConnectionString: SharedAccessKey is not valid base64"),
+        (
+            &[("EdgeHubConnectionString", "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0")],
+            "EdgeHubConnectionString: ModuleId is missing",
+        ),
+        (
+            &[("EdgeHubConnectionString", "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=!!")],
+            "EdgeHubConnectionString: SharedAccessKey is not valid base64",
+        ),
         (&[("EdgeHubConnectionString", "garbage")], "EdgeHubConnectionString: `garbage` is not Key=value"),
-        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "http://x")], "EDGEFILTER_MQTT_URL: \"http://x\" must start with mqtt:// or mqtts://"),
-        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://x:99999")], "EDGEFILTER_MQTT_URL: \"mqtt://x:99999\" has an invalid port"),
-        (&[("EdgeHubConnectionString", CS), ("EdgeModuleCACertificateFile", "/nonexistent.pem")], "EdgeModuleCACertificateFile: /nonexistent.pem is not a readable file"),
-        (&[("EdgeHubConnectionString", CS), ("EDGEFILTER_TOKEN_TTL_SECS", "5")], "EDGEFILTER_TOKEN_TTL_SECS: expected whole seconds"),
-        (&[("EdgeHubConnectionString", CS), ("TemperatureThreshold", "warm")], "TemperatureThreshold: expected a number"),
+        (
+            &[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "http://x")],
+            "EDGEFILTER_MQTT_URL: \"http://x\" must start with mqtt:// or mqtts://",
+        ),
+        (
+            &[("EdgeHubConnectionString", CS), ("EDGEFILTER_MQTT_URL", "mqtt://x:99999")],
+            "EDGEFILTER_MQTT_URL: \"mqtt://x:99999\" has an invalid port",
+        ),
+        (
+            &[("EdgeHubConnectionString", CS), ("EdgeModuleCACertificateFile", "/nonexistent.pem")],
+            "EdgeModuleCACertificateFile: /nonexistent.pem is not a readable file",
+        ),
+        (
+            &[("EdgeHubConnectionString", CS), ("EDGEFILTER_TOKEN_TTL_SECS", "5")],
+            "EDGEFILTER_TOKEN_TTL_SECS: expected whole seconds",
+        ),
+        (
+            &[("EdgeHubConnectionString", CS), ("TemperatureThreshold", "warm")],
+            "TemperatureThreshold: expected a number",
+        ),
     ];
     for (env, want) in cases {
         let e = config::resolve(env_of(env), None).unwrap_err().to_string();
@@ -349,7 +394,10 @@ fn routed_messages_carry_edgehubs_bag() {
 #[test]
 fn twins_merge_and_version() {
     let mut t = Twin::with_desired(obj(json!({"TemperatureThreshold": 25, "Nested": {"a": 1, "b": 2}})));
-    assert_eq!(t.get_body(), json!({"desired": {"TemperatureThreshold": 25, "Nested": {"a": 1, "b": 2}, "$version": 1}, "reported": {"$version": 1}}));
+    assert_eq!(
+        t.get_body(),
+        json!({"desired": {"TemperatureThreshold": 25, "Nested": {"a": 1, "b": 2}, "$version": 1}, "reported": {"$version": 1}})
+    );
     let pushed = t.patch_desired(&obj(json!({"TemperatureThreshold": 30, "Nested": {"a": null}})));
     assert_eq!(pushed, json!({"TemperatureThreshold": 30, "Nested": {"a": null}, "$version": 2}));
     assert_eq!(t.desired, obj(json!({"TemperatureThreshold": 30, "Nested": {"b": 2}})));
@@ -363,8 +411,14 @@ fn twins_merge_and_version() {
 fn local_console_lines() {
     use edgefilter::local::parse_desired_line;
     assert_eq!(parse_desired_line("TemperatureThreshold=30").unwrap(), Some(obj(json!({"TemperatureThreshold": 30}))));
-    assert_eq!(parse_desired_line("TemperatureThreshold = hot").unwrap(), Some(obj(json!({"TemperatureThreshold": "hot"}))));
-    assert_eq!(parse_desired_line(r#"{"TemperatureThreshold":null}"#).unwrap(), Some(obj(json!({"TemperatureThreshold": null}))));
+    assert_eq!(
+        parse_desired_line("TemperatureThreshold = hot").unwrap(),
+        Some(obj(json!({"TemperatureThreshold": "hot"})))
+    );
+    assert_eq!(
+        parse_desired_line(r#"{"TemperatureThreshold":null}"#).unwrap(),
+        Some(obj(json!({"TemperatureThreshold": null})))
+    );
     assert_eq!(parse_desired_line("  ").unwrap(), None);
     assert!(parse_desired_line("nonsense").is_err());
     assert!(parse_desired_line("[1]").is_err());
@@ -395,7 +449,8 @@ fn sensor_messages_look_like_simulated_temperature_sensor() {
         assert_eq!(r.properties.content_type.as_deref(), Some("application/json"));
         assert_eq!(r.properties.content_encoding.as_deref(), Some("utf-8"));
     }
-    let batch = |s: &mut Sensor| s.next_reading(std::time::SystemTime::now()).properties.get("batchId").map(str::to_string);
+    let batch =
+        |s: &mut Sensor| s.next_reading(std::time::SystemTime::now()).properties.get("batchId").map(str::to_string);
     let first = batch(&mut s);
     assert_eq!(first, batch(&mut s));
     assert_eq!(first.unwrap().len(), 36);

@@ -10,11 +10,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const EDGE_SIDE: [&str; 3] = [
-    "devices/dev/modules/filter/messages/events/#",
-    "$iothub/twin/GET/#",
-    "$iothub/twin/PATCH/properties/reported/#",
-];
+const EDGE_SIDE: [&str; 3] =
+    ["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_keep_body_and_properties_and_everything_else_is_dropped() {
@@ -32,7 +29,10 @@ async fn alerts_keep_body_and_properties_and_everything_else_is_dropped() {
         (input_topic("sequenceNumber=3"), b"not json".to_vec()),
         (input_topic("sequenceNumber=4"), br#"{"machine":{"temperature":"99"}}"#.to_vec()),
         (input_topic("sequenceNumber=5"), vec![0xff, 0xfe, b'{']),
-        ("devices/dev/modules/filter/inputs/input2/sequenceNumber=6".into(), br#"{"machine":{"temperature":99}}"#.to_vec()),
+        (
+            "devices/dev/modules/filter/inputs/input2/sequenceNumber=6".into(),
+            br#"{"machine":{"temperature":99}}"#.to_vec(),
+        ),
         (input_topic("sequenceNumber=7&broken"), br#"{"machine":{"temperature":99}}"#.to_vec()),
         (input_topic(""), br#"{"machine":{"temperature":1e3}}"#.to_vec()),
     ];
@@ -68,7 +68,8 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
     let module = RunningModule::on(broker.port, &[("TemperatureThreshold", "10".into())]);
     // The full twin at start: 30 overrides the environment's 10.
-    let reported = answer_twin(&mut edge, &json!({"TemperatureThreshold": 30, "$version": 3}), Duration::from_secs(2)).await;
+    let reported =
+        answer_twin(&mut edge, &json!({"TemperatureThreshold": 30, "$version": 3}), Duration::from_secs(2)).await;
     assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(30.0));
 
     let send = |seq: u64, t: f64| hot(seq, t);
@@ -77,23 +78,31 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     assert!(edge.next(Duration::from_secs(1)).await.is_none(), "28 is below 30");
 
     // A live patch lowers it.
-    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"TemperatureThreshold":20,"$version":4}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"TemperatureThreshold":20,"$version":4}"#)
+        .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
-    assert_eq!(reported, vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": null}})]);
+    assert_eq!(
+        reported,
+        vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": null}})]
+    );
     let (topic, body) = send(2, 28.0);
     edge.publish(&topic, body).await;
     let alert = edge.next(Duration::from_secs(2)).await.expect("28 is above 20");
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("2"));
 
     // A bad value is rejected, the previous one stays, and both the log and reported say so.
-    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=5", r#"{"TemperatureThreshold":"hot","$version":5}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=5", r#"{"TemperatureThreshold":"hot","$version":5}"#)
+        .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
     assert_eq!(
         reported,
-        vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})]
+        vec![
+            json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})
+        ]
     );
     // A stale patch (older $version) is ignored; garbage is ignored.
-    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":99,"$version":2}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":99,"$version":2}"#)
+        .await;
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=6", r#"[[[["#).await;
     let (topic, body) = send(3, 21.0);
     edge.publish(&topic, body).await;
@@ -101,7 +110,8 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("3"));
 
     // Removing the desired value falls back to the environment's 10.
-    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=7", r#"{"TemperatureThreshold":null,"$version":7}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=7", r#"{"TemperatureThreshold":null,"$version":7}"#)
+        .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
     assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(10.0));
     let stats = module.stats.clone();
@@ -117,7 +127,10 @@ fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "edgefilter test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
     let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, server.pem()).unwrap();
@@ -169,7 +182,8 @@ async fn a_broker_restart_mid_stream_loses_no_alert() {
     let mut broker = Broker::start("");
     // Persistent sessions on both sides: the sensor side publishes at QoS 1, the upstream side
     // collects alerts, both survive the restart.
-    let mut upstream = Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let mut upstream =
+        Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     let sensor = Peer::connect(broker.port, "sensor", false, &[]).await;
     let module = RunningModule::on(broker.port, &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -16,13 +16,20 @@ fn check(doc: &[u8]) {
     let want = reference(doc);
     match (ours, want) {
         (Scan::Malformed(_), None) => {}
-        (Scan::Temperature(t), Some(Some(r))) => assert_eq!(t.to_bits(), r.to_bits(), "{:?}", String::from_utf8_lossy(doc)),
+        (Scan::Temperature(t), Some(Some(r))) => {
+            assert_eq!(t.to_bits(), r.to_bits(), "{:?}", String::from_utf8_lossy(doc))
+        }
         (Scan::Missing(_), Some(None)) => {}
         (ours, want) => panic!("scan {ours:?} but reference {want:?} for {:?}", String::from_utf8_lossy(doc)),
     }
     for threshold in [25.0, -1.0e300, 0.0, 1e300] {
         let alert = matches!(want, Some(Some(t)) if t > threshold);
-        assert_eq!(decide(doc, threshold) == Decision::Alert, alert, "{:?} @ {threshold}", String::from_utf8_lossy(doc));
+        assert_eq!(
+            decide(doc, threshold) == Decision::Alert,
+            alert,
+            "{:?} @ {threshold}",
+            String::from_utf8_lossy(doc)
+        );
     }
 }
 
@@ -36,19 +43,59 @@ fn named_cases_agree_with_the_reference() {
         ("sensor message", SENSOR.into(), Scan::Temperature(25.59846067945704)),
         ("escaped key", r#"{"machine":{"temp\u0065rature":26}}"#.into(), Scan::Temperature(26.0)),
         ("escaped machine", r#"{"m\u0061chine":{"temperature":26}}"#.into(), Scan::Temperature(26.0)),
-        ("key with escaped quote is another key", r#"{"machine":{"temperature\"":26}}"#.into(), Scan::Missing(Missing::NoTemperature)),
-        ("braces in strings", r#"{"a":"}{\"machine\":{","machine":{"x":"{\"temperature\":99}","temperature":1}}"#.into(), Scan::Temperature(1.0)),
-        ("nested machine does not count", r#"{"a":{"machine":{"temperature":99}}}"#.into(), Scan::Missing(Missing::NoMachine)),
-        ("nested temperature does not count", r#"{"machine":{"a":{"temperature":99}}}"#.into(), Scan::Missing(Missing::NoTemperature)),
-        ("duplicate machine, last wins", r#"{"machine":{"temperature":99},"machine":{"temperature":1}}"#.into(), Scan::Temperature(1.0)),
-        ("later machine not an object wins", r#"{"machine":{"temperature":99},"machine":3}"#.into(), Scan::Missing(Missing::MachineNotAnObject)),
-        ("duplicate temperature, last wins", r#"{"machine":{"temperature":99,"temperature":"x"}}"#.into(), Scan::Missing(Missing::TemperatureNotANumber)),
+        (
+            "key with escaped quote is another key",
+            r#"{"machine":{"temperature\"":26}}"#.into(),
+            Scan::Missing(Missing::NoTemperature),
+        ),
+        (
+            "braces in strings",
+            r#"{"a":"}{\"machine\":{","machine":{"x":"{\"temperature\":99}","temperature":1}}"#.into(),
+            Scan::Temperature(1.0),
+        ),
+        (
+            "nested machine does not count",
+            r#"{"a":{"machine":{"temperature":99}}}"#.into(),
+            Scan::Missing(Missing::NoMachine),
+        ),
+        (
+            "nested temperature does not count",
+            r#"{"machine":{"a":{"temperature":99}}}"#.into(),
+            Scan::Missing(Missing::NoTemperature),
+        ),
+        (
+            "duplicate machine, last wins",
+            r#"{"machine":{"temperature":99},"machine":{"temperature":1}}"#.into(),
+            Scan::Temperature(1.0),
+        ),
+        (
+            "later machine not an object wins",
+            r#"{"machine":{"temperature":99},"machine":3}"#.into(),
+            Scan::Missing(Missing::MachineNotAnObject),
+        ),
+        (
+            "duplicate temperature, last wins",
+            r#"{"machine":{"temperature":99,"temperature":"x"}}"#.into(),
+            Scan::Missing(Missing::TemperatureNotANumber),
+        ),
         ("top-level array", r#"[{"machine":{"temperature":99}}]"#.into(), Scan::Missing(Missing::NotAnObject)),
         ("exponent", r#"{"machine":{"temperature":2.5e1}}"#.into(), Scan::Temperature(25.0)),
         ("negative zero", r#"{"machine":{"temperature":-0}}"#.into(), Scan::Temperature(-0.0)),
-        ("huge integer", r#"{"machine":{"temperature":123456789012345678901234567890}}"#.into(), Scan::Temperature(1.2345678901234568e29)),
-        ("out of range temperature", r#"{"machine":{"temperature":1e400}}"#.into(), Scan::Malformed(Malformed::NumberOutOfRange)),
-        ("out of range elsewhere", r#"{"machine":{"temperature":30},"x":-1e309}"#.into(), Scan::Malformed(Malformed::NumberOutOfRange)),
+        (
+            "huge integer",
+            r#"{"machine":{"temperature":123456789012345678901234567890}}"#.into(),
+            Scan::Temperature(1.2345678901234568e29),
+        ),
+        (
+            "out of range temperature",
+            r#"{"machine":{"temperature":1e400}}"#.into(),
+            Scan::Malformed(Malformed::NumberOutOfRange),
+        ),
+        (
+            "out of range elsewhere",
+            r#"{"machine":{"temperature":30},"x":-1e309}"#.into(),
+            Scan::Malformed(Malformed::NumberOutOfRange),
+        ),
         ("tiny underflows to zero", r#"{"machine":{"temperature":1e-400}}"#.into(), Scan::Temperature(0.0)),
         ("leading zero", r#"{"machine":{"temperature":030}}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
         ("bare dot", r#"{"machine":{"temperature":30.}}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
@@ -57,9 +104,21 @@ fn named_cases_agree_with_the_reference() {
         ("trailing bytes", format!("{SENSOR}x"), Scan::Malformed(Malformed::InvalidJson)),
         ("trailing whitespace", format!(" \n{SENSOR}\t\r\n "), Scan::Temperature(25.59846067945704)),
         ("trailing comma", r#"{"machine":{"temperature":30},}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
-        ("control character in string", "{\"machine\":{\"temperature\":30},\"a\":\"\u{1}\"}".into(), Scan::Malformed(Malformed::InvalidJson)),
-        ("lone trailing surrogate", r#"{"machine":{"temperature":30},"a":"\udc00"}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
-        ("lone leading surrogate", r#"{"machine":{"temperature":30},"a":"\ud800x"}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
+        (
+            "control character in string",
+            "{\"machine\":{\"temperature\":30},\"a\":\"\u{1}\"}".into(),
+            Scan::Malformed(Malformed::InvalidJson),
+        ),
+        (
+            "lone trailing surrogate",
+            r#"{"machine":{"temperature":30},"a":"\udc00"}"#.into(),
+            Scan::Malformed(Malformed::InvalidJson),
+        ),
+        (
+            "lone leading surrogate",
+            r#"{"machine":{"temperature":30},"a":"\ud800x"}"#.into(),
+            Scan::Malformed(Malformed::InvalidJson),
+        ),
         ("paired surrogates", r#"{"machine":{"temperature":30},"a":"\ud83d\ude00"}"#.into(), Scan::Temperature(30.0)),
         ("bad escape", r#"{"machine":{"temperature":30},"a":"\x"}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
         ("non-ASCII text", r#"{"machine":{"temperature":30},"a":"température °C"}"#.into(), Scan::Temperature(30.0)),
@@ -68,7 +127,11 @@ fn named_cases_agree_with_the_reference() {
         ("literals", r#"{"machine":{"temperature":30,"a":[true,false,null]}}"#.into(), Scan::Temperature(30.0)),
         ("bad literal", r#"{"machine":{"temperature":30,"a":nul}}"#.into(), Scan::Malformed(Malformed::InvalidJson)),
         ("empty", "".into(), Scan::Malformed(Malformed::InvalidJson)),
-        ("temperature null", r#"{"machine":{"temperature":null}}"#.into(), Scan::Missing(Missing::TemperatureNotANumber)),
+        (
+            "temperature null",
+            r#"{"machine":{"temperature":null}}"#.into(),
+            Scan::Missing(Missing::TemperatureNotANumber),
+        ),
     ];
     for (name, doc, want) in cases {
         let got = scan(doc.as_bytes());
@@ -106,7 +169,8 @@ fn number() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f}")),
         any::<i64>().prop_map(|i| i.to_string()),
-        (any::<i32>(), -400i32..400, any::<bool>()).prop_map(|(m, e, up)| format!("{m}{}{e}", if up { "E" } else { "e" })),
+        (any::<i32>(), -400i32..400, any::<bool>())
+            .prop_map(|(m, e, up)| format!("{m}{}{e}", if up { "E" } else { "e" })),
         "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
     ]
 }
@@ -136,8 +200,10 @@ fn value() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
         prop_oneof![
-            prop::collection::vec((ws(), inner.clone()), 0..4)
-                .prop_map(|v| format!("[{}]", v.into_iter().map(|(w, x)| format!("{w}{x}")).collect::<Vec<_>>().join(","))),
+            prop::collection::vec((ws(), inner.clone()), 0..4).prop_map(|v| format!(
+                "[{}]",
+                v.into_iter().map(|(w, x)| format!("{w}{x}")).collect::<Vec<_>>().join(",")
+            )),
             prop::collection::vec((key(), ws(), inner), 0..5).prop_map(|v| format!(
                 "{{{}}}",
                 v.into_iter().map(|(k, w, x)| format!("\"{k}\"{w}:{w}{x}")).collect::<Vec<_>>().join(",")
@@ -148,14 +214,13 @@ fn value() -> impl Strategy<Value = String> {
 
 /// A document shaped like telemetry, with the interesting keys more likely at the top.
 fn document() -> impl Strategy<Value = String> {
-    (prop::collection::vec((key(), ws(), value()), 0..4), prop::collection::vec((key(), number()), 0..3), ws()).prop_map(
-        |(top, machine, w)| {
+    (prop::collection::vec((key(), ws(), value()), 0..4), prop::collection::vec((key(), number()), 0..3), ws())
+        .prop_map(|(top, machine, w)| {
             let inner: Vec<String> = machine.into_iter().map(|(k, n)| format!("\"{k}\":{w}{n}")).collect();
             let mut members = vec![format!("\"machine\":{w}{{{}}}", inner.join(","))];
             members.extend(top.into_iter().map(|(k, w, v)| format!("\"{k}\"{w}:{v}")));
             format!("{w}{{{}}}{w}", members.join(","))
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone)]

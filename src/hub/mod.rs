@@ -28,7 +28,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
 use rumqttc::mqttbytes::{self, valid_filter, valid_topic, QoS};
-use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -136,7 +138,11 @@ pub fn parse_module_username(username: &str) -> Result<(String, ModuleId), Strin
 
 impl Hub {
     pub fn new(config: HubConfig, events: Option<mpsc::UnboundedSender<HubEvent>>) -> Arc<Hub> {
-        let twins = config.keys.keys().map(|m| (m.clone(), Twin::with_desired(config.desired.get(m).cloned().unwrap_or_default()))).collect();
+        let twins = config
+            .keys
+            .keys()
+            .map(|m| (m.clone(), Twin::with_desired(config.desired.get(m).cloned().unwrap_or_default())))
+            .collect();
         Arc::new(Hub { config, state: Mutex::new(State { twins, ..State::default() }), events })
     }
 
@@ -207,7 +213,8 @@ impl Hub {
         } else {
             connect.client_id.clone()
         };
-        let code = self.authenticate(&client_id, connect.login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())));
+        let code =
+            self.authenticate(&client_id, connect.login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())));
         if code != ConnectReturnCode::Success {
             warn!("hub: refused {client_id:?}: {code:?}");
             ConnAck::new(code, false).write(&mut out).map_err(|e| e.to_string())?;
@@ -248,7 +255,10 @@ impl Hub {
         self.emit(HubEvent::Connected { client_id: client_id.clone() });
 
         let keep_alive = Duration::from_secs(u64::from(connect.keep_alive).max(1)) * 3 / 2;
-        let result = self.clone().serve_client(&mut stream, &mut buf, &client_id, me, &notify, keep_alive, connect.keep_alive > 0).await;
+        let result = self
+            .clone()
+            .serve_client(&mut stream, &mut buf, &client_id, me, &notify, keep_alive, connect.keep_alive > 0)
+            .await;
 
         let mut state = self.lock();
         if let Some(session) = state.sessions.get_mut(&client_id) {
@@ -422,12 +432,15 @@ impl Hub {
         }
         let mut state = self.lock();
         if let Some(Ok(message)) = routes::parse_module_event(&topic) {
-            for route in self.config.routes.iter().filter(|r| r.matches(&message.sender.module_id, message.output.as_deref())) {
+            for route in
+                self.config.routes.iter().filter(|r| r.matches(&message.sender.module_id, message.output.as_deref()))
+            {
                 match &route.sink {
                     Sink::ModuleInput { module, input } => {
                         let bag = routes::delivery_bag(&message);
                         let target = ModuleId::new(&message.sender.device_id, module);
-                        let routed = target.input_topic(input, &topic::encode_bag(bag.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+                        let routed = target
+                            .input_topic(input, &topic::encode_bag(bag.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
                         fan_out(&mut state, &routed, &payload, QoS::AtLeastOnce);
                     }
                     Sink::Upstream => {
@@ -455,20 +468,28 @@ impl Hub {
         let (status, body) = match (module.as_ref().and_then(|m| state.twins.get_mut(m)), rest) {
             (None, _) => (404, Bytes::new()),
             (Some(twin), r) if r.starts_with("GET/") => (200, Bytes::from(twin.get_body().to_string())),
-            (Some(twin), r) if r.starts_with("PATCH/properties/reported/") => match serde_json::from_slice::<Value>(payload) {
-                Ok(Value::Object(patch)) => {
-                    twin.patch_reported(&patch);
-                    let reported = Value::Object(twin.reported.clone());
-                    let module = module.clone().unwrap_or_default();
-                    fan_out(&mut state, &format!("local/twin/{module}/reported"), &Bytes::from(reported.to_string()), QoS::AtLeastOnce);
-                    self.emit(HubEvent::Reported { module, reported });
-                    (204, Bytes::new())
+            (Some(twin), r) if r.starts_with("PATCH/properties/reported/") => {
+                match serde_json::from_slice::<Value>(payload) {
+                    Ok(Value::Object(patch)) => {
+                        twin.patch_reported(&patch);
+                        let reported = Value::Object(twin.reported.clone());
+                        let module = module.clone().unwrap_or_default();
+                        fan_out(
+                            &mut state,
+                            &format!("local/twin/{module}/reported"),
+                            &Bytes::from(reported.to_string()),
+                            QoS::AtLeastOnce,
+                        );
+                        self.emit(HubEvent::Reported { module, reported });
+                        (204, Bytes::new())
+                    }
+                    _ => (400, Bytes::new()),
                 }
-                _ => (400, Bytes::new()),
-            },
+            }
             _ => (400, Bytes::new()),
         };
-        let msg = Message { topic: topic::twin_response(status, &rid), payload: body, qos: QoS::AtLeastOnce, dup: false };
+        let msg =
+            Message { topic: topic::twin_response(status, &rid), payload: body, qos: QoS::AtLeastOnce, dup: false };
         deliver_to(&mut state, client_id, msg);
     }
 }
@@ -498,7 +519,8 @@ fn fan_out(state: &mut State, topic: &str, payload: &Bytes, qos: QoS) {
     for session in state.sessions.values_mut() {
         if let Some(granted) = session.granted(topic) {
             let qos = if (qos as u8).min(granted as u8) == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            overflow += enqueue(session, Message { topic: topic.to_string(), payload: payload.clone(), qos, dup: false });
+            overflow +=
+                enqueue(session, Message { topic: topic.to_string(), payload: payload.clone(), qos, dup: false });
         }
     }
     state.overflowed += overflow;

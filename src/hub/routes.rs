@@ -70,8 +70,21 @@ pub fn parse_module_event(topic: &str) -> Option<Result<ModuleMessage, TopicErro
 
 /// System properties in the order edgeHub's converter writes them after the application ones
 /// (contract §2, edgeHub's test); `$.cdid` and `$.cmid` name the sender.
-const SYSTEM_ORDER: [&str; 13] =
-    ["$.ce", "$.ct", "$.schema", "$.to", "$.uid", "$.cid", "$.mid", "$.exp", "$.ctime", "iothub-operation", "$.cdid", "$.cmid", "$.sub"];
+const SYSTEM_ORDER: [&str; 13] = [
+    "$.ce",
+    "$.ct",
+    "$.schema",
+    "$.to",
+    "$.uid",
+    "$.cid",
+    "$.mid",
+    "$.exp",
+    "$.ctime",
+    "iothub-operation",
+    "$.cdid",
+    "$.cmid",
+    "$.sub",
+];
 
 /// Is `key` one of edgeHub's system property wire names?
 pub fn is_system(key: &str) -> bool {
@@ -81,8 +94,7 @@ pub fn is_system(key: &str) -> bool {
 /// The bag a routed message is delivered with: application properties first, then system
 /// properties in edgeHub's order, with the sender's identity as `$.cdid` / `$.cmid`.
 pub fn delivery_bag(message: &ModuleMessage) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> =
-        message.properties.iter().filter(|(k, _)| !is_system(k)).cloned().collect();
+    let mut out: Vec<(String, String)> = message.properties.iter().filter(|(k, _)| !is_system(k)).cloned().collect();
     for key in SYSTEM_ORDER {
         let value = match key {
             "$.cdid" => Some(message.sender.device_id.clone()),

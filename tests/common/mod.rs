@@ -130,7 +130,10 @@ impl RunningModule {
 
     /// Plain TCP to a local broker.
     pub fn on(port: u16, extra: &[(&str, String)]) -> RunningModule {
-        let mut env = vec![("EdgeHubConnectionString", connection_string()), ("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))];
+        let mut env = vec![
+            ("EdgeHubConnectionString", connection_string()),
+            ("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}")),
+        ];
         env.extend(extra.iter().cloned());
         RunningModule::start(&env)
     }
@@ -234,7 +237,9 @@ pub fn input_topic(bag: &str) -> String {
 
 pub fn hot(seq: u64, t: f64) -> (String, String) {
     (
-        input_topic(&format!("sequenceNumber={seq}&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid={DEVICE}&%24.cmid=sensor")),
+        input_topic(&format!(
+            "sequenceNumber={seq}&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid={DEVICE}&%24.cmid=sensor"
+        )),
         format!(r#"{{"machine":{{"temperature":{t},"pressure":1.5}},"ambient":{{"temperature":21,"humidity":25}}}}"#),
     )
 }

@@ -1,0 +1,289 @@
+//! Local mode's embedded hub, checked with third-party clients (mosquitto_pub / mosquitto_sub) and
+//! with the module itself; and the `edgefilter` binary as a user runs it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use edgefilter::hub::{routes, Hub, HubConfig};
+use edgefilter::topic::ModuleId;
+use tokio::net::TcpListener;
+
+const SENSOR: &str = "sensor";
+
+async fn start_hub(desired: serde_json::Value) -> (Arc<Hub>, u16) {
+    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
+    let config = HubConfig {
+        hub_hostname: HUB.into(),
+        device_id: DEVICE.into(),
+        keys: HashMap::from([(MODULE.to_string(), key.clone()), (SENSOR.to_string(), key)]),
+        routes: routes::local_routes(SENSOR, MODULE),
+        desired: HashMap::from([(MODULE.to_string(), desired.as_object().unwrap().clone())]),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hub = Hub::new(config, None);
+    tokio::spawn(hub.clone().serve(listener));
+    (hub, port)
+}
+
+fn credentials(module: &str, ttl: u64) -> (String, String) {
+    let id = ModuleId::new(DEVICE, module);
+    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
+    let expiry = edgefilter::module::now_secs() + ttl;
+    (edgefilter::module::username(HUB, &id), edgefilter::sas::token_from_key(&key, HUB, &id, expiry))
+}
+
+fn sensor_topic(seq: u64) -> String {
+    format!("devices/{DEVICE}/modules/{SENSOR}/messages/events/%24.on=temperatureOutput&%24.ct=application%2Fjson&%24.ce=utf-8&sequenceNumber={seq}")
+}
+
+/// Runs a mosquitto client to completion (bounded by `-W` in its arguments).
+async fn mosquitto(tool: &str, args: &[&str]) -> Output {
+    let out = tokio::process::Command::new(tool).args(args).stdin(Stdio::null()).output();
+    tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("mosquitto client hung")
+        .expect("mosquitto-clients installed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_clients_use_the_hub_as_a_broker_and_as_edgehub() {
+    let (hub, port) = start_hub(serde_json::json!({"TemperatureThreshold": 25})).await;
+    let p = port.to_string();
+
+    // Plain pub/sub between anonymous clients, with wildcards.
+    let sub_args: Vec<String> = ["-p", &p, "-t", "plant/+/temp", "-C", "1", "-W", "10", "-v", "-q", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let sub = tokio::spawn(async move {
+        let a: Vec<&str> = sub_args.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_sub", &a).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = mosquitto("mosquitto_pub", &["-p", &p, "-t", "plant/line1/temp", "-m", "42", "-q", "1"]).await;
+    assert!(out.status.success());
+    let got = sub.await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "plant/line1/temp 42");
+
+    // A module identity with a SAS token: `$iothub` subscriptions and desired pushes work.
+    let (user, token) = credentials(MODULE, 3600);
+    let client_id = format!("{DEVICE}/{MODULE}");
+    let args = [
+        "-p",
+        &p,
+        "-i",
+        &client_id,
+        "-u",
+        &user,
+        "-P",
+        &token,
+        "-t",
+        "$iothub/twin/PATCH/properties/desired/#",
+        "-C",
+        "1",
+        "-W",
+        "10",
+        "-v",
+        "-q",
+        "1",
+    ];
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let sub = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_sub", &args).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = mosquitto(
+        "mosquitto_pub",
+        &["-p", &p, "-t", &format!("local/twin/{MODULE}/desired"), "-m", r#"{"TemperatureThreshold":30}"#],
+    )
+    .await;
+    assert!(out.status.success());
+    let got = sub.await.unwrap();
+    let line = String::from_utf8_lossy(&got.stdout).trim().to_string();
+    let (topic, body) = line.split_once(' ').unwrap();
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        serde_json::json!({"TemperatureThreshold": 30, "$version": 2})
+    );
+
+    // A wrong token, a token for another module, or a client id that is not the identity: refused.
+    let (_, other_token) = credentials(SENSOR, 3600);
+    for (id, password) in [
+        (client_id.as_str(), "SharedAccessSignature sr=x&sig=y&se=1"),
+        (client_id.as_str(), other_token.as_str()),
+        ("dev/other", token.as_str()),
+    ] {
+        let out = mosquitto(
+            "mosquitto_sub",
+            &["-p", &p, "-i", id, "-u", &user, "-P", password, "-t", "x", "-C", "1", "-W", "3"],
+        )
+        .await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains("refused") || err.contains("not authorised") || err.contains("identifier"), "{err}");
+    }
+    drop(hub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_twin_and_token_renewal_through_the_hub() {
+    let (hub, port) = start_hub(serde_json::json!({"TemperatureThreshold": 30})).await;
+    let mut upstream =
+        Peer::connect(port, "upstream-watch", true, &["local/upstream/#", "local/twin/filter/reported"]).await;
+    let mut env = vec![("EDGEFILTER_TOKEN_TTL_SECS", "10".to_string())];
+    env.push(("EdgeHubConnectionString", connection_string()));
+    env.push(("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}")));
+    let module = RunningModule::start(&env);
+    // The twin from the hub: 30 is reported.
+    let reported = upstream.next(Duration::from_secs(5)).await.expect("reported properties");
+    assert_eq!(reported.topic, "local/twin/filter/reported");
+    let reported: serde_json::Value = serde_json::from_slice(&reported.payload).unwrap();
+    assert_eq!(reported["TemperatureThreshold"], 30.0);
+
+    let (user, token) = credentials(SENSOR, 3600);
+    let mut options = rumqttc::MqttOptions::new(format!("{DEVICE}/{SENSOR}"), "127.0.0.1", port);
+    options.set_credentials(user, token);
+    let sensor = Peer::connect_with(options, false, &[]).await;
+    sensor.publish(&sensor_topic(1), r#"{"machine":{"temperature":28}}"#).await;
+    sensor.publish(&sensor_topic(2), r#"{"machine":{"temperature":31}}"#).await;
+    let alert = upstream.next(Duration::from_secs(5)).await.expect("routed alert");
+    assert_eq!(alert.topic, "local/upstream/filter/output1");
+    assert_eq!(alert.payload.as_ref(), br#"{"machine":{"temperature":31}}"#);
+
+    // A desired change through the hub applies live.
+    hub.set_desired(MODULE, serde_json::json!({"TemperatureThreshold": 27}).as_object().unwrap()).unwrap();
+    let reported = upstream.next(Duration::from_secs(5)).await.expect("reported after patch");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&reported.payload).unwrap()["TemperatureThreshold"], 27.0);
+    sensor.publish(&sensor_topic(3), r#"{"machine":{"temperature":28}}"#).await;
+    assert_eq!(
+        upstream.next(Duration::from_secs(5)).await.expect("28 > 27").payload.as_ref(),
+        br#"{"machine":{"temperature":28}}"#
+    );
+
+    // With a 10 s token the module renews after 8 s, reconnects, and alerts keep flowing; the hub
+    // would refuse an expired token, so the new connection proves the renewal.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(module.stats.connections.load(Relaxed) >= 2, "renewed and reconnected");
+    sensor.publish(&sensor_topic(4), r#"{"machine":{"temperature":40}}"#).await;
+    let mut alerts = Vec::new();
+    while let Some(p) = upstream.next(Duration::from_secs(3)).await {
+        if p.topic.starts_with("local/upstream/") {
+            alerts.push(p.payload);
+        }
+    }
+    assert!(alerts.iter().any(|b| b.as_ref() == br#"{"machine":{"temperature":40}}"#), "alert after renewal");
+    module.stop().await.unwrap();
+}
+
+fn edgefilter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+}
+
+#[test]
+fn configuration_errors_exit_2_with_one_line() {
+    for (env, want) in [
+        (vec![], "edgefilter: EdgeHubConnectionString: not set"),
+        (
+            vec![("EdgeHubConnectionString", "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0")],
+            "edgefilter: EdgeHubConnectionString: ModuleId is missing",
+        ),
+        (
+            vec![("EdgeHubConnectionString", connection_string().leak() as &str), ("EDGEFILTER_MQTT_URL", "ftp://x")],
+            "edgefilter: EDGEFILTER_MQTT_URL:",
+        ),
+    ] {
+        let out = edgefilter().env_clear().envs(env).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with(want), "{err}");
+    }
+    let out = edgefilter().args(["--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_module_binary_stops_cleanly_on_sigterm() {
+    let broker = Broker::start("");
+    let child = edgefilter()
+        .env("EdgeHubConnectionString", connection_string())
+        .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Feed it while it runs, then stop it mid-stream.
+    let pubs = (0..20).map(|i| {
+        let (topic, body) = hot(i, 30.0);
+        Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-m", &body])
+            .status()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for s in pubs {
+        assert!(s.unwrap().success());
+    }
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("[INF] - SIGTERM received"), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')), "every line is an IoT Edge log line: {log}");
+}
+
+#[test]
+fn local_mode_shows_alerts_and_applies_a_threshold_change() {
+    let port = free_port();
+    let p = port.to_string();
+    let child = edgefilter()
+        .args(["local", "--port", &p, "--interval-ms", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "local/upstream/#", "-C", "3", "-W", "15", "-v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/output1 {\"machine\"")).count(),
+        3,
+        "{text}"
+    );
+    // Raise the threshold out of reach by typing on the console: the filter reports it and the
+    // alerts stop.
+    let reported = std::thread::spawn(move || {
+        Command::new("mosquitto_sub")
+            .args(["-p", &port.to_string(), "-t", "local/twin/edgefilter/reported", "-C", "1", "-W", "10"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child = child;
+    use std::io::Write as _;
+    child.stdin.as_mut().unwrap().write_all(b"TemperatureThreshold=1000\n").unwrap();
+    let reported = String::from_utf8_lossy(&reported.join().unwrap().stdout).to_string();
+    assert!(reported.contains(r#""TemperatureThreshold":1000.0"#), "{reported}");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "local/upstream/#", "-C", "1", "-W", "2"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "no alert above 1000: {}", String::from_utf8_lossy(&out.stdout));
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(console.contains("TemperatureThreshold is now 1000"), "{console}");
+}
