@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Installs what edgefilter's tests and builds need on a fresh Debian/Ubuntu machine (root or sudo):
-# mosquitto and its clients (the real broker the tests talk to), the armv7 cross toolchain and qemu,
-# and the Rust target. Safe to run again.
+# Installs what edgefilter needs on a fresh Debian/Ubuntu machine (root or sudo). Safe to run again.
+#   scripts/setup.sh          everything the tests need: mosquitto and its clients (the real broker
+#                             the tests talk to), the armv7 cross toolchain, qemu, strace, the target
+#   scripts/setup.sh build    only what a release build needs (the Dockerfiles' build stage)
 set -euo pipefail
+mode=${1:-test}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 need=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
-command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
-command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
-command -v strace >/dev/null 2>&1 || need+=(strace)
+have() { command -v "$1" >/dev/null 2>&1; }
+have arm-linux-gnueabihf-gcc || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+if [ "$mode" = test ]; then
+  have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  have mosquitto_sub || need+=(mosquitto-clients)
+  have qemu-arm || need+=(qemu-user)
+  have strace || need+=(strace)
+  have gcc || need+=(gcc)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Debian starts a system mosquitto on port 1883; the tests start their own on free ports.
 rustup target list --installed 2>/dev/null | grep -q armv7-unknown-linux-gnueabihf \
   || rustup target add armv7-unknown-linux-gnueabihf
-rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+if [ "$mode" = test ]; then
+  rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+fi

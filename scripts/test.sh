@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, then formatting, lints and every test.
+# The whole test suite: installs what it needs, then formatting, lints, every test (including the
+# armv7 release binary under qemu), and the armv7 figures (binary size, instructions per message).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --workspace
+scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7
+EDGEFILTER_ARM_BINARY="$PWD/dist/armv7/edgefilter" cargo test --workspace
+if command -v hadolint >/dev/null 2>&1; then hadolint Dockerfile.amd64 Dockerfile.arm32v7; fi
+echo "== armv7 figures"
+scripts/arm-replay-insns.sh 1000
