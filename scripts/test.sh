@@ -8,6 +8,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7
 EDGEFILTER_ARM_BINARY="$PWD/dist/armv7/edgefilter" cargo test --workspace
-if command -v hadolint >/dev/null 2>&1; then hadolint Dockerfile.amd64 Dockerfile.arm32v7; fi
+hadolint Dockerfile.amd64 Dockerfile.arm32v7
 echo "== armv7 figures"
 scripts/arm-replay-insns.sh 1000
