@@ -13,6 +13,9 @@ use std::hint::black_box;
 mod competitors;
 use competitors::*;
 
+/// One parser under test.
+type Parser = dyn FnMut(&[u8]) -> Option<f64>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
@@ -24,7 +27,7 @@ fn main() {
     let n: u64 = args[3].parse().expect("N is a count");
     let mut scratch = Vec::with_capacity(doc.len());
     let mut buffers = simd_json::Buffers::new(doc.len());
-    let mut parse: Box<dyn FnMut(&[u8]) -> Option<f64>> = match args[1].as_str() {
+    let mut parse: Box<Parser> = match args[1].as_str() {
         "edgefilter-scan" => Box::new(edgefilter_scan),
         "serde_json-Value" => Box::new(serde_value),
         "serde_json-typed" => Box::new(serde_typed),

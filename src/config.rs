@@ -10,6 +10,10 @@
 //! - `EDGEFILTER_MQTT_URL` / `--mqtt-url` (`mqtt://host:port` plain TCP, `mqtts://host:port`
 //!   TLS), which overrides where the connection goes, for local brokers;
 //! - `EDGEFILTER_TOKEN_TTL_SECS`: the SAS token lifetime, 3600 s by default like the SDKs.
+//!
+//! On an IoT Edge device edgeAgent sets `IOTEDGE_*` instead, and the security daemon's workload
+//! API signs the tokens and serves the CA bundle ([`crate::workload`]). As in the Python SDK these
+//! take precedence over `EdgeHubConnectionString`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +55,8 @@ pub enum Trust {
     CaFile(PathBuf),
     /// The operating system's roots.
     SystemRoots,
+    /// The security daemon's trust bundle (`GET /trust-bundle`).
+    WorkloadBundle,
 }
 
 /// How SAS tokens are signed.
@@ -58,12 +64,15 @@ pub enum Trust {
 pub enum Credentials {
     /// A shared access key held by the module.
     Key(Vec<u8>),
+    /// The security daemon signs with the module's key, which the module never sees.
+    Workload(crate::workload::Workload),
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Key(_) => f.write_str("Key(<redacted>)"),
+            Credentials::Workload(w) => write!(f, "Workload({:?})", w.uri),
         }
     }
 }
@@ -168,35 +177,25 @@ pub fn parse_mqtt_url(url: &str, trust: Trust) -> Result<Endpoint, String> {
     Ok(Endpoint { host: host.to_string(), port, tls })
 }
 
+/// The `IOTEDGE_*` variables edgeAgent sets for a module.
+const EDGE_VARIABLES: [&str; 7] = [
+    "IOTEDGE_IOTHUBHOSTNAME",
+    "IOTEDGE_GATEWAYHOSTNAME",
+    "IOTEDGE_DEVICEID",
+    "IOTEDGE_MODULEID",
+    "IOTEDGE_MODULEGENERATIONID",
+    "IOTEDGE_WORKLOADURI",
+    "IOTEDGE_AUTHSCHEME",
+];
+
 /// Resolves the configuration from environment variables (`lookup`) and an optional `--mqtt-url`.
 pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&str>) -> Result<Config, ConfigError> {
-    let raw = lookup(CONNECTION_STRING).ok_or_else(|| {
-        err(
-            CONNECTION_STRING,
-            "not set: the module needs its identity (HostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…)",
-        )
-    })?;
-    let cs = parse_connection_string(&raw)?;
-    let key = crate::sas::decode_key(&cs.shared_access_key)
-        .map_err(|_| err(CONNECTION_STRING, "SharedAccessKey is not valid base64"))?;
-
-    let trust = match lookup(CA_FILE).filter(|v| !v.is_empty()) {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            if !path.is_file() {
-                return Err(err(CA_FILE, format!("{} is not a readable file", path.display())));
-            }
-            Trust::CaFile(path)
-        }
-        None => Trust::SystemRoots,
-    };
+    let edge = EDGE_VARIABLES.iter().any(|v| lookup(v).is_some());
+    let (identity, gateway, credentials, trust) =
+        if edge { from_edge(&lookup)? } else { from_connection_string(&lookup)? };
     let endpoint = match mqtt_url_flag.map(str::to_string).or_else(|| lookup(MQTT_URL)) {
         Some(url) => parse_mqtt_url(&url, trust).map_err(|p| err(MQTT_URL, p))?,
-        None => Endpoint {
-            host: cs.gateway_host_name.clone().unwrap_or_else(|| cs.host_name.clone()),
-            port: 8883,
-            tls: Some(trust),
-        },
+        None => Endpoint { host: gateway, port: 8883, tls: Some(trust) },
     };
     let token_ttl = match lookup(TOKEN_TTL) {
         Some(v) => match v.trim().parse::<u64>() {
@@ -209,11 +208,59 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         let variable = settings::names().find(|n| problem.starts_with(n)).unwrap_or("settings");
         err(variable, problem.split_once(": ").map_or(problem.clone(), |(_, p)| p.to_string()))
     })?;
-    Ok(Config {
-        identity: Identity { hub_hostname: cs.host_name, module: ModuleId::new(cs.device_id, cs.module_id) },
-        endpoint,
-        credentials: Credentials::Key(key),
-        token_ttl,
-        settings,
-    })
+    Ok(Config { identity, endpoint, credentials, token_ttl, settings })
+}
+
+type Resolved = (Identity, String, Credentials, Trust);
+
+/// The development path: a connection string with the module's key.
+fn from_connection_string(lookup: &impl Fn(&str) -> Option<String>) -> Result<Resolved, ConfigError> {
+    let raw = lookup(CONNECTION_STRING).ok_or_else(|| {
+        err(
+            CONNECTION_STRING,
+            "not set: the module needs its identity (HostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…), or the IOTEDGE_* variables IoT Edge sets",
+        )
+    })?;
+    let cs = parse_connection_string(&raw)?;
+    let key = crate::sas::decode_key(&cs.shared_access_key)
+        .map_err(|_| err(CONNECTION_STRING, "SharedAccessKey is not valid base64"))?;
+    let trust = match lookup(CA_FILE).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(err(CA_FILE, format!("{} is not a readable file", path.display())));
+            }
+            Trust::CaFile(path)
+        }
+        None => Trust::SystemRoots,
+    };
+    let gateway = cs.gateway_host_name.clone().unwrap_or_else(|| cs.host_name.clone());
+    let identity = Identity { hub_hostname: cs.host_name, module: ModuleId::new(cs.device_id, cs.module_id) };
+    Ok((identity, gateway, Credentials::Key(key), trust))
+}
+
+/// The device path: edgeAgent's variables and the security daemon.
+fn from_edge(lookup: &impl Fn(&str) -> Option<String>) -> Result<Resolved, ConfigError> {
+    let get = |name: &'static str| {
+        lookup(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| err(name, "not set, but other IOTEDGE_* variables are: IoT Edge sets all of them"))
+    };
+    let scheme = get("IOTEDGE_AUTHSCHEME")?;
+    if !scheme.eq_ignore_ascii_case("sasToken") {
+        return Err(err("IOTEDGE_AUTHSCHEME", format!("{scheme:?} is not supported: only sasToken")));
+    }
+    let uri = get("IOTEDGE_WORKLOADURI")?;
+    let workload = crate::workload::Workload {
+        uri: crate::workload::parse_uri(&uri).map_err(|p| err("IOTEDGE_WORKLOADURI", p))?,
+        module_id: get("IOTEDGE_MODULEID")?,
+        generation_id: get("IOTEDGE_MODULEGENERATIONID")?,
+        api_version: lookup("IOTEDGE_APIVERSION").filter(|v| !v.is_empty()).unwrap_or_else(|| "2018-06-28".into()),
+    };
+    let identity = Identity {
+        hub_hostname: get("IOTEDGE_IOTHUBHOSTNAME")?,
+        module: ModuleId::new(get("IOTEDGE_DEVICEID")?, workload.module_id.clone()),
+    };
+    let gateway = get("IOTEDGE_GATEWAYHOSTNAME")?;
+    Ok((identity, gateway, Credentials::Workload(workload), Trust::WorkloadBundle))
 }

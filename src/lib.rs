@@ -19,3 +19,4 @@ pub mod sensor;
 pub mod settings;
 pub mod stats;
 pub mod topic;
+pub mod workload;

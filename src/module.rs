@@ -44,6 +44,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How soon a failed token renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
 /// How often the counters go to the log.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -67,23 +69,39 @@ pub fn renewal_margin(ttl: Duration) -> Duration {
     Duration::from_secs(120).min(ttl / 5)
 }
 
-/// The rustls client configuration for a trust choice, with the ring provider.
-pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The PEM certificates to trust, for a trust choice (the workload's bundle is fetched).
+async fn trust_pem(config: &Config, trust: &Trust) -> Result<Option<Vec<u8>>, String> {
+    match trust {
+        Trust::SystemRoots => Ok(None),
+        Trust::CaFile(path) => std::fs::read(path)
+            .map(Some)
+            .map_err(|e| format!("EdgeModuleCACertificateFile: cannot read {}: {e}", path.display())),
+        Trust::WorkloadBundle => match &config.credentials {
+            Credentials::Workload(w) => {
+                w.trust_bundle().await.map(|pem| Some(pem.into_bytes())).map_err(|e| e.to_string())
+            }
+            Credentials::Key(_) => Err("the trust bundle comes from the workload API, which is not configured".into()),
+        },
+    }
+}
+
+/// The rustls client configuration trusting `pem` (or the system roots), with the ring provider.
+pub fn tls_config(pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
-    match trust {
-        Trust::CaFile(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("EdgeModuleCACertificateFile: cannot read {}: {e}", path.display()))?;
+    match pem {
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("CA certificates: not PEM: {e}"))?;
             if certs.is_empty() {
-                return Err(format!("EdgeModuleCACertificateFile: {} holds no PEM certificate", path.display()));
+                return Err("CA certificates: no PEM certificate found".into());
             }
             for cert in certs {
-                roots.add(cert).map_err(|e| format!("EdgeModuleCACertificateFile: {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("CA certificates: {e}"))?;
             }
         }
-        Trust::SystemRoots => {
+        None => {
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
@@ -99,15 +117,39 @@ pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Signs a fresh token valid for `ttl` from now; returns it with its expiry.
-fn fresh_token(config: &Config) -> (String, u64) {
+/// Signs a fresh token valid for the configured lifetime; returns it with its expiry.
+async fn fresh_token(config: &Config) -> Result<(String, u64), String> {
     let expiry = now_secs() + config.token_ttl.as_secs();
+    let (hub, id) = (&config.identity.hub_hostname, &config.identity.module);
     let token = match &config.credentials {
-        Credentials::Key(key) => {
-            crate::sas::token_from_key(key, &config.identity.hub_hostname, &config.identity.module, expiry)
+        Credentials::Key(key) => crate::sas::token_from_key(key, hub, id, expiry),
+        Credentials::Workload(w) => {
+            let sr = crate::sas::encoded_resource(hub, id);
+            let digest = w.sign(crate::sas::string_to_sign(&sr, expiry).as_bytes()).await.map_err(|e| e.to_string())?;
+            crate::sas::token(&sr, &digest, expiry)
         }
     };
-    (token, expiry)
+    Ok((token, expiry))
+}
+
+/// Retries `step` with back-off until it succeeds or `shutdown` resolves (None then).
+async fn until_ok<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<T> {
+    let mut delay = BACKOFF_MIN;
+    loop {
+        match step().await {
+            Ok(v) => return Some(v),
+            Err(e) => error!("{what}: {e}; retrying in {:.1} s", delay.as_secs_f64()),
+        }
+        tokio::select! {
+            _ = sleep(jitter(delay)) => {}
+            _ = shutdown.as_mut() => return None,
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
 }
 
 /// A request that did not fit the client's queue yet.
@@ -127,11 +169,19 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         .set_manual_acks(true)
         .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
         .set_inflight(100);
+    let mut shutdown = std::pin::pin!(shutdown);
     if let Some(trust) = &config.endpoint.tls {
-        options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(trust)?)));
+        let Some(pem) = until_ok("cannot get the CA certificates", || trust_pem(&config, trust), &mut shutdown).await
+        else {
+            return Ok(());
+        };
+        options
+            .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(pem.as_deref())?)));
     }
     let user = username(&config.identity.hub_hostname, &id);
-    let (token, _) = fresh_token(&config);
+    let Some((token, _)) = until_ok("cannot sign a SAS token", || fresh_token(&config), &mut shutdown).await else {
+        return Ok(());
+    };
     options.set_credentials(user.clone(), token);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
 
@@ -158,7 +208,6 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         shell.settings.temperature_threshold
     );
 
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     let mut drain_deadline = None;
     let mut next_stats = Instant::now() + STATS_INTERVAL;
@@ -180,13 +229,19 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                 );
                 break;
             }
-            _ = sleep_until(renew_at) => {
-                let (token, expiry) = fresh_token(&config);
-                eventloop.mqtt_options.set_credentials(user.clone(), token);
-                renew_at = Instant::now() + config.token_ttl - margin;
-                info!("SAS token renewed (valid until {expiry}): reconnecting with it");
-                eventloop.clean();
-            }
+            _ = sleep_until(renew_at) => match fresh_token(&config).await {
+                Ok((token, expiry)) => {
+                    eventloop.mqtt_options.set_credentials(user.clone(), token);
+                    renew_at = Instant::now() + config.token_ttl - margin;
+                    info!("SAS token renewed (valid until {expiry}): reconnecting with it");
+                    eventloop.clean();
+                }
+                Err(e) => {
+                    // Keep the connection on the current token while it lasts; try again soon.
+                    renew_at = Instant::now() + RENEW_RETRY;
+                    warn!("SAS token renewal failed: {e}; keeping the current token, retrying in {} s", RENEW_RETRY.as_secs());
+                }
+            },
             _ = sleep_until(twin_retry.unwrap_or_else(Instant::now)), if twin_retry.is_some() => {
                 warn!("no answer to the twin request in {}s: asking again", TWIN_TIMEOUT.as_secs());
                 shell.request_twin();

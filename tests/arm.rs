@@ -21,7 +21,11 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
         broker.port,
         "edgehub-side",
         true,
-        &["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"],
+        &[
+            "devices/dev/modules/filter/messages/events/#",
+            "$iothub/twin/GET/#",
+            "$iothub/twin/PATCH/properties/reported/#",
+        ],
     )
     .await;
     let child = Command::new("qemu-arm")
@@ -31,7 +35,8 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("qemu-arm (apt-get install qemu-user)");
-    let reported = answer_twin(&mut edge, &json!({"TemperatureThreshold": 28, "$version": 1}), Duration::from_secs(5)).await;
+    let reported =
+        answer_twin(&mut edge, &json!({"TemperatureThreshold": 28, "$version": 1}), Duration::from_secs(5)).await;
     assert_eq!(reported.last().expect("reported properties from the ARM module")["TemperatureThreshold"], json!(28.0));
 
     for (seq, t) in [(1, 27.0), (2, 29.0)] {
@@ -41,7 +46,8 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
     let alert = edge.next(Duration::from_secs(5)).await.expect("alert from the ARM module");
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("2"));
 
-    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":26,"$version":2}"#).await;
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":26,"$version":2}"#)
+        .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_secs(1)).await;
     assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(26.0));
     let (topic, body) = hot(3, 27.0);

@@ -455,3 +455,69 @@ fn sensor_messages_look_like_simulated_temperature_sensor() {
     assert_eq!(first, batch(&mut s));
     assert_eq!(first.unwrap().len(), 36);
 }
+
+// ---- the security daemon path ----
+
+fn edge_vars() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("IOTEDGE_IOTHUBHOSTNAME", "hub.azure-devices.net"),
+        ("IOTEDGE_GATEWAYHOSTNAME", "gateway.local"),
+        ("IOTEDGE_DEVICEID", "dev"),
+        ("IOTEDGE_MODULEID", "edge filter"),
+        ("IOTEDGE_MODULEGENERATIONID", "gen1"),
+        ("IOTEDGE_WORKLOADURI", "unix:///var/run/iotedge/workload.sock"),
+        ("IOTEDGE_APIVERSION", "2022-08-03"),
+        ("IOTEDGE_AUTHSCHEME", "sasToken"),
+        ("EdgeHubConnectionString", CS),
+    ]
+}
+
+#[test]
+fn iotedge_variables_take_precedence_and_use_the_workload_api() {
+    use edgefilter::workload::{Workload, WorkloadUri};
+    let c = config::resolve(env_of(&edge_vars()), None).unwrap();
+    assert_eq!(c.identity.hub_hostname, "hub.azure-devices.net");
+    assert_eq!(c.identity.module, ModuleId::new("dev", "edge filter"));
+    assert_eq!(
+        c.endpoint,
+        config::Endpoint { host: "gateway.local".into(), port: 8883, tls: Some(config::Trust::WorkloadBundle) }
+    );
+    let config::Credentials::Workload(w) = &c.credentials else { panic!("workload credentials expected") };
+    assert_eq!(w.uri, WorkloadUri::Unix("/var/run/iotedge/workload.sock".into()));
+    assert_eq!(w.sign_path(), "/modules/edge%20filter/genid/gen1/sign?api-version=2022-08-03");
+    assert_eq!(w.trust_bundle_path(), "/trust-bundle?api-version=2022-08-03");
+    assert_eq!(Workload::sign_body(b"sr\n123"), r#"{"algo":"HMACSHA256","data":"c3IKMTIz","keyId":"primary"}"#);
+}
+
+#[test]
+fn iotedge_variable_errors() {
+    let mut vars = edge_vars();
+    vars.retain(|(k, _)| *k != "IOTEDGE_MODULEGENERATIONID");
+    let e = config::resolve(env_of(&vars), None).unwrap_err().to_string();
+    assert!(e.starts_with("IOTEDGE_MODULEGENERATIONID: not set"), "{e}");
+    let mut vars = edge_vars();
+    vars.retain(|(k, _)| *k != "IOTEDGE_AUTHSCHEME");
+    vars.push(("IOTEDGE_AUTHSCHEME", "x509"));
+    let e = config::resolve(env_of(&vars), None).unwrap_err().to_string();
+    assert_eq!(e, "IOTEDGE_AUTHSCHEME: \"x509\" is not supported: only sasToken");
+    let mut vars = edge_vars();
+    vars.retain(|(k, _)| *k != "IOTEDGE_WORKLOADURI");
+    vars.push(("IOTEDGE_WORKLOADURI", "tcp://x"));
+    let e = config::resolve(env_of(&vars), None).unwrap_err().to_string();
+    assert!(e.starts_with("IOTEDGE_WORKLOADURI: \"tcp://x\" must start with unix:// or http://"), "{e}");
+}
+
+#[test]
+fn workload_responses_are_checked() {
+    use edgefilter::workload::{parse_digest, parse_trust_bundle, parse_uri, WorkloadError, WorkloadUri};
+    let digest = sas::sign(b"k", b"d");
+    assert_eq!(parse_digest(json!({"digest": digest}).to_string().as_bytes()), Ok(digest));
+    assert!(matches!(parse_digest(b"{\"digest\":"), Err(WorkloadError::BadResponse(_))));
+    assert!(matches!(parse_digest(br#"{"digest":"c2hvcnQ="}"#), Err(WorkloadError::BadResponse(_))));
+    assert!(matches!(parse_digest(br#"{"other":1}"#), Err(WorkloadError::BadResponse(_))));
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    assert_eq!(parse_trust_bundle(json!({"certificate": pem}).to_string().as_bytes()), Ok(pem.to_string()));
+    assert!(parse_trust_bundle(br#"{"certificate":""}"#).is_err());
+    assert_eq!(parse_uri("http://127.0.0.1:15580"), Ok(WorkloadUri::Http { host: "127.0.0.1".into(), port: 15580 }));
+    assert!(parse_uri("unix://relative.sock").is_err());
+}

@@ -119,25 +119,6 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     assert_eq!(stats.twin_rejections.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
-/// A CA and a server certificate for `localhost`, written as PEM files.
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "edgefilter test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, server.pem()).unwrap();
-    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     let certs = tempfile::tempdir().unwrap();

@@ -18,9 +18,12 @@ fn deployment_routes_use_the_modules_input_and_output() {
     let routes = d["modulesContent"]["$edgeHub"]["properties.desired"]["routes"].as_object().unwrap();
     let routes: Vec<&str> = routes.values().map(|v| v.as_str().unwrap()).collect();
     let into_filter = format!("INTO BrokeredEndpoint(\"/modules/edgefilter/inputs/{}\")", edgefilter::filter::INPUT);
-    assert!(routes.iter().any(|r| r.starts_with("FROM /messages/modules/SimulatedTemperatureSensor/outputs/temperatureOutput")
-        && r.ends_with(&into_filter)));
-    let from_filter = format!("FROM /messages/modules/edgefilter/outputs/{} INTO $upstream", edgefilter::filter::OUTPUT);
+    assert!(routes
+        .iter()
+        .any(|r| r.starts_with("FROM /messages/modules/SimulatedTemperatureSensor/outputs/temperatureOutput")
+            && r.ends_with(&into_filter)));
+    let from_filter =
+        format!("FROM /messages/modules/edgefilter/outputs/{} INTO $upstream", edgefilter::filter::OUTPUT);
     assert!(routes.contains(&from_filter.as_str()), "{routes:?}");
 }
 

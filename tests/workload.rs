@@ -1,0 +1,214 @@
+//! The security-daemon path: a workload API server on a real unix socket (hyper, checking request
+//! paths, queries and bodies exactly, signing with a test key), the module configured by IOTEDGE_*
+//! variables, the embedded hub validating the tokens, and mosquitto with TLS chained to the bundle.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Error500,
+    Garbage,
+}
+
+/// What the stub serves and saw.
+struct Daemon {
+    mode: Mutex<Mode>,
+    bundle: Mutex<String>,
+    signs: AtomicU64,
+    bundles: AtomicU64,
+    /// Requests that did not match the API exactly.
+    wrong: Mutex<Vec<String>>,
+}
+
+const GENID: &str = "637abc1";
+const API: &str = "2022-08-03";
+
+async fn serve(
+    daemon: Arc<Daemon>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let method = req.method().clone();
+    let body = req.into_body().collect().await?.to_bytes();
+    let mode = *daemon.mode.lock().unwrap();
+    let reply =
+        |status: u16, body: String| Ok(Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap());
+    if mode == Mode::Error500 {
+        return reply(500, "daemon is unhappy".into());
+    }
+    if method == "POST" && path == format!("/modules/{MODULE}/genid/{GENID}/sign?api-version={API}") {
+        daemon.signs.fetch_add(1, Relaxed);
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let keys: Vec<&String> = request.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        if request["keyId"] != "primary" || request["algo"] != "HMACSHA256" || keys.len() != 3 {
+            daemon.wrong.lock().unwrap().push(format!("sign body {request}"));
+            return reply(400, "bad request".into());
+        }
+        let data = base64::engine::general_purpose::STANDARD.decode(request["data"].as_str().unwrap_or("")).unwrap();
+        let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
+        if mode == Mode::Garbage {
+            return reply(200, "{\"digest\":".into());
+        }
+        return reply(200, json!({"digest": edgefilter::sas::sign(&key, &data)}).to_string());
+    }
+    if method == "GET" && path == format!("/trust-bundle?api-version={API}") {
+        daemon.bundles.fetch_add(1, Relaxed);
+        if mode == Mode::Garbage {
+            return reply(200, "<html>".into());
+        }
+        return reply(200, json!({"certificate": *daemon.bundle.lock().unwrap()}).to_string());
+    }
+    daemon.wrong.lock().unwrap().push(format!("{method} {path}"));
+    reply(404, "not found".into())
+}
+
+/// Starts the stub on a unix socket; returns it and the socket's URI.
+fn start_daemon(dir: &std::path::Path, bundle: String) -> (Arc<Daemon>, String) {
+    let socket = dir.join("workload.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let daemon = Arc::new(Daemon {
+        mode: Mutex::new(Mode::Normal),
+        bundle: Mutex::new(bundle),
+        signs: AtomicU64::new(0),
+        bundles: AtomicU64::new(0),
+        wrong: Mutex::new(Vec::new()),
+    });
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let d = d.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| serve(d.clone(), req));
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (daemon, format!("unix://{}", socket.display()))
+}
+
+fn edge_env(workload_uri: &str, mqtt_url: &str, ttl: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("IOTEDGE_IOTHUBHOSTNAME", HUB.into()),
+        ("IOTEDGE_GATEWAYHOSTNAME", "localhost".into()),
+        ("IOTEDGE_DEVICEID", DEVICE.into()),
+        ("IOTEDGE_MODULEID", MODULE.into()),
+        ("IOTEDGE_MODULEGENERATIONID", GENID.into()),
+        ("IOTEDGE_WORKLOADURI", workload_uri.into()),
+        ("IOTEDGE_APIVERSION", API.into()),
+        ("IOTEDGE_AUTHSCHEME", "sasToken".into()),
+        ("EDGEFILTER_MQTT_URL", mqtt_url.into()),
+        ("EDGEFILTER_TOKEN_TTL_SECS", ttl.into()),
+        // Ignored: the IOTEDGE_* variables take precedence.
+        ("EdgeHubConnectionString", "HostName=x;DeviceId=y;ModuleId=z;SharedAccessKey=c2VjcmV0".into()),
+    ]
+}
+
+async fn embedded_hub() -> (Arc<edgefilter::hub::Hub>, u16) {
+    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
+    let config = edgefilter::hub::HubConfig {
+        hub_hostname: HUB.into(),
+        device_id: DEVICE.into(),
+        keys: HashMap::from([(MODULE.to_string(), key.clone()), ("sensor".to_string(), key)]),
+        routes: edgefilter::hub::routes::local_routes("sensor", MODULE),
+        desired: HashMap::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hub = edgefilter::hub::Hub::new(config, None);
+    tokio::spawn(hub.clone().serve(listener));
+    (hub, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_by_the_daemon_are_accepted_and_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, uri) = start_daemon(dir.path(), String::new());
+    let (_hub, port) = embedded_hub().await;
+    let mut upstream = Peer::connect(port, "watch", true, &["local/upstream/#"]).await;
+    let module = RunningModule::start(&edge_env(&uri, &format!("mqtt://127.0.0.1:{port}"), "10"));
+    // The hub validates every token against the module key: a connection proves the signature.
+    let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(module.stats.connections.load(Relaxed), 1);
+    let topic = "devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber=1";
+    sensor.publish(topic, r#"{"machine":{"temperature":40}}"#).await;
+    assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "alert through the hub");
+
+    // A 10 s token is renewed through the daemon after 8 s; the hub accepts the new one.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(daemon.signs.load(Relaxed) >= 2, "renewed through the daemon");
+    assert!(module.stats.connections.load(Relaxed) >= 2, "reconnected with the new token");
+    sensor.publish(topic, r#"{"machine":{"temperature":41}}"#).await;
+    assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "alert after renewal");
+
+    // The daemon fails: the module keeps its current token and connection, and recovers.
+    *daemon.mode.lock().unwrap() = Mode::Error500;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    sensor.publish(topic, r#"{"machine":{"temperature":42}}"#).await;
+    assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "still filtering on the current token");
+    *daemon.mode.lock().unwrap() = Mode::Normal;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let connections = module.stats.connections.load(Relaxed);
+    assert!(connections >= 3, "renewed once the daemon recovered ({connections})");
+    assert!(daemon.wrong.lock().unwrap().is_empty(), "{:?}", daemon.wrong.lock().unwrap());
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_trust_comes_from_the_daemons_bundle() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let tls_port = free_port();
+    let broker = Broker::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+        cert.display(),
+        key.display()
+    ));
+    wait_for_port(tls_port);
+    let mut edge =
+        Peer::connect(broker.port, "edgehub-side", true, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, uri) = start_daemon(dir.path(), std::fs::read_to_string(&ca).unwrap());
+    let url = format!("mqtts://localhost:{tls_port}");
+    let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (topic, body) = hot(1, 40.0);
+    edge.publish(&topic, body).await;
+    assert!(edge.next(Duration::from_secs(3)).await.is_some(), "alert over TLS trusted through the bundle");
+    assert_eq!(daemon.bundles.load(Relaxed), 1);
+    module.stop().await.unwrap();
+
+    // A bundle with another CA: the broker's certificate is refused, nothing connects.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = certificates(other.path());
+    *daemon.bundle.lock().unwrap() = std::fs::read_to_string(wrong_ca).unwrap();
+    let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(module.stats.connections.load(Relaxed), 0);
+    module.stop().await.unwrap();
+
+    // A daemon answering garbage: the module keeps asking and never connects on a guess.
+    *daemon.mode.lock().unwrap() = Mode::Garbage;
+    let before = daemon.bundles.load(Relaxed);
+    let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(daemon.bundles.load(Relaxed) >= before + 2, "retried");
+    assert_eq!(module.stats.connections.load(Relaxed), 0);
+    module.stop().await.unwrap();
+}
