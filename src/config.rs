@@ -9,7 +9,9 @@
 //!   `EdgeModuleCACertificateFile` as the CA that edgeHub's certificate chains to;
 //! - `EDGEFILTER_MQTT_URL` / `--mqtt-url` (`mqtt://host:port` plain TCP, `mqtts://host:port`
 //!   TLS), which overrides where the connection goes, for local brokers;
-//! - `EDGEFILTER_TOKEN_TTL_SECS`: the SAS token lifetime, 3600 s by default like the SDKs.
+//! - `EDGEFILTER_TOKEN_TTL_SECS`: the SAS token lifetime, 3600 s by default like the SDKs;
+//! - `EDGEFILTER_METRICS_ADDR`: where `/metrics` is served, `0.0.0.0:9600` by default, `off` for
+//!   nowhere.
 //!
 //! On an IoT Edge device edgeAgent sets `IOTEDGE_*` instead, and the security daemon's workload
 //! API signs the tokens and serves the CA bundle ([`crate::workload`]). As in the Python SDK these
@@ -30,6 +32,8 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Settings from the environment over the defaults: the base the twin applies to.
     pub settings: Settings,
+    /// Where `/metrics` is served (`EDGEFILTER_METRICS_ADDR`, default `0.0.0.0:9600`; `off`: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The module identity and the IoT Hub it belongs to.
@@ -100,6 +104,7 @@ const CONNECTION_STRING: &str = "EdgeHubConnectionString";
 const CA_FILE: &str = "EdgeModuleCACertificateFile";
 const MQTT_URL: &str = "EDGEFILTER_MQTT_URL";
 const TOKEN_TTL: &str = "EDGEFILTER_TOKEN_TTL_SECS";
+const METRICS_ADDR: &str = "EDGEFILTER_METRICS_ADDR";
 
 /// The fields of a connection string.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -208,7 +213,14 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         let variable = settings::names().find(|n| problem.starts_with(n)).unwrap_or("settings");
         err(variable, problem.split_once(": ").map_or(problem.clone(), |(_, p)| p.to_string()))
     })?;
-    Ok(Config { identity, endpoint, credentials, token_ttl, settings })
+    let metrics_addr = match lookup(METRICS_ADDR).as_deref().map(str::trim) {
+        None => Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9600))),
+        Some("" | "off") => None,
+        Some(v) => Some(
+            v.parse().map_err(|_| err(METRICS_ADDR, format!("{v:?} is not host:port (e.g. 0.0.0.0:9600) or off")))?,
+        ),
+    };
+    Ok(Config { identity, endpoint, credentials, token_ttl, settings, metrics_addr })
 }
 
 type Resolved = (Identity, String, Credentials, Trust);

@@ -6,64 +6,74 @@
 //! earlier one whose alert is still unconfirmed. If the module dies before acknowledging, the
 //! hub redelivers the input; the alert may then go out twice, never zero times.
 //!
-//! Alerts are matched to the hub's PUBACKs by packet id. The MQTT client assigns packet ids as it
-//! writes publishes, in the order they were queued, and reports each write, so the n-th write of
-//! a new packet id belongs to the n-th queued alert. The state here is connection-aware:
-//!
-//! - inputs belong to one connection: after a reconnect their packet ids mean nothing, the hub
-//!   redelivers them (persistent session), so pending input acknowledgements are forgotten;
-//! - alerts outlive connections: the client retransmits unconfirmed alerts with their packet ids
-//!   when the session resumes; when the hub reports no session, the client drops them, so this
-//!   tracker hands them back to be queued again. Alerts are never lost here.
+//! This is also where the module's packet identifiers come from: an alert keeps its identifier
+//! until the hub confirms it, across reconnections (MQTT asks for unconfirmed publishes to be sent
+//! again, marked DUP, when the session resumes). Inputs belong to one connection: after a
+//! reconnect their identifiers mean nothing and the hub redelivers them, so pending input
+//! acknowledgements are forgotten then. Alerts are never forgotten here.
 //!
 //! Pure state, no I/O: the MQTT shell feeds it events and does what it says.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-
-/// An alert held until the hub confirms it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Alert<P> {
-    pub topic: String,
-    pub payload: P,
-}
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 #[derive(Debug)]
 struct Input {
     pkid: u16,
-    /// The alert this input waits for, if any.
-    alert: Option<u64>,
+    /// The packet id of the alert this input waits for, if any.
+    alert: Option<u16>,
 }
 
-/// See the module docs.
+/// See the module docs. `A` is whatever the shell keeps of an alert until it is confirmed.
 #[derive(Debug)]
-pub struct Delivery<P> {
+pub struct Delivery<A> {
     inputs: VecDeque<Input>,
-    alerts: BTreeMap<u64, Alert<P>>,
-    next_alert: u64,
-    /// Alerts queued to the client whose packet id is not yet known, in queue order.
-    unassigned: VecDeque<u64>,
-    by_pkid: HashMap<u16, u64>,
-    /// An alert the client holds back because its packet id is still in use (acks came out of
-    /// order); it is written under that id once the earlier publish is confirmed.
-    collided: Option<(u16, u64)>,
+    /// Unconfirmed alerts by packet id, with the order they were sent in.
+    alerts: BTreeMap<u64, (u16, A)>,
+    order_of: std::collections::HashMap<u16, u64>,
+    next_order: u64,
+    /// Packet ids held by other requests (SUBSCRIBE) until their acknowledgement.
+    others: HashSet<u16>,
+    last_pkid: u16,
 }
 
-impl<P: Clone> Default for Delivery<P> {
+impl<A> Default for Delivery<A> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<P: Clone> Delivery<P> {
+impl<A> Delivery<A> {
     pub fn new() -> Self {
         Delivery {
             inputs: VecDeque::new(),
             alerts: BTreeMap::new(),
-            next_alert: 0,
-            unassigned: VecDeque::new(),
-            by_pkid: HashMap::new(),
-            collided: None,
+            order_of: std::collections::HashMap::new(),
+            next_order: 0,
+            others: HashSet::new(),
+            last_pkid: 0,
         }
+    }
+
+    /// A free packet id (1..=65535, none in use).
+    fn allocate(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            if !self.order_of.contains_key(&self.last_pkid) && !self.others.contains(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    /// A packet id for another request, held until [`Delivery::released`].
+    pub fn reserve(&mut self) -> u16 {
+        let pkid = self.allocate();
+        self.others.insert(pkid);
+        pkid
+    }
+
+    /// The other request with this packet id was acknowledged.
+    pub fn released(&mut self, pkid: u16) {
+        self.others.remove(&pkid);
     }
 
     /// A decided input that needs no alert (pkid 0: QoS 0, nothing to acknowledge).
@@ -73,52 +83,36 @@ impl<P: Clone> Delivery<P> {
         }
     }
 
-    /// A decided input whose alert the caller queues to the client right after this call.
-    pub fn alerted(&mut self, pkid: u16, alert: Alert<P>) {
-        let id = self.next_alert;
-        self.next_alert += 1;
-        self.alerts.insert(id, alert);
-        self.unassigned.push_back(id);
+    /// A decided input with its alert; returns the alert's packet id.
+    pub fn alerted(&mut self, pkid: u16, alert: A) -> u16 {
+        let alert_pkid = self.allocate();
+        let order = self.next_order;
+        self.next_order += 1;
+        self.alerts.insert(order, (alert_pkid, alert));
+        self.order_of.insert(alert_pkid, order);
         if pkid != 0 {
-            self.inputs.push_back(Input { pkid, alert: Some(id) });
+            self.inputs.push_back(Input { pkid, alert: Some(alert_pkid) });
         }
+        alert_pkid
     }
 
-    /// The client wrote a QoS 1 publish with this packet id. Retransmissions of known ids and
-    /// publishes that are not alerts (none are queued) change nothing.
-    pub fn written(&mut self, pkid: u16) {
-        if pkid == 0 || self.by_pkid.contains_key(&pkid) {
-            return;
-        }
-        if let Some(id) = self.unassigned.pop_front() {
-            self.by_pkid.insert(pkid, id);
-        }
+    /// The hub acknowledged the publish with this packet id: the alert, if it was one.
+    pub fn confirmed(&mut self, pkid: u16) -> Option<A> {
+        let order = self.order_of.remove(&pkid)?;
+        self.alerts.remove(&order).map(|(_, a)| a)
     }
 
-    /// The client holds the next queued alert back until `pkid` is confirmed.
-    pub fn collided(&mut self, pkid: u16) {
-        if let Some(id) = self.unassigned.pop_front() {
-            self.collided = Some((pkid, id));
-        }
-    }
-
-    /// The hub acknowledged the publish with this packet id; true when it was an alert.
-    pub fn confirmed(&mut self, pkid: u16) -> bool {
-        let alert = self.by_pkid.remove(&pkid).is_some_and(|id| self.alerts.remove(&id).is_some());
-        if let Some((held, id)) = self.collided {
-            if held == pkid {
-                self.by_pkid.insert(pkid, id);
-                self.collided = None;
-            }
-        }
-        alert
+    /// The unconfirmed alert with this packet id.
+    pub fn alert_mut(&mut self, pkid: u16) -> Option<&mut A> {
+        let order = self.order_of.get(&pkid)?;
+        self.alerts.get_mut(order).map(|(_, a)| a)
     }
 
     /// Input packet ids that may now be acknowledged, in arrival order.
     pub fn ready(&mut self) -> Vec<u16> {
         let mut out = Vec::new();
         while let Some(front) = self.inputs.front() {
-            if front.alert.is_some_and(|id| self.alerts.contains_key(&id)) {
+            if front.alert.is_some_and(|id| self.order_of.contains_key(&id)) {
                 break;
             }
             out.push(front.pkid);
@@ -127,18 +121,13 @@ impl<P: Clone> Delivery<P> {
         out
     }
 
-    /// A new connection. Pending input acknowledgements are forgotten (the hub redelivers).
-    /// When the session was not resumed the client dropped its unconfirmed publishes: those
-    /// alerts are returned, in order, to be queued again.
-    pub fn reconnected(&mut self, session_present: bool) -> Vec<Alert<P>> {
+    /// A new connection: pending input acknowledgements are forgotten (the hub redelivers), the
+    /// other requests' ids are free again, and every unconfirmed alert is to be sent again, in
+    /// order, with its packet id.
+    pub fn reconnected(&mut self) -> impl Iterator<Item = (u16, &mut A)> {
         self.inputs.clear();
-        if session_present {
-            return Vec::new();
-        }
-        self.by_pkid.clear();
-        self.collided = None;
-        self.unassigned = self.alerts.keys().copied().collect();
-        self.alerts.values().cloned().collect()
+        self.others.clear();
+        self.alerts.values_mut().map(|(pkid, a)| (*pkid, a))
     }
 
     /// Input acknowledgements still owed.

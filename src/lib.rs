@@ -13,6 +13,7 @@ pub mod hub;
 pub mod local;
 pub mod logging;
 pub mod module;
+pub mod mqtt;
 pub mod sas;
 pub mod scan;
 pub mod sensor;

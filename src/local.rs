@@ -44,6 +44,8 @@ pub struct LocalOptions {
     pub twin_file: Option<PathBuf>,
     /// Settings from the environment: the module's base.
     pub settings: Settings,
+    /// Where the module serves `/metrics`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A fresh random key.
@@ -95,6 +97,7 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
         credentials: Credentials::Key(filter_key),
         token_ttl: Duration::from_secs(3600),
         settings: options.settings,
+        metrics_addr: options.metrics_addr,
     };
     let sensor_task = tokio::spawn(run_sensor(port, sensor_key, options.interval, options.messages));
     let console_task = tokio::spawn(console(events_rx, stats.clone()));

@@ -19,13 +19,17 @@ LOCAL OPTIONS:
     --interval-ms N    time between sensor messages (default 1000)
     --messages N       stop the sensor after N messages (default: never)
     --twin FILE        the filter's initial desired properties (a JSON object)
+    --metrics ADDR     where the module serves /metrics (default 127.0.0.1:9600; off: nowhere)
 
 ENVIRONMENT:
     EdgeHubConnectionString      HostName=…;GatewayHostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…
     EdgeModuleCACertificateFile  the CA that edgeHub's certificate chains to
     EDGEFILTER_MQTT_URL          mqtt://host:port or mqtts://host:port: where to connect instead
     EDGEFILTER_TOKEN_TTL_SECS    SAS token lifetime (default 3600)
-    TemperatureThreshold         the threshold when the twin sets none (default 25)
+    EDGEFILTER_METRICS_ADDR      where /metrics is served (default 0.0.0.0:9600; off: nowhere)
+    IOTEDGE_*                    set by IoT Edge: identity and the workload API (take precedence)
+    TemperatureThreshold, BatchSize, BatchIntervalMs, ReportIntervalSecs
+                                 settings when the twin sets none (defaults 25, 100, 10, 60)
     RuntimeLogLevel / RUST_LOG   log level (info)
 ";
 
@@ -94,8 +98,14 @@ fn run(args: &[String]) -> Result<(), Failure> {
 
 fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::LocalOptions, Failure> {
     let settings = settings::from_env(|n| std::env::var(n).ok()).map_err(Failure::Config)?;
-    let mut options =
-        local::LocalOptions { port: 1884, interval: Duration::from_secs(1), messages: None, twin_file: None, settings };
+    let mut options = local::LocalOptions {
+        port: 1884,
+        interval: Duration::from_secs(1),
+        messages: None,
+        twin_file: None,
+        settings,
+        metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9600))),
+    };
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| Failure::Usage(format!("{name} needs a value")));
         let number = |name: &str, v: &str| {
@@ -116,6 +126,14 @@ fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::L
                 options.messages = Some(number("--messages", v)?);
             }
             "--twin" => options.twin_file = Some(value("--twin")?.into()),
+            "--metrics" => {
+                let v = value("--metrics")?;
+                options.metrics_addr = if v == "off" {
+                    None
+                } else {
+                    Some(v.parse().map_err(|_| Failure::Usage(format!("--metrics: {v:?} is not host:port or off")))?)
+                };
+            }
             other => return Err(Failure::Usage(format!("unknown argument {other:?}"))),
         }
     }

@@ -1,35 +1,43 @@
 //! The module: the thin I/O shell around the filter, speaking edgeHub's MQTT dialect.
 //!
-//! One task owns the MQTT event loop and follows each message top to bottom:
-//! a publish arrives on `devices/{d}/modules/{m}/inputs/input1/{bag}` → its topic is classified
-//! ([`topic::classify`]) → the body is decided ([`filter::decide`]) → an alert is queued to
-//! `…/messages/events/{bag}` with the same body bytes (`Bytes`, never copied) → the hub's PUBACK
-//! for the alert releases the input's acknowledgement ([`Delivery`]) → the input is acknowledged,
-//! in arrival order. Because everything runs on one task, nothing here blocks on the client's
-//! request queue: requests that do not fit wait in a local outbox until the next turn.
+//! One task owns the connection and follows each batch top to bottom:
 //!
-//! Around that: the module twin (full fetch on every connection, live desired patches, reported
-//! settings), SAS token renewal (a reconnect with a fresh token before expiry, as the Python SDK
-//! does), reconnection with back-off, and a graceful stop that stops taking input and waits for
-//! what is in flight.
+//! 1. read: everything the connection has ready ([`Link::read_batch`], then [`Link::read_ready`]
+//!    while more is ready, up to `BatchSize` alerts or `BatchIntervalMs`);
+//! 2. for each input publish on `devices/{d}/modules/{m}/inputs/input1/{bag}`: classify the topic
+//!    ([`topic::classify`]), decide the body ([`filter::decide`]) against the settings read
+//!    lock-free from the [`SettingsCell`], and queue the alert to `…/messages/events/{bag}` with
+//!    the same body bytes (`Bytes`, never copied) under a packet id from [`Delivery`];
+//! 3. queue the acknowledgements that are due: an input is acknowledged once decided, or once
+//!    the hub has confirmed its alert, in arrival order ([`Delivery::ready`]);
+//! 4. write the whole batch, alerts and acknowledgements, in one system call ([`Link::flush`]).
+//!
+//! Around that: the module twin (full fetch on every connection, live desired patches published
+//! to the data path through the cell, reported settings and statistics), SAS token renewal (a
+//! reconnect with a fresh token before expiry, as the Python SDK does), reconnection with
+//! back-off that resends unconfirmed alerts, keep-alive pings, and a graceful stop that takes no
+//! more input and waits for what is in flight.
+//!
+//! Decisions run here, on the I/O task, not on a worker thread: measured, handing a batch to a
+//! crossbeam worker and back costs more than deciding it (see the README's pipeline section).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::FutureExt as _;
 use log::{debug, error, info, warn};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeFilter};
+use rumqttc::mqttbytes::QoS;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::config::{Config, Credentials, Trust};
-use crate::delivery::{Alert, Delivery};
+use crate::delivery::Delivery;
 use crate::filter::{self, Decision, Reason};
-use crate::settings::{self, Rejection, Settings, Source};
-use crate::stats::Stats;
+use crate::mqtt::{ConnectOptions, Link, LinkError};
+use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
+use crate::stats::{record_us, Stats};
 use crate::topic::{self, Inbound};
 
 /// edgeHub's largest message (256 KiB) plus room for the topic and the packet header.
@@ -42,12 +50,16 @@ pub const API_VERSION: &str = "2019-10-01";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a twin response before asking again.
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How soon a failed token renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
-/// How often the counters go to the log.
-const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Packets decoded per read at most.
+const READ_BATCH: usize = 1024;
+/// Unconfirmed alerts at most: a hub that stops acknowledging stops the module taking input
+/// (edgeHub itself sends at most 16 unacknowledged messages, so this is a safety net).
+pub const MAX_UNCONFIRMED: usize = 10_000;
 
 /// The MQTT username edgeHub expects from a module (contract §1).
 pub fn username(hub_hostname: &str, id: &topic::ModuleId) -> String {
@@ -152,158 +164,209 @@ async fn until_ok<T, F: std::future::Future<Output = Result<T, String>>>(
     }
 }
 
-/// A request that did not fit the client's queue yet.
-enum Pending {
-    Alert { topic: String, payload: Bytes },
-    Ack(u16),
-    Twin { topic: String, payload: Bytes },
+/// What ended a connection.
+enum End {
+    /// Stop: the drain finished or timed out.
+    Stop,
+    /// Reconnect (lost connection, or a renewed token to present).
+    Reconnect,
 }
 
 /// Runs the module until `shutdown` resolves and in-flight work is done (or the drain times out).
 pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let id = config.identity.module.clone();
-    let mut options = MqttOptions::new(id.client_id(), config.endpoint.host.clone(), config.endpoint.port);
-    options
-        .set_keep_alive(KEEP_ALIVE)
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
-        .set_inflight(100);
     let mut shutdown = std::pin::pin!(shutdown);
-    if let Some(trust) = &config.endpoint.tls {
-        let Some(pem) = until_ok("cannot get the CA certificates", || trust_pem(&config, trust), &mut shutdown).await
-        else {
-            return Ok(());
-        };
-        options
-            .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(pem.as_deref())?)));
-    }
-    let user = username(&config.identity.hub_hostname, &id);
-    let Some((token, _)) = until_ok("cannot sign a SAS token", || fresh_token(&config), &mut shutdown).await else {
-        return Ok(());
-    };
-    options.set_credentials(user.clone(), token);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-
-    let mut shell = Shell {
-        config: &config,
-        client,
-        stats: &stats,
-        delivery: Delivery::new(),
-        outbox: VecDeque::new(),
-        settings: config.settings,
-        rejected: Vec::new(),
-        desired_version: None,
-        twin_request: None,
-        next_rid: 1,
-        draining: false,
-    };
     info!(
-        "edgefilter {} starting as {} on {}:{} ({}), TemperatureThreshold={}",
+        "edgefilter {} starting as {} for {}:{} ({})",
         env!("CARGO_PKG_VERSION"),
         id.client_id(),
         config.endpoint.host,
         config.endpoint.port,
         if config.endpoint.tls.is_some() { "TLS" } else { "plain TCP" },
-        shell.settings.temperature_threshold
     );
+    let tls = match &config.endpoint.tls {
+        Some(trust) => {
+            let Some(pem) =
+                until_ok("cannot get the CA certificates", || trust_pem(&config, trust), &mut shutdown).await
+            else {
+                return Ok(());
+            };
+            Some(tls_config(pem.as_deref())?)
+        }
+        None => None,
+    };
+    let Some((token, _)) = until_ok("cannot sign a SAS token", || fresh_token(&config), &mut shutdown).await else {
+        return Ok(());
+    };
+    let mut connect = ConnectOptions {
+        client_id: id.client_id(),
+        username: username(&config.identity.hub_hostname, &id),
+        password: token,
+        keep_alive: KEEP_ALIVE,
+        clean_session: false,
+    };
+    let metrics = match config.metrics_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                info!("metrics on http://{}/metrics", listener.local_addr().map_or(addr, |a| a));
+                Some(tokio::spawn(crate::stats::serve_metrics(listener, stats.clone())))
+            }
+            Err(e) => {
+                error!("cannot serve metrics on {addr}: {e} (set EDGEFILTER_METRICS_ADDR, or off)");
+                None
+            }
+        },
+        None => None,
+    };
 
-    let mut backoff = BACKOFF_MIN;
-    let mut drain_deadline = None;
-    let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let cell = SettingsCell::new(config.settings);
+    let mut shell = Shell {
+        config: &config,
+        stats: &stats,
+        delivery: Delivery::new(),
+        reader: cell.reader(),
+        cell,
+        rejected: Vec::new(),
+        desired_version: None,
+        twin_request: None,
+        next_rid: 1,
+        draining: false,
+        unflushed: Vec::new(),
+        packets: Vec::with_capacity(READ_BATCH),
+    };
     let margin = renewal_margin(config.token_ttl);
     let mut renew_at = Instant::now() + config.token_ttl - margin;
-    loop {
-        let twin_retry = shell.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT);
-        tokio::select! {
-            biased;
-            _ = &mut shutdown, if !shell.draining => {
-                info!("stop requested: taking no more input, waiting for {} alerts in flight", shell.delivery.alerts_pending());
-                shell.draining = true;
-                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-            }
-            _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
-                warn!(
-                    "stopping with {} alerts unconfirmed: the hub redelivers their inputs",
-                    shell.delivery.alerts_pending()
-                );
-                break;
-            }
-            _ = sleep_until(renew_at) => match fresh_token(&config).await {
-                Ok((token, expiry)) => {
-                    eventloop.mqtt_options.set_credentials(user.clone(), token);
-                    renew_at = Instant::now() + config.token_ttl - margin;
-                    info!("SAS token renewed (valid until {expiry}): reconnecting with it");
-                    eventloop.clean();
-                }
-                Err(e) => {
-                    // Keep the connection on the current token while it lasts; try again soon.
-                    renew_at = Instant::now() + RENEW_RETRY;
-                    warn!("SAS token renewal failed: {e}; keeping the current token, retrying in {} s", RENEW_RETRY.as_secs());
-                }
-            },
-            _ = sleep_until(twin_retry.unwrap_or_else(Instant::now)), if twin_retry.is_some() => {
-                warn!("no answer to the twin request in {}s: asking again", TWIN_TIMEOUT.as_secs());
-                shell.request_twin();
-            }
-            _ = sleep_until(next_stats) => {
-                next_stats = Instant::now() + STATS_INTERVAL;
-                info!("stats: {}", stats.summary());
-            }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                    backoff = BACKOFF_MIN;
-                    shell.connected(ack.session_present);
-                }
-                Ok(Event::Incoming(Incoming::Publish(publish))) => shell.publish(publish),
-                Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                    if shell.delivery.confirmed(ack.pkid) {
-                        stats.alerts_confirmed.fetch_add(1, Relaxed);
+    let mut drain_deadline: Option<Instant> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut next_report = Instant::now() + Duration::from_secs(u64::from(shell.settings().report_interval_secs));
+    'connections: loop {
+        if shell.draining && shell.delivery.alerts_pending() == 0 {
+            break;
+        }
+        let (host, port) = (config.endpoint.host.as_str(), config.endpoint.port);
+        let attempt = Link::connect(host, port, tls.clone(), &connect, MAX_PACKET_SIZE, CONNECT_TIMEOUT);
+        let connected = tokio::select! {
+            r = attempt => r,
+            _ = &mut shutdown, if !shell.draining => break 'connections,
+            _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break 'connections,
+        };
+        let (mut link, session_present) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                match &e {
+                    LinkError::Refused(code) => {
+                        error!("edgeHub refused the connection ({code:?}): check the module identity and its key")
+                    }
+                    other => {
+                        warn!("cannot connect to {host}:{port}: {other}; retrying in {:.1} s", backoff.as_secs_f64())
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shell.delivery.written(pkid),
-                Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shell.delivery.collided(pkid),
-                Ok(_) => {}
-                Err(e) => {
-                    match &e {
-                        rumqttc::ConnectionError::ConnectionRefused(code) => error!(
-                            "edgeHub refused the connection ({code:?}): check the module identity and its key"
-                        ),
-                        other => warn!("connection to {}:{} lost or failed: {other}; retrying in {:.1}s",
-                            config.endpoint.host, config.endpoint.port, backoff.as_secs_f64()),
+                tokio::select! {
+                    _ = sleep(jitter(backoff)) => {}
+                    _ = &mut shutdown, if !shell.draining => break 'connections,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        if let Err(e) = shell.connected(&mut link, session_present) {
+            warn!("connection lost: {e}");
+            continue;
+        }
+        if let Err(e) = link.flush().await {
+            warn!("connection lost: {e}");
+            continue;
+        }
+        let end = {
+            let mut last_read = Instant::now();
+            let mut next_ping = Instant::now() + KEEP_ALIVE;
+            loop {
+                let twin_retry = shell.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT);
+                let step: Result<Option<End>, LinkError> = tokio::select! {
+                    biased;
+                    _ = &mut shutdown, if !shell.draining => {
+                        info!("stop requested: taking no more input, waiting for {} alerts in flight", shell.delivery.alerts_pending());
+                        shell.draining = true;
+                        drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                        Ok(None)
                     }
-                    tokio::select! {
-                        _ = sleep(jitter(backoff)) => {}
-                        _ = &mut shutdown, if !shell.draining => {
-                            shell.draining = true;
-                            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                    _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
+                        warn!("stopping with {} alerts unconfirmed: the hub redelivers their inputs", shell.delivery.alerts_pending());
+                        Ok(Some(End::Stop))
+                    }
+                    _ = sleep_until(renew_at) => match fresh_token(&config).await {
+                        Ok((token, expiry)) => {
+                            connect.password = token;
+                            renew_at = Instant::now() + config.token_ttl - margin;
+                            info!("SAS token renewed (valid until {expiry}): reconnecting with it");
+                            link.queue(Packet::Disconnect).map(|()| Some(End::Reconnect))
+                        }
+                        Err(e) => {
+                            // Keep the connection on the current token while it lasts.
+                            renew_at = Instant::now() + RENEW_RETRY;
+                            warn!("SAS token renewal failed: {e}; keeping the current token, retrying in {} s", RENEW_RETRY.as_secs());
+                            Ok(None)
+                        }
+                    },
+                    _ = sleep_until(next_ping) => {
+                        if last_read.elapsed() > KEEP_ALIVE * 3 / 2 {
+                            Err(LinkError::Timeout)
+                        } else {
+                            next_ping = Instant::now() + KEEP_ALIVE;
+                            link.queue(Packet::PingReq).map(|()| None)
                         }
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    _ = sleep_until(twin_retry.unwrap_or_else(Instant::now)), if twin_retry.is_some() => {
+                        warn!("no answer to the twin request in {} s: asking again", TWIN_TIMEOUT.as_secs());
+                        shell.request_twin(&mut link).map(|()| None)
+                    }
+                    _ = sleep_until(next_report) => {
+                        next_report = Instant::now() + Duration::from_secs(u64::from(shell.settings().report_interval_secs));
+                        shell.report(&mut link).map(|()| None)
+                    }
+                    r = link.read_batch(&mut shell.packets, READ_BATCH) => match r {
+                        Ok(()) => {
+                            last_read = Instant::now();
+                            shell.batch(&mut link).map(|()| None)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                let end = match step {
+                    Ok(end) => end,
+                    Err(e) => {
+                        warn!("connection to {host}:{port} lost: {e}; reconnecting");
+                        break End::Reconnect;
+                    }
+                };
+                shell.due_acks(&mut link);
+                if let Err(e) = shell.flush(&mut link).await {
+                    warn!("connection to {host}:{port} lost: {e}; reconnecting");
+                    break End::Reconnect;
                 }
-            },
+                if shell.draining && shell.delivery.alerts_pending() == 0 && shell.delivery.inputs_pending() == 0 {
+                    info!("all alerts confirmed and inputs acknowledged");
+                    break End::Stop;
+                }
+                if let Some(end) = end {
+                    break end;
+                }
+            }
+        };
+        if let End::Stop = end {
+            // Say goodbye so the hub does not wait for the keep-alive.
+            if link.queue(Packet::Disconnect).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), link.flush()).await;
+            }
+            break;
         }
-        shell.flush();
-        if shell.draining
-            && shell.delivery.alerts_pending() == 0
-            && shell.delivery.inputs_pending() == 0
-            && shell.outbox.is_empty()
-        {
-            info!("all alerts confirmed and inputs acknowledged");
+        if shell.draining && drain_deadline.is_some_and(|d| d <= Instant::now()) {
             break;
         }
     }
-    // Say goodbye so the hub does not wait for the keep-alive; give it a moment to go out.
-    if shell.client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+    if let Some(m) = metrics {
+        m.abort();
     }
     info!("stopped: {}", stats.summary());
     Ok(())
@@ -315,14 +378,25 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + f64::from(nanos % 1000) / 2500.0)
 }
 
+/// An alert held until the hub confirms it.
+struct Held {
+    topic: String,
+    payload: Bytes,
+    /// When its input arrived.
+    received: Instant,
+    /// When it was last written to the socket.
+    written: Option<Instant>,
+}
+
 /// The module's state between events.
 struct Shell<'a> {
     config: &'a Config,
-    client: AsyncClient,
     stats: &'a Stats,
-    delivery: Delivery<Bytes>,
-    outbox: VecDeque<Pending>,
-    settings: Settings,
+    delivery: Delivery<Held>,
+    /// Where the twin listener publishes settings…
+    cell: Arc<SettingsCell>,
+    /// …and where the data path reads them.
+    reader: SettingsReader,
     rejected: Vec<Rejection>,
     /// The `$version` of the desired properties last applied.
     desired_version: Option<u64>,
@@ -330,38 +404,51 @@ struct Shell<'a> {
     twin_request: Option<(String, Instant)>,
     next_rid: u64,
     draining: bool,
+    /// Alerts queued since the last flush.
+    unflushed: Vec<u16>,
+    /// The read batch (reused).
+    packets: Vec<Packet>,
 }
 
 impl Shell<'_> {
-    /// A (re)connection: subscribe, re-queue what the session lost, fetch the twin.
-    fn connected(&mut self, session_present: bool) {
+    fn settings(&mut self) -> Settings {
+        *self.reader.get()
+    }
+
+    /// A (re)connection: subscribe, resend unconfirmed alerts, fetch the twin.
+    fn connected(&mut self, link: &mut Link, session_present: bool) -> Result<(), LinkError> {
         let n = self.stats.connections.fetch_add(1, Relaxed);
         info!("connected to edgeHub (session present: {session_present}){}", if n > 0 { ", resuming" } else { "" });
         let id = &self.config.identity.module;
-        let filters = [
+        let mut subscribe = Subscribe::new_many([
             SubscribeFilter::new(id.inputs_filter(), QoS::AtLeastOnce),
             SubscribeFilter::new(topic::TWIN_RESPONSES.into(), QoS::AtLeastOnce),
             SubscribeFilter::new(topic::TWIN_DESIRED_PATCHES.into(), QoS::AtLeastOnce),
-        ];
-        if let Err(e) = self.client.try_subscribe_many(filters) {
-            error!("could not queue the subscriptions: {e}");
+        ]);
+        subscribe.pkid = self.delivery.reserve();
+        link.queue(Packet::Subscribe(subscribe))?;
+        let now = Instant::now();
+        let mut resent = 0;
+        for (pkid, held) in self.delivery.reconnected() {
+            let mut p = Publish::from_bytes(held.topic.clone(), QoS::AtLeastOnce, held.payload.clone());
+            p.pkid = pkid;
+            p.dup = true;
+            held.written = Some(now);
+            link.queue(Packet::Publish(p))?;
+            resent += 1;
         }
-        // Acknowledgements for the old connection's inputs are void: the hub redelivers them.
-        self.outbox.retain(|p| matches!(p, Pending::Alert { .. }));
-        let lost = self.delivery.reconnected(session_present);
-        if !lost.is_empty() {
-            warn!("the hub kept no session: sending {} unconfirmed alerts again", lost.len());
-            self.outbox.clear();
-            self.outbox.extend(lost.into_iter().map(|a| Pending::Alert { topic: a.topic, payload: a.payload }));
+        if resent > 0 {
+            warn!("sending {resent} unconfirmed alerts again");
         }
-        self.request_twin();
+        self.request_twin(link)
     }
 
-    fn request_twin(&mut self) {
+    fn request_twin(&mut self, link: &mut Link) -> Result<(), LinkError> {
         let rid = self.rid();
         // QoS 0 as the C SDK does: twin requests are answered or asked again, never stored.
-        self.outbox.push_back(Pending::Twin { topic: topic::twin_get(&rid), payload: Bytes::from_static(b" ") });
+        let p = Publish::from_bytes(topic::twin_get(&rid), QoS::AtMostOnce, Bytes::from_static(b" "));
         self.twin_request = Some((rid, Instant::now()));
+        link.queue(Packet::Publish(p))
     }
 
     fn rid(&mut self) -> String {
@@ -369,19 +456,79 @@ impl Shell<'_> {
         self.next_rid.to_string()
     }
 
-    /// One incoming publish, top to bottom.
-    fn publish(&mut self, publish: Publish) {
+    /// One read batch, then whatever else is ready, up to the batch limits.
+    fn batch(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        let started = Instant::now();
+        let settings = self.settings();
+        let limit = Duration::from_millis(u64::from(settings.batch_interval_ms));
+        loop {
+            let handle_started = Instant::now();
+            let mut inputs = 0u64;
+            let packets = std::mem::take(&mut self.packets);
+            for packet in packets.iter() {
+                inputs += u64::from(self.packet(link, packet, started)?);
+            }
+            self.packets = packets;
+            self.packets.clear();
+            if let Some(per_message) = (handle_started.elapsed().as_nanos() as u64).checked_div(inputs) {
+                let mut l = self.stats.latency();
+                let high = l.decide_ns.high();
+                let _ = l.decide_ns.record_n(per_message.clamp(1, high), inputs);
+            }
+            let full = self.unflushed.len() >= settings.batch_size as usize;
+            if full
+                || limit.is_zero()
+                || started.elapsed() >= limit
+                || !link.read_ready(&mut self.packets, READ_BATCH)?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One packet; true when it was an input message.
+    fn packet(&mut self, link: &mut Link, packet: &Packet, received: Instant) -> Result<bool, LinkError> {
+        match packet {
+            Packet::Publish(p) => self.publish(link, p, received),
+            Packet::PubAck(ack) => {
+                if let Some(held) = self.delivery.confirmed(ack.pkid) {
+                    self.stats.alerts_confirmed.fetch_add(1, Relaxed);
+                    if let Some(written) = held.written {
+                        record_us(&mut self.stats.latency().to_ack_us, written.elapsed(), 1);
+                    }
+                }
+                Ok(false)
+            }
+            Packet::SubAck(ack) => {
+                self.delivery.released(ack.pkid);
+                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    error!("edgeHub refused a subscription: {:?}", ack.return_codes);
+                }
+                Ok(false)
+            }
+            Packet::PingResp => Ok(false),
+            other => Err(LinkError::Protocol(format!("unexpected packet from the hub: {other:?}"))),
+        }
+    }
+
+    /// One incoming publish, top to bottom; true when it was an input message.
+    fn publish(&mut self, link: &mut Link, publish: &Publish, received: Instant) -> Result<bool, LinkError> {
         let id = &self.config.identity.module;
-        let topic = publish.topic.clone();
-        match topic::classify(id, &topic) {
+        match topic::classify(id, &publish.topic) {
             Ok(Inbound::Input { input, properties }) => {
                 if self.draining {
-                    // Not acknowledged: the hub keeps it for the next start.
-                    return;
+                    return Ok(false); // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
+                if self.delivery.alerts_pending() >= MAX_UNCONFIRMED {
+                    // Left unacknowledged: the hub redelivers it when the connection is renewed.
+                    if self.stats.overloaded.fetch_add(1, Relaxed) == 0 {
+                        warn!("{MAX_UNCONFIRMED} alerts await confirmation: leaving input unacknowledged");
+                    }
+                    return Ok(true);
+                }
                 let decision = if input == filter::INPUT {
-                    filter::decide(&publish.payload, self.settings.temperature_threshold)
+                    filter::decide(&publish.payload, self.reader.get().temperature_threshold)
                 } else {
                     Decision::Drop(Reason::UnknownInput)
                 };
@@ -389,11 +536,13 @@ impl Shell<'_> {
                     Decision::Alert => {
                         let properties = filter::alert_properties(properties);
                         let topic = id.events_topic(&properties.to_output_bag(filter::OUTPUT));
-                        debug!("alert: {} bytes to {}", publish.payload.len(), filter::OUTPUT);
                         self.stats.alerts.fetch_add(1, Relaxed);
-                        self.delivery
-                            .alerted(publish.pkid, Alert { topic: topic.clone(), payload: publish.payload.clone() });
-                        self.outbox.push_back(Pending::Alert { topic, payload: publish.payload });
+                        let held =
+                            Held { topic: topic.clone(), payload: publish.payload.clone(), received, written: None };
+                        let mut alert = Publish::from_bytes(topic, QoS::AtLeastOnce, publish.payload.clone());
+                        alert.pkid = self.delivery.alerted(publish.pkid, held);
+                        self.unflushed.push(alert.pkid);
+                        link.queue(Packet::Publish(alert))?;
                     }
                     Decision::Drop(reason) => {
                         if reason != Reason::BelowThreshold {
@@ -403,78 +552,86 @@ impl Shell<'_> {
                         self.delivery.dropped(publish.pkid);
                     }
                 }
+                Ok(true)
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
-                let rid = rid.to_string();
                 self.delivery.dropped(publish.pkid);
-                self.twin_response(status, &rid, &publish.payload);
+                let rid = rid.to_string();
+                self.twin_response(link, status, &rid, &publish.payload)?;
+                Ok(false)
             }
             Ok(Inbound::DesiredPatch) => {
                 self.delivery.dropped(publish.pkid);
-                self.desired(&publish.payload, Source::Patch);
+                self.desired(link, &publish.payload, Source::Patch)?;
+                Ok(false)
             }
             Ok(Inbound::Other) => {
-                debug!("ignored a message on {topic}");
+                debug!("ignored a message on {}", publish.topic);
                 self.delivery.dropped(publish.pkid);
+                Ok(false)
             }
             Err(e) => {
-                warn!("dropped a message with an unreadable topic ({}): {topic}", e.name());
+                warn!("dropped a message with an unreadable topic ({}): {}", e.name(), publish.topic);
                 self.stats.received.fetch_add(1, Relaxed);
                 self.stats.drop(Reason::BadPropertyBag);
                 self.delivery.dropped(publish.pkid);
+                Ok(true)
             }
         }
     }
 
-    fn twin_response(&mut self, status: u16, rid: &str, body: &[u8]) {
+    fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {
         if self.twin_request.as_ref().is_none_or(|(r, _)| r != rid) {
             // The response to a reported-properties patch (204), or a stale request.
             if status >= 300 {
                 warn!("edgeHub answered twin request {rid} with status {status}");
             }
-            return;
+            return Ok(());
         }
         self.twin_request = None;
         if status != 200 {
             warn!("edgeHub answered the twin request with status {status}: keeping the current settings");
-            return;
+            return Ok(());
         }
         match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(mut twin)) => match twin.remove("desired") {
-                Some(desired) => self.desired_value(desired, Source::FullTwin),
+                Some(desired) => return self.desired_value(link, desired, Source::FullTwin),
                 None => warn!("the twin has no desired properties: keeping the current settings"),
             },
             Ok(_) => warn!("the twin is not a JSON object: keeping the current settings"),
             Err(e) => warn!("the twin is not valid JSON ({e}): keeping the current settings"),
         }
+        Ok(())
     }
 
-    fn desired(&mut self, body: &[u8], source: Source) {
+    fn desired(&mut self, link: &mut Link, body: &[u8], source: Source) -> Result<(), LinkError> {
         match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(v) => self.desired_value(v, source),
+            Ok(v) => self.desired_value(link, v, source),
             Err(e) => {
                 self.stats.twin_rejections.fetch_add(1, Relaxed);
                 warn!("desired properties ignored: not valid JSON ({e})");
+                Ok(())
             }
         }
     }
 
-    fn desired_value(&mut self, desired: serde_json::Value, source: Source) {
+    fn desired_value(&mut self, link: &mut Link, desired: serde_json::Value, source: Source) -> Result<(), LinkError> {
         let serde_json::Value::Object(desired) = desired else {
             self.stats.twin_rejections.fetch_add(1, Relaxed);
             warn!("desired properties ignored: not a JSON object");
-            return;
+            return Ok(());
         };
         let version = settings::desired_version(&desired);
         if source == Source::Patch {
             if let (Some(v), Some(applied)) = (version, self.desired_version) {
                 if v <= applied {
                     debug!("desired patch $version {v} is not newer than {applied}: ignored");
-                    return;
+                    return Ok(());
                 }
             }
         }
-        let applied = settings::apply_desired(&self.settings, &self.config.settings, &desired, source);
+        let current = self.settings();
+        let applied = settings::apply_desired(&current, &self.config.settings, &desired, source);
         for name in &applied.changed {
             info!("{name} is now {}", setting_value(&applied.settings, name));
         }
@@ -484,42 +641,53 @@ impl Shell<'_> {
         self.stats.twin_updates.fetch_add(1, Relaxed);
         self.stats.twin_rejections.fetch_add(applied.rejected.len() as u64, Relaxed);
         self.desired_version = version.or(self.desired_version);
-        self.settings = applied.settings;
+        self.cell.publish(applied.settings);
         self.rejected = applied.rejected;
-        let reported = settings::reported(&self.settings, &self.rejected);
-        let rid = self.rid();
-        self.outbox
-            .push_back(Pending::Twin { topic: topic::twin_reported(&rid), payload: Bytes::from(reported.to_string()) });
+        let reported = settings::reported(&applied.settings, &self.rejected);
+        self.report_properties(link, reported)
     }
 
-    /// Hands what it can to the client: acknowledgements that are due, then queued requests.
-    fn flush(&mut self) {
+    /// Statistics to the log and the reported properties.
+    fn report(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        info!("stats: {}", self.stats.summary());
+        let reported = serde_json::json!({ "Statistics": self.stats.reported() });
+        self.report_properties(link, reported)
+    }
+
+    fn report_properties(&mut self, link: &mut Link, patch: serde_json::Value) -> Result<(), LinkError> {
+        let rid = self.rid();
+        let p = Publish::from_bytes(topic::twin_reported(&rid), QoS::AtMostOnce, Bytes::from(patch.to_string()));
+        link.queue(Packet::Publish(p))
+    }
+
+    /// Queues the input acknowledgements that are due.
+    fn due_acks(&mut self, link: &mut Link) {
         for pkid in self.delivery.ready() {
-            self.outbox.push_back(Pending::Ack(pkid));
+            // Encoding a PUBACK cannot fail; the error path exists for oversized publishes.
+            let _ = link.queue(Packet::PubAck(PubAck::new(pkid)));
         }
-        while let Some(next) = self.outbox.pop_front() {
-            let sent = match &next {
-                Pending::Alert { topic, payload } => {
-                    publish_now(&self.client, topic, QoS::AtLeastOnce, payload.clone())
+    }
+
+    /// Writes the batch and times its alerts.
+    async fn flush(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        if link.queued() == 0 {
+            return Ok(());
+        }
+        link.flush().await?;
+        self.stats.batches.fetch_add(1, Relaxed);
+        if !self.unflushed.is_empty() {
+            let now = Instant::now();
+            let mut l = self.stats.latency();
+            let _ = l.batch_alerts.record(self.unflushed.len() as u64);
+            for pkid in self.unflushed.drain(..) {
+                if let Some(held) = self.delivery.alert_mut(pkid) {
+                    held.written = Some(now);
+                    record_us(&mut l.to_socket_us, now - held.received, 1);
                 }
-                Pending::Twin { topic, payload } => publish_now(&self.client, topic, QoS::AtMostOnce, payload.clone()),
-                Pending::Ack(pkid) => {
-                    let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-                    p.pkid = *pkid;
-                    self.client.try_ack(&p).is_ok()
-                }
-            };
-            if !sent {
-                self.outbox.push_front(next);
-                break;
             }
         }
+        Ok(())
     }
-}
-
-/// Queues a publish without waiting: false when the client's queue is full.
-fn publish_now(client: &AsyncClient, topic: &str, qos: QoS, payload: Bytes) -> bool {
-    matches!(client.publish_bytes(topic, qos, false, payload).now_or_never(), Some(Ok(())))
 }
 
 fn setting_value(s: &Settings, name: &str) -> String {

@@ -8,7 +8,8 @@
 //! reported under `RejectedSettings`. Setting a desired property to `null` removes it, so the
 //! value falls back to the environment or default. Unknown desired properties are ignored.
 //!
-//! All of this is pure: JSON in, settings and rejections out.
+//! All of this is pure: JSON in, settings and rejections out. [`SettingsCell`] is how a new value
+//! reaches the data path: published whole, read without a lock.
 
 use serde_json::{Map, Value};
 
@@ -17,6 +18,12 @@ use serde_json::{Map, Value};
 pub struct Settings {
     /// A message alerts when `machine.temperature` is strictly greater than this.
     pub temperature_threshold: f64,
+    /// The most alerts written to the hub in one go.
+    pub batch_size: u32,
+    /// The longest an alert waits for its batch to fill, in milliseconds.
+    pub batch_interval_ms: u32,
+    /// How often statistics go to the log and the reported properties, in seconds.
+    pub report_interval_secs: u32,
 }
 
 /// One setting's name, range and how it lives in [`Settings`].
@@ -29,14 +36,40 @@ struct Spec {
     set: fn(&mut Settings, f64),
 }
 
-const SPECS: &[Spec] = &[Spec {
-    name: "TemperatureThreshold",
-    min: -1.0e6,
-    max: 1.0e6,
-    integer: false,
-    get: |s| s.temperature_threshold,
-    set: |s, v| s.temperature_threshold = v,
-}];
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "TemperatureThreshold",
+        min: -1.0e6,
+        max: 1.0e6,
+        integer: false,
+        get: |s| s.temperature_threshold,
+        set: |s, v| s.temperature_threshold = v,
+    },
+    Spec {
+        name: "BatchSize",
+        min: 1.0,
+        max: 10_000.0,
+        integer: true,
+        get: |s| f64::from(s.batch_size),
+        set: |s, v| s.batch_size = v as u32,
+    },
+    Spec {
+        name: "BatchIntervalMs",
+        min: 0.0,
+        max: 60_000.0,
+        integer: true,
+        get: |s| f64::from(s.batch_interval_ms),
+        set: |s, v| s.batch_interval_ms = v as u32,
+    },
+    Spec {
+        name: "ReportIntervalSecs",
+        min: 1.0,
+        max: 86_400.0,
+        integer: true,
+        get: |s| f64::from(s.report_interval_secs),
+        set: |s, v| s.report_interval_secs = v as u32,
+    },
+];
 
 /// The names of all settings, as they appear in the twin and the environment.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -45,7 +78,7 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { temperature_threshold: 25.0 }
+        Settings { temperature_threshold: 25.0, batch_size: 100, batch_interval_ms: 10, report_interval_secs: 60 }
     }
 }
 
@@ -167,4 +200,59 @@ pub fn reported(settings: &Settings, rejected: &[Rejection]) -> Value {
 /// The `$version` of a desired section or patch, when present.
 pub fn desired_version(desired: &Map<String, Value>) -> Option<u64> {
     desired.get("$version").and_then(Value::as_u64)
+}
+
+/// Where the twin listener publishes validated settings and the data path reads them.
+///
+/// The data path keeps a [`SettingsReader`]: each read is one atomic load of a generation
+/// counter; only when it changed does the reader take the lock, once, to pick up the new value.
+/// A value is replaced whole, so a change is never half-applied, and it applies from the next
+/// message read after it was published.
+#[derive(Debug)]
+pub struct SettingsCell {
+    generation: std::sync::atomic::AtomicU64,
+    current: std::sync::Mutex<std::sync::Arc<Settings>>,
+}
+
+impl SettingsCell {
+    pub fn new(settings: Settings) -> std::sync::Arc<SettingsCell> {
+        std::sync::Arc::new(SettingsCell {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: std::sync::Mutex::new(std::sync::Arc::new(settings)),
+        })
+    }
+
+    /// Publishes a new value.
+    pub fn publish(&self, settings: Settings) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(settings);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A reader for the data path.
+    pub fn reader(self: &std::sync::Arc<Self>) -> SettingsReader {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let cached = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        SettingsReader { cell: self.clone(), generation, cached }
+    }
+}
+
+/// The data path's view of a [`SettingsCell`].
+#[derive(Debug)]
+pub struct SettingsReader {
+    cell: std::sync::Arc<SettingsCell>,
+    generation: u64,
+    cached: std::sync::Arc<Settings>,
+}
+
+impl SettingsReader {
+    /// The current settings.
+    #[inline]
+    pub fn get(&mut self) -> &Settings {
+        let generation = self.cell.generation.load(std::sync::atomic::Ordering::Acquire);
+        if generation != self.generation {
+            self.cached = self.cell.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.generation = generation;
+        }
+        &self.cached
+    }
 }

@@ -1,7 +1,7 @@
 //! Unit tests of the pure core: topics and property bags both ways, SAS tokens, twin patches to
 //! settings, delivery bookkeeping, hub routing, twins and usernames.
 
-use edgefilter::delivery::{Alert, Delivery};
+use edgefilter::delivery::Delivery;
 use edgefilter::hub::routes::{delivery_bag, local_routes, parse_module_event, Sink};
 use edgefilter::hub::twin::Twin;
 use edgefilter::hub::{filter_matches, parse_module_username};
@@ -161,8 +161,8 @@ fn username_and_renewal() {
 
 #[test]
 fn full_twin_and_patches_resolve_settings() {
-    let base = Settings { temperature_threshold: 22.0 };
-    let current = Settings { temperature_threshold: 30.0 };
+    let base = Settings { temperature_threshold: 22.0, ..Settings::default() };
+    let current = Settings { temperature_threshold: 30.0, ..Settings::default() };
     let a = apply_desired(&current, &base, &obj(json!({"TemperatureThreshold": 27, "$version": 4})), Source::FullTwin);
     assert_eq!(a.settings.temperature_threshold, 27.0);
     assert_eq!(a.changed, vec!["TemperatureThreshold"]);
@@ -179,7 +179,7 @@ fn full_twin_and_patches_resolve_settings() {
 
 #[test]
 fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
-    let current = Settings { temperature_threshold: 30.0 };
+    let current = Settings { temperature_threshold: 30.0, ..Settings::default() };
     for (bad, reason) in [
         (json!("hot"), "expected a number, got a string"),
         (json!(true), "expected a number, got a boolean"),
@@ -195,14 +195,38 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         assert_eq!(a.rejected[0].reason, reason);
     }
     let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
+    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null});
+    let mut rejected = all_null.clone();
+    rejected["TemperatureThreshold"] = json!("expected a number, got a string");
     assert_eq!(
         reported(&a.settings, &a.rejected),
-        json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})
+        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "RejectedSettings": rejected})
     );
-    assert_eq!(
-        reported(&a.settings, &[]),
-        json!({"TemperatureThreshold": 30.0, "RejectedSettings": {"TemperatureThreshold": null}})
-    );
+    assert_eq!(reported(&a.settings, &[])["RejectedSettings"], all_null);
+}
+
+#[test]
+fn batch_settings_are_whole_numbers_in_range() {
+    let current = Settings::default();
+    for (patch, reason) in [
+        (json!({"BatchSize": 0}), "0 is out of range 1..=10000"),
+        (json!({"BatchSize": 10001}), "10001 is out of range 1..=10000"),
+        (json!({"BatchSize": 2.5}), "expected a whole number, got 2.5"),
+        (json!({"BatchIntervalMs": -1}), "-1 is out of range 0..=60000"),
+        (json!({"BatchIntervalMs": "10"}), "expected a number, got a string"),
+        (json!({"ReportIntervalSecs": 0}), "0 is out of range 1..=86400"),
+    ] {
+        let a = apply_desired(&current, &current, &obj(patch), Source::Patch);
+        assert_eq!(a.settings, current);
+        assert_eq!(a.rejected[0].reason, reason);
+    }
+    let a = apply_desired(&current, &current, &obj(json!({"BatchSize": 1, "BatchIntervalMs": 0, "TemperatureThreshold": 40})), Source::Patch);
+    assert_eq!((a.settings.batch_size, a.settings.batch_interval_ms, a.settings.temperature_threshold), (1, 0, 40.0));
+    assert_eq!(a.changed, vec!["TemperatureThreshold", "BatchSize", "BatchIntervalMs"]);
+    // A patch with one bad value applies the good ones.
+    let a = apply_desired(&current, &current, &obj(json!({"BatchSize": -5, "TemperatureThreshold": 40})), Source::Patch);
+    assert_eq!((a.settings.batch_size, a.settings.temperature_threshold), (100, 40.0));
+    assert_eq!(a.rejected.len(), 1);
 }
 
 #[test]
@@ -288,75 +312,105 @@ fn configuration_errors_name_the_variable() {
 
 // ---- delivery ----
 
-fn alert(n: u8) -> Alert<u8> {
-    Alert { topic: format!("t{n}"), payload: n }
-}
-
 #[test]
 fn inputs_are_acknowledged_in_order_after_their_alerts() {
     let mut d = Delivery::new();
-    d.alerted(10, alert(1));
+    let a1 = d.alerted(10, "alert 1");
     d.dropped(11);
     assert_eq!(d.ready(), Vec::<u16>::new(), "the drop waits behind the unconfirmed alert");
-    d.written(1);
-    d.alerted(12, alert(2));
-    d.written(2);
-    assert!(d.confirmed(1));
+    let a2 = d.alerted(12, "alert 2");
+    assert_ne!(a1, a2);
+    assert_eq!(d.confirmed(a1), Some("alert 1"));
     assert_eq!(d.ready(), vec![10, 11]);
-    assert!(!d.confirmed(99), "an unknown PUBACK changes nothing");
-    assert!(d.confirmed(2));
+    assert_eq!(d.confirmed(999), None, "an unknown PUBACK changes nothing");
+    assert_eq!(d.confirmed(a2), Some("alert 2"));
     assert_eq!(d.ready(), vec![12]);
     assert_eq!((d.inputs_pending(), d.alerts_pending()), (0, 0));
 }
 
 #[test]
-fn retransmissions_keep_their_alerts_and_lost_sessions_return_them() {
+fn out_of_order_confirmations_still_acknowledge_in_order() {
     let mut d = Delivery::new();
-    d.alerted(10, alert(1));
-    d.alerted(11, alert(2));
-    d.written(1);
-    // Reconnect with the session: inputs are void, the written alert is retransmitted under its
-    // id, the unwritten one gets a new id.
-    assert_eq!(d.reconnected(true), vec![]);
-    assert_eq!(d.inputs_pending(), 0);
-    d.written(1);
-    d.written(2);
-    assert!(d.confirmed(1));
-    assert!(d.confirmed(2));
-    // Without a session both are handed back for requeueing, in order.
-    let mut d = Delivery::new();
-    d.alerted(10, alert(1));
-    d.alerted(11, alert(2));
-    d.written(1);
-    assert_eq!(d.reconnected(false), vec![alert(1), alert(2)]);
-    d.written(5);
-    d.written(6);
-    assert!(d.confirmed(6));
-    assert!(d.confirmed(5));
-    assert_eq!(d.alerts_pending(), 0);
+    let a1 = d.alerted(1, ());
+    let a2 = d.alerted(2, ());
+    d.dropped(3);
+    assert!(d.confirmed(a2).is_some());
+    assert_eq!(d.ready(), Vec::<u16>::new());
+    assert!(d.confirmed(a1).is_some());
+    assert_eq!(d.ready(), vec![1, 2, 3]);
 }
 
 #[test]
-fn collided_alert_takes_its_id_after_the_earlier_confirmation() {
+fn reconnection_resends_alerts_with_their_ids_and_forgets_inputs() {
     let mut d = Delivery::new();
-    d.alerted(10, alert(1));
-    d.written(1);
-    d.alerted(11, alert(2));
-    d.collided(1);
-    d.written(1); // the client reports the held publish when it finally goes out
-    assert!(d.confirmed(1));
-    assert_eq!(d.ready(), vec![10]);
-    assert!(d.confirmed(1));
-    assert_eq!(d.ready(), vec![11]);
+    let a1 = d.alerted(10, "one");
+    d.dropped(11);
+    let a2 = d.alerted(12, "two");
+    let sub = d.reserve();
+    assert!(![a1, a2].contains(&sub), "a subscription never shares an alert's id");
+    let resend: Vec<(u16, &str)> = d.reconnected().map(|(p, a)| (p, *a)).collect();
+    assert_eq!(resend, vec![(a1, "one"), (a2, "two")]);
+    assert_eq!(d.inputs_pending(), 0, "the old connection's inputs are redelivered by the hub");
+    assert_eq!(d.confirmed(a2), Some("two"));
+    assert_eq!(d.confirmed(a1), Some("one"));
+    assert_eq!(d.ready(), Vec::<u16>::new());
+}
+
+#[test]
+fn packet_ids_are_never_reused_while_in_flight() {
+    let mut d = Delivery::new();
+    let first = d.alerted(1, 0u32);
+    let mut seen = std::collections::HashSet::from([first]);
+    for i in 0..70_000u32 {
+        let p = d.alerted(0, i);
+        assert_ne!(p, 0);
+        assert_ne!(p, first, "the unconfirmed first alert keeps its id");
+        seen.insert(p);
+        d.confirmed(p);
+    }
+    assert_eq!(d.alerts_pending(), 1);
+    assert!(seen.len() > 60_000);
 }
 
 #[test]
 fn qos0_inputs_owe_no_acknowledgement() {
     let mut d: Delivery<u8> = Delivery::new();
     d.dropped(0);
-    d.alerted(0, alert(1));
+    d.alerted(0, 1);
     assert_eq!(d.inputs_pending(), 0);
     assert_eq!(d.alerts_pending(), 1);
+}
+
+#[test]
+fn settings_cell_publishes_whole_values() {
+    use edgefilter::settings::SettingsCell;
+    let cell = SettingsCell::new(Settings::default());
+    let mut reader = cell.reader();
+    assert_eq!(reader.get().batch_size, 100);
+    cell.publish(Settings { temperature_threshold: 30.0, batch_size: 7, ..Settings::default() });
+    let s = *reader.get();
+    assert_eq!((s.temperature_threshold, s.batch_size), (30.0, 7));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                let mut r = cell.reader();
+                for i in 0..10_000u32 {
+                    if t == 0 {
+                        cell.publish(Settings { temperature_threshold: f64::from(i), batch_size: i + 1, ..Settings::default() });
+                    }
+                    let s = *r.get();
+                    // Never half-applied: the two fields always come from one publish.
+                    assert!(s.batch_size == 100 && s.temperature_threshold == 25.0
+                        || s.batch_size == 7 && s.temperature_threshold == 30.0
+                        || f64::from(s.batch_size) == s.temperature_threshold + 1.0);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
 
 // ---- hub ----

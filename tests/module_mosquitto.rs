@@ -81,10 +81,9 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"TemperatureThreshold":20,"$version":4}"#)
         .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
-    assert_eq!(
-        reported,
-        vec![json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": null}})]
-    );
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0]["TemperatureThreshold"], json!(20.0));
+    assert_eq!(reported[0]["RejectedSettings"]["TemperatureThreshold"], json!(null));
     let (topic, body) = send(2, 28.0);
     edge.publish(&topic, body).await;
     let alert = edge.next(Duration::from_secs(2)).await.expect("28 is above 20");
@@ -94,12 +93,9 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=5", r#"{"TemperatureThreshold":"hot","$version":5}"#)
         .await;
     let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
-    assert_eq!(
-        reported,
-        vec![
-            json!({"TemperatureThreshold": 20.0, "RejectedSettings": {"TemperatureThreshold": "expected a number, got a string"}})
-        ]
-    );
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0]["TemperatureThreshold"], json!(20.0));
+    assert_eq!(reported[0]["RejectedSettings"]["TemperatureThreshold"], json!("expected a number, got a string"));
     // A stale patch (older $version) is ignored; garbage is ignored.
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"TemperatureThreshold":99,"$version":2}"#)
         .await;

@@ -118,7 +118,10 @@ pub struct RunningModule {
 impl RunningModule {
     pub fn start(env: &[(&str, String)]) -> RunningModule {
         edgefilter::logging::init(|n| std::env::var(n).ok());
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        if !env.iter().any(|(k, _)| k == "EDGEFILTER_METRICS_ADDR") {
+            env.push(("EDGEFILTER_METRICS_ADDR".into(), "off".into()));
+        }
         let config = config::resolve(|n| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()), None).unwrap();
         let stats = Arc::new(Stats::default());
         let (tx, rx) = oneshot::channel();
