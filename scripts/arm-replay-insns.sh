@@ -28,7 +28,7 @@ run() { # run MESSAGES → prints the instruction count
     mosquitto_sub -p "$port" -t 'devices/dev/modules/filter/messages/events/#' -C "$m" -W 600 > /dev/null &
     local sub=$!
     sleep 0.3
-    yes "$body" | head -n "$m" | mosquitto_pub -p "$port" -q 1 -t "$topic" -l
+    awk -v n="$m" -v b="$body" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$topic" -l
     wait $sub
   fi
   kill -TERM $pid

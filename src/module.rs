@@ -164,6 +164,15 @@ async fn until_ok<T, F: std::future::Future<Output = Result<T, String>>>(
     }
 }
 
+/// Whether a batch is complete before the connection runs dry: it holds `BatchSize` alerts, or
+/// it has been gathering for `BatchIntervalMs` (0: one read per batch). A batch also ends when
+/// nothing more is ready to read, so under light load every message goes out at once.
+pub fn batch_closes(settings: &Settings, alerts: usize, gathering: Duration) -> bool {
+    alerts >= settings.batch_size as usize
+        || settings.batch_interval_ms == 0
+        || gathering >= Duration::from_millis(u64::from(settings.batch_interval_ms))
+}
+
 /// What ended a connection.
 enum End {
     /// Stop: the drain finished or timed out.
@@ -460,25 +469,28 @@ impl Shell<'_> {
     fn batch(&mut self, link: &mut Link) -> Result<(), LinkError> {
         let started = Instant::now();
         let settings = self.settings();
-        let limit = Duration::from_millis(u64::from(settings.batch_interval_ms));
         loop {
             let handle_started = Instant::now();
             let mut inputs = 0u64;
-            let packets = std::mem::take(&mut self.packets);
+            // A full batch leaves the rest of what was read for the next turn, after the write.
+            let mut packets = std::mem::take(&mut self.packets);
+            let mut handled = 0;
             for packet in packets.iter() {
                 inputs += u64::from(self.packet(link, packet, started)?);
+                handled += 1;
+                if self.unflushed.len() >= settings.batch_size as usize {
+                    break;
+                }
             }
+            packets.drain(..handled);
             self.packets = packets;
-            self.packets.clear();
             if let Some(per_message) = (handle_started.elapsed().as_nanos() as u64).checked_div(inputs) {
                 let mut l = self.stats.latency();
                 let high = l.decide_ns.high();
                 let _ = l.decide_ns.record_n(per_message.clamp(1, high), inputs);
             }
-            let full = self.unflushed.len() >= settings.batch_size as usize;
-            if full
-                || limit.is_zero()
-                || started.elapsed() >= limit
+            if !self.packets.is_empty()
+                || batch_closes(&settings, self.unflushed.len(), started.elapsed())
                 || !link.read_ready(&mut self.packets, READ_BATCH)?
             {
                 return Ok(());

@@ -195,7 +195,8 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         assert_eq!(a.rejected[0].reason, reason);
     }
     let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
-    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null});
+    let all_null =
+        json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null});
     let mut rejected = all_null.clone();
     rejected["TemperatureThreshold"] = json!("expected a number, got a string");
     assert_eq!(
@@ -220,13 +221,32 @@ fn batch_settings_are_whole_numbers_in_range() {
         assert_eq!(a.settings, current);
         assert_eq!(a.rejected[0].reason, reason);
     }
-    let a = apply_desired(&current, &current, &obj(json!({"BatchSize": 1, "BatchIntervalMs": 0, "TemperatureThreshold": 40})), Source::Patch);
+    let a = apply_desired(
+        &current,
+        &current,
+        &obj(json!({"BatchSize": 1, "BatchIntervalMs": 0, "TemperatureThreshold": 40})),
+        Source::Patch,
+    );
     assert_eq!((a.settings.batch_size, a.settings.batch_interval_ms, a.settings.temperature_threshold), (1, 0, 40.0));
     assert_eq!(a.changed, vec!["TemperatureThreshold", "BatchSize", "BatchIntervalMs"]);
     // A patch with one bad value applies the good ones.
-    let a = apply_desired(&current, &current, &obj(json!({"BatchSize": -5, "TemperatureThreshold": 40})), Source::Patch);
+    let a =
+        apply_desired(&current, &current, &obj(json!({"BatchSize": -5, "TemperatureThreshold": 40})), Source::Patch);
     assert_eq!((a.settings.batch_size, a.settings.temperature_threshold), (100, 40.0));
     assert_eq!(a.rejected.len(), 1);
+}
+
+#[test]
+fn batches_close_at_batch_size_or_interval() {
+    use edgefilter::module::batch_closes;
+    let s = Settings { batch_size: 100, batch_interval_ms: 10, ..Settings::default() };
+    assert!(!batch_closes(&s, 99, Duration::from_millis(9)));
+    assert!(batch_closes(&s, 100, Duration::ZERO), "full");
+    assert!(batch_closes(&s, 1, Duration::from_millis(10)), "waited long enough");
+    let immediate = Settings { batch_interval_ms: 0, ..s };
+    assert!(batch_closes(&immediate, 0, Duration::ZERO), "BatchIntervalMs 0: one read per batch");
+    let single = Settings { batch_size: 1, ..s };
+    assert!(batch_closes(&single, 1, Duration::ZERO));
 }
 
 #[test]
@@ -397,13 +417,19 @@ fn settings_cell_publishes_whole_values() {
                 let mut r = cell.reader();
                 for i in 0..10_000u32 {
                     if t == 0 {
-                        cell.publish(Settings { temperature_threshold: f64::from(i), batch_size: i + 1, ..Settings::default() });
+                        cell.publish(Settings {
+                            temperature_threshold: f64::from(i),
+                            batch_size: i + 1,
+                            ..Settings::default()
+                        });
                     }
                     let s = *r.get();
                     // Never half-applied: the two fields always come from one publish.
-                    assert!(s.batch_size == 100 && s.temperature_threshold == 25.0
-                        || s.batch_size == 7 && s.temperature_threshold == 30.0
-                        || f64::from(s.batch_size) == s.temperature_threshold + 1.0);
+                    assert!(
+                        s.batch_size == 100 && s.temperature_threshold == 25.0
+                            || s.batch_size == 7 && s.temperature_threshold == 30.0
+                            || f64::from(s.batch_size) == s.temperature_threshold + 1.0
+                    );
                 }
             })
         })

@@ -82,6 +82,8 @@ struct State {
     next_connection: u64,
     /// Messages dropped because a client's queue was full.
     overflowed: u64,
+    /// Fault injection: the client whose publishes are not acknowledged for now.
+    withhold_acks_from: Option<String>,
 }
 
 #[derive(Clone)]
@@ -101,6 +103,8 @@ struct Session {
     clean: bool,
     /// The live connection: its number and how to wake it.
     connection: Option<(u64, Arc<Notify>)>,
+    /// Acknowledgements held back by fault injection, sent on release.
+    withheld: Vec<u16>,
 }
 
 impl Session {
@@ -193,6 +197,21 @@ impl Hub {
         Ok(version)
     }
 
+    /// Fault injection for load and reliability tests: stop acknowledging `client_id`'s
+    /// publishes (the messages are still routed), or, with None, send the held acknowledgements
+    /// and carry on normally.
+    pub fn withhold_acks(&self, client_id: Option<&str>) {
+        let mut state = self.lock();
+        state.withhold_acks_from = client_id.map(str::to_string);
+        if client_id.is_none() {
+            for session in state.sessions.values() {
+                if let Some((_, n)) = &session.connection {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+
     /// The messages dropped because a client did not keep up.
     pub fn overflowed(&self) -> u64 {
         self.lock().overflowed
@@ -236,7 +255,8 @@ impl Hub {
             }
             session.clean = connect.clean_session;
             session.connection = Some((me, notify.clone()));
-            // Unacknowledged messages go out again first, marked as duplicates.
+            session.withheld.clear(); // the old connection's packet ids mean nothing now
+                                      // Unacknowledged messages go out again first, marked as duplicates.
             let inflight = std::mem::take(&mut session.inflight);
             for (_, mut m) in inflight.into_iter().rev() {
                 m.dup = true;
@@ -310,6 +330,7 @@ impl Hub {
                 Packet::Publish(p) => {
                     match p.qos {
                         QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce if self.withholding(client_id, p.pkid) => {}
                         QoS::AtLeastOnce => write(&mut out, Packet::PubAck(PubAck::new(p.pkid)))?,
                         QoS::ExactlyOnce => {
                             write(&mut out, Packet::PubRec(PubRec::new(p.pkid)))?;
@@ -377,9 +398,15 @@ impl Hub {
     /// Returns false when this connection is no longer the session's.
     fn pump(&self, client_id: &str, me: u64, out: &mut BytesMut) -> Result<bool, String> {
         let mut state = self.lock();
+        let releasing = state.withhold_acks_from.is_none();
         let Some(session) = state.sessions.get_mut(client_id) else { return Ok(false) };
         if session.connection.as_ref().is_none_or(|(n, _)| *n != me) {
             return Ok(false);
+        }
+        if releasing {
+            for pkid in session.withheld.drain(..) {
+                write(out, Packet::PubAck(PubAck::new(pkid)))?;
+            }
         }
         while session.inflight.len() < INFLIGHT_WINDOW {
             let Some(m) = session.queue.pop_front() else { break };
@@ -392,6 +419,18 @@ impl Hub {
             write(out, Packet::Publish(p))?;
         }
         Ok(true)
+    }
+
+    /// Whether to hold back the acknowledgement of `client_id`'s publish `pkid` (and hold it).
+    fn withholding(&self, client_id: &str, pkid: u16) -> bool {
+        let mut state = self.lock();
+        if state.withhold_acks_from.as_deref() != Some(client_id) {
+            return false;
+        }
+        if let Some(session) = state.sessions.get_mut(client_id) {
+            session.withheld.push(pkid);
+        }
+        true
     }
 
     /// CONNECT authentication: module identities need a valid token; other clients are anonymous.

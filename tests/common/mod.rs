@@ -117,7 +117,9 @@ pub struct RunningModule {
 
 impl RunningModule {
     pub fn start(env: &[(&str, String)]) -> RunningModule {
-        edgefilter::logging::init(|n| std::env::var(n).ok());
+        if std::env::var("RUST_LOG").is_ok() {
+            edgefilter::logging::init(|n| std::env::var(n).ok());
+        }
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         if !env.iter().any(|(k, _)| k == "EDGEFILTER_METRICS_ADDR") {
             env.push(("EDGEFILTER_METRICS_ADDR".into(), "off".into()));

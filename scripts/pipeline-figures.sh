@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The pipeline's figures on this machine, through a real broker (mosquitto) at 100% alerts and
+# full load: the messages wait in the module's persistent session, then the module starts and
+# drains them as fast as it can. Messages per second, system calls per message (strace -f -c on
+# the module), peak RSS, for BatchSize 1 and 100, with the broker's in-flight window at its
+# default (20) and at 1000.
+#   scripts/pipeline-figures.sh [MESSAGES]    (default 5000; release x86 build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-5000}
+cargo build -q --release --bin edgefilter
+bin=$PWD/target/release/edgefilter
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+body='{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}'
+topic='devices/dev/modules/filter/inputs/input1/sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor'
+awk -v n="$n" -v b="$body" 'BEGIN { for (i = 0; i < n; i++) print b }' > "$work/messages"
+printf '%-9s %-7s %10s %12s %10s\n' BatchSize window msg/s syscalls/msg peakRSS
+# One measured replay: prints "msg/s syscalls/msg peakRSS" (syscalls only when traced).
+replay() {
+  local batch=$1 window=$2 traced=$3
+  local port broker tracer pid sub start end rss calls=0
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages %s\nmax_queued_messages 0\n' "$port" "$window" > "$work/m.conf"
+  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/m.conf" >/dev/null 2>&1 &
+  broker=$!
+  sleep 0.3
+  local env=(EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0"
+    EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$port" EDGEFILTER_METRICS_ADDR=off RuntimeLogLevel=warning
+    BatchSize="$batch" MIMALLOC_ARENA_EAGER_COMMIT=0)
+  # Create the module's persistent session, then queue the load in it while the module is down.
+  env "${env[@]}" "$bin" > "$work/log" 2>&1 &
+  pid=$!
+  sleep 0.5
+  kill -TERM $pid
+  wait $pid || true
+  mosquitto_pub -p "$port" -q 1 -t "$topic" -l < "$work/messages"
+  mosquitto_sub -p "$port" -t 'devices/dev/modules/filter/messages/events/#' -C "$n" -W 300 > /dev/null &
+  sub=$!
+  sleep 0.3
+  local wrap=()
+  [ "$traced" = yes ] && wrap=(strace -f -c -o "$work/strace")
+  start=$(date +%s.%N)
+  env "${env[@]}" "${wrap[@]}" "$bin" > "$work/log" 2>&1 &
+  tracer=$!
+  sleep 0.2
+  pid=$(pgrep -n -x edgefilter)
+  wait $sub
+  end=$(date +%s.%N)
+  rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pid/status")
+  kill -TERM "$pid"
+  wait $tracer || true
+  [ "$traced" = yes ] && cp "$work/strace" "${STRACE_OUT:-/dev/null}"
+  [ "$traced" = yes ] && calls=$(awk '$NF == "total" {print $4}' "$work/strace")
+  kill $broker
+  wait $broker 2>/dev/null || true
+  echo "$(echo "$n / ($end - $start)" | bc -l) $(echo "$calls / $n" | bc -l) $rss"
+}
+for window in 20 1000; do
+  for batch in 1 100; do
+    read -r rate _ rss unit < <(replay "$batch" "$window" no)
+    read -r _ calls _ _ < <(replay "$batch" "$window" yes)
+    printf '%-9s %-7s %10.0f %12.3f %7s %s\n' "$batch" "$window" "$rate" "$calls" "$rss" "$unit"
+  done
+done
