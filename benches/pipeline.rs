@@ -1,0 +1,106 @@
+//! The in-process path of one message, and where deciding should run.
+//!
+//! `path`: what the module does per input between the socket's bytes and the alert's bytes:
+//! decode the PUBLISH, classify the topic and read its property bag, decide, build the alert's
+//! topic and bag, book it for at-least-once, encode the alert and the input's PUBACK.
+//!
+//! `decide-inline` vs `decide-on-worker`: the same batch decided on the calling thread, or handed
+//! to a worker thread over crossbeam channels and the decisions handed back (what a worker pool
+//! would cost), for batches of 1 and 100 messages. `cargo bench --bench pipeline`.
+
+use std::hint::black_box;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edgefilter::delivery::Delivery;
+use edgefilter::filter::{self, Decision};
+use edgefilter::topic::{classify, Inbound, ModuleId};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
+use rumqttc::mqttbytes::QoS;
+
+const BODY: &[u8] = br#"{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}"#;
+const TOPIC: &str = "devices/dev/modules/filter/inputs/input1/sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor";
+
+/// `n` encoded input PUBLISH packets, as they arrive on the socket.
+fn wire(n: usize) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for i in 0..n {
+        let mut p = Publish::from_bytes(TOPIC, QoS::AtLeastOnce, Bytes::from_static(BODY));
+        p.pkid = (i % 60_000 + 1) as u16;
+        Packet::Publish(p).write(&mut buf, 1 << 20).unwrap();
+    }
+    buf
+}
+
+/// The module's per-message path over a batch read from the socket; returns bytes written.
+fn path(id: &ModuleId, mut rx: BytesMut, delivery: &mut Delivery<Bytes>, tx: &mut BytesMut) -> usize {
+    tx.clear();
+    while let Ok(Packet::Publish(p)) = Packet::read(&mut rx, 1 << 20) {
+        if let Ok(Inbound::Input { input, properties }) = classify(id, &p.topic) {
+            if input == filter::INPUT && filter::decide(&p.payload, 25.0) == Decision::Alert {
+                let props = filter::alert_properties(properties);
+                let topic = id.events_topic(&props.to_output_bag(filter::OUTPUT));
+                let mut alert = Publish::from_bytes(topic, QoS::AtLeastOnce, p.payload.clone());
+                alert.pkid = delivery.alerted(p.pkid, p.payload.clone());
+                let pkid = alert.pkid;
+                Packet::Publish(alert).write(tx, 1 << 20).unwrap();
+                delivery.confirmed(pkid); // the hub's PUBACK, as if it came back at once
+            } else {
+                delivery.dropped(p.pkid);
+            }
+        }
+    }
+    for pkid in delivery.ready() {
+        Packet::PubAck(PubAck::new(pkid)).write(tx, 16).unwrap();
+    }
+    tx.len()
+}
+
+fn bench_path(c: &mut Criterion) {
+    let id = ModuleId::new("dev", "filter");
+    let mut g = c.benchmark_group("path");
+    for n in [1usize, 100] {
+        let input = wire(n);
+        g.throughput(Throughput::Elements(n as u64));
+        let mut delivery = Delivery::new();
+        let mut tx = BytesMut::with_capacity(1 << 16);
+        g.bench_with_input(BenchmarkId::new("alert", n), &input, |b, input| {
+            b.iter(|| path(&id, black_box(input.clone()), &mut delivery, &mut tx))
+        });
+    }
+    g.finish();
+}
+
+fn bench_where(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide");
+    // A worker thread that decides batches and sends the decisions back.
+    let (to_worker, worker_rx) = crossbeam_channel::bounded::<Vec<Bytes>>(16);
+    let (to_io, io_rx) = crossbeam_channel::bounded::<Vec<Decision>>(16);
+    let worker = std::thread::spawn(move || {
+        for batch in worker_rx {
+            let decisions = batch.iter().map(|b| filter::decide(b, 25.0)).collect();
+            if to_io.send(decisions).is_err() {
+                break;
+            }
+        }
+    });
+    for n in [1usize, 100] {
+        let batch: Vec<Bytes> = (0..n).map(|_| Bytes::from_static(BODY)).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("inline", n), &batch, |b, batch| {
+            b.iter(|| batch.iter().map(|m| filter::decide(black_box(m), 25.0)).collect::<Vec<_>>())
+        });
+        g.bench_with_input(BenchmarkId::new("on-worker", n), &batch, |b, batch| {
+            b.iter(|| {
+                to_worker.send(black_box(batch.clone())).unwrap();
+                io_rx.recv().unwrap()
+            })
+        });
+    }
+    g.finish();
+    drop(to_worker);
+    worker.join().unwrap();
+}
+
+criterion_group!(benches, bench_path, bench_where);
+criterion_main!(benches);

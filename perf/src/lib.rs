@@ -1,0 +1,403 @@
+//! edgefilter-perf: replays telemetry at a module through any MQTT hub, playing edgeHub's side of
+//! the conversation (inputs on `devices/{d}/modules/{m}/inputs/input1/{bag}`, alerts read from
+//! `…/messages/events/…`), and reports rates, losses, duplicates and latency.
+//!
+//! Latency is measured from each message's *scheduled* send time, not from when it was actually
+//! sent, so a stall in the module or the hub shows in the figures instead of silently slowing the
+//! load down (coordinated omission). Every message carries a unique `sequenceNumber`; the
+//! expected alerts are the messages whose body the module's own decision function alerts on.
+
+pub mod output;
+pub mod trace;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use edgefilter::filter::{decide, Decision};
+use edgefilter::topic::{encode_bag, parse_bag, ModuleId};
+use trace::Message;
+
+/// How fast to send.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// The trace's own timing, times a speed factor.
+    Trace(f64),
+    /// A fixed rate, messages per second.
+    Rate(f64),
+    /// As fast as the hub takes them.
+    Max,
+}
+
+/// What to replay where.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub host: String,
+    pub port: u16,
+    pub target: ModuleId,
+    pub pace: Pace,
+    /// The module's threshold, to know which messages must alert.
+    pub threshold: f64,
+    /// How long to wait for the last alerts after the last message was sent.
+    pub settle: Duration,
+    /// The whole run may take at most this long.
+    pub deadline: Duration,
+    /// The module's process, for CPU time and peak RSS.
+    pub pid: Option<u32>,
+    /// Progress on standard error.
+    pub progress: bool,
+}
+
+/// What a replay found.
+#[derive(Debug)]
+pub struct Report {
+    pub sent: u64,
+    pub offered_rate: f64,
+    pub achieved_rate: f64,
+    pub expected: u64,
+    pub received: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    /// End-to-end latency in µs, from the scheduled send time.
+    pub latency_us: Histogram<u64>,
+    /// Alerts received per second of the run.
+    pub rate_over_time: Vec<u64>,
+    pub module_cpu_seconds: Option<f64>,
+    pub module_peak_rss_kb: Option<u64>,
+    pub duration: Duration,
+}
+
+/// Why a replay could not run.
+#[derive(Debug)]
+pub struct ReplayError(pub String);
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Connects an MQTT client; fails within `within` if the hub is unreachable.
+async fn client(
+    host: &str,
+    port: u16,
+    id: &str,
+    filters: &[String],
+    within: Duration,
+) -> Result<(AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>), ReplayError> {
+    let mut options = MqttOptions::new(id, host, port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(300_000, 300_000)
+        .set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let sub = client.clone();
+    let filters = filters.to_vec();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut subacks = 0;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    for f in &filters {
+                        let _ = sub.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                    }
+                    if filters.is_empty() {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    subacks += 1;
+                    if subacks == filters.len() {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e.to_string()));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    match tokio::time::timeout(within, ready_rx).await {
+        Ok(Ok(Ok(()))) => Ok((client, rx)),
+        Ok(Ok(Err(e))) => Err(ReplayError(format!("cannot connect to the hub at {host}:{port}: {e}"))),
+        _ => Err(ReplayError(format!("the hub at {host}:{port} did not answer within {} s", within.as_secs()))),
+    }
+}
+
+/// The bag a trace message is delivered with: its properties, then `sequenceNumber`.
+pub fn delivery_bag(m: &Message, sequence: u64) -> String {
+    let seq = sequence.to_string();
+    let pairs = m.properties.iter().filter(|(k, _)| k != "sequenceNumber").map(|(k, v)| (k.as_str(), v.as_str()));
+    let mut bag = encode_bag(pairs);
+    if !bag.is_empty() {
+        bag.push('&');
+    }
+    bag.push_str(&encode_bag([("sequenceNumber", seq.as_str())]));
+    bag
+}
+
+/// When message `i` is due, from the start of the run.
+pub fn schedule(messages: &[Message], pace: Pace) -> Vec<Duration> {
+    let first = messages.first().map_or(0.0, |m| m.t);
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match pace {
+            Pace::Trace(speed) => Duration::from_secs_f64(((m.t - first) / speed.max(1e-9)).max(0.0)),
+            Pace::Rate(r) => Duration::from_secs_f64(i as f64 / r.max(1e-9)),
+            Pace::Max => Duration::ZERO,
+        })
+        .collect()
+}
+
+/// Replays `messages` and reports.
+pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, ReplayError> {
+    let tag = std::process::id();
+    let events = format!("devices/{}/modules/{}/messages/events/#", o.target.device_id, o.target.module_id);
+    let (_sub, mut alerts) =
+        client(&o.host, o.port, &format!("perf-sub-{tag}"), &[events], Duration::from_secs(5)).await?;
+    let (publisher, _) = client(&o.host, o.port, &format!("perf-pub-{tag}"), &[], Duration::from_secs(5)).await?;
+    let due = schedule(messages, o.pace);
+    let expected: Vec<bool> =
+        messages.iter().map(|m| decide(m.body.as_bytes(), o.threshold) == Decision::Alert).collect();
+    let expected_count = expected.iter().filter(|e| **e).count() as u64;
+    let cpu_before = o.pid.and_then(proc_cpu_seconds);
+
+    let start = Instant::now();
+    let hard_stop = start + o.deadline;
+    let mut tally = Tally {
+        start,
+        due: &due,
+        expected: &expected,
+        seen: HashMap::new(),
+        latency: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+        per_second: Vec::new(),
+        out_of_order: 0,
+        unexpected: 0,
+        highest: 0,
+        last: start,
+    };
+    let mut sent = 0u64;
+    let mut last_progress = Instant::now();
+    for (i, m) in messages.iter().enumerate() {
+        let at = start + due[i];
+        if Instant::now() >= hard_stop {
+            break;
+        }
+        // Collect alerts while waiting for the next send.
+        loop {
+            let now = Instant::now();
+            if now >= at {
+                break;
+            }
+            match tokio::time::timeout(at - now, alerts.recv()).await {
+                Ok(Some(p)) => tally.record(p, Instant::now()),
+                _ => break,
+            }
+        }
+        while let Ok(p) = alerts.try_recv() {
+            tally.record(p, Instant::now());
+        }
+        let topic = o.target.input_topic(edgefilter::filter::INPUT, &delivery_bag(m, i as u64 + 1));
+        let body = Bytes::from(m.body.clone().into_bytes());
+        let publish = publisher.publish_bytes(topic, QoS::AtLeastOnce, false, body);
+        if tokio::time::timeout_at(hard_stop.into(), publish).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if o.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprint!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
+        }
+    }
+    let sent_at = Instant::now();
+    let settle_until = (sent_at + o.settle).min(hard_stop);
+    while (tally.seen.len() as u64) < expected_count {
+        let now = Instant::now();
+        if now >= settle_until {
+            break;
+        }
+        match tokio::time::timeout(settle_until - now, alerts.recv()).await {
+            Ok(Some(p)) => tally.record(p, Instant::now()),
+            _ => break,
+        }
+    }
+    // A short look for late duplicates.
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), alerts.recv()).await {
+        tally.record(p, Instant::now());
+    }
+    if o.progress {
+        eprintln!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
+    }
+    let received = tally.seen.len() as u64;
+    let missing =
+        expected.iter().enumerate().filter(|(i, e)| **e && !tally.seen.contains_key(&(*i as u64 + 1))).count() as u64;
+    let duplicated = tally.seen.values().map(|c| u64::from(c - 1)).sum();
+    let span = due.last().copied().unwrap_or_default().as_secs_f64();
+    Ok(Report {
+        sent,
+        offered_rate: if span > 0.0 { messages.len() as f64 / span } else { f64::INFINITY },
+        // Messages handled per second: until the last alert arrived, or the last message was sent.
+        achieved_rate: sent as f64 / tally.last.max(sent_at).duration_since(start).as_secs_f64().max(1e-9),
+        expected: expected_count,
+        received,
+        missing,
+        duplicated,
+        out_of_order: tally.out_of_order,
+        unexpected: tally.unexpected,
+        latency_us: tally.latency,
+        rate_over_time: tally.per_second,
+        module_cpu_seconds: match (cpu_before, o.pid.and_then(proc_cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        module_peak_rss_kb: o.pid.and_then(proc_peak_rss_kb),
+        duration: start.elapsed(),
+    })
+}
+
+/// What arrived, by sequence number.
+struct Tally<'a> {
+    start: Instant,
+    due: &'a [Duration],
+    expected: &'a [bool],
+    seen: HashMap<u64, u32>,
+    latency: Histogram<u64>,
+    per_second: Vec<u64>,
+    out_of_order: u64,
+    unexpected: u64,
+    highest: u64,
+    /// When the last new alert arrived.
+    last: Instant,
+}
+
+impl Tally<'_> {
+    fn record(&mut self, p: rumqttc::Publish, now: Instant) {
+        let seq = p.topic.rsplit_once("/messages/events/").and_then(|(_, bag)| parse_bag(bag).ok()).and_then(|pairs| {
+            pairs.into_iter().find(|(k, _)| k == "sequenceNumber").and_then(|(_, v)| v.parse::<u64>().ok())
+        });
+        let Some(seq) = seq.filter(|s| *s >= 1 && (*s as usize) <= self.expected.len()) else {
+            self.unexpected += 1;
+            return;
+        };
+        let count = self.seen.entry(seq).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            return;
+        }
+        if !self.expected[seq as usize - 1] {
+            self.unexpected += 1;
+        }
+        self.last = now;
+        let scheduled = self.start + self.due[seq as usize - 1];
+        let _ = self.latency.record(now.saturating_duration_since(scheduled).as_micros().max(1) as u64);
+        let second = now.duration_since(self.start).as_secs() as usize;
+        if self.per_second.len() <= second {
+            self.per_second.resize(second + 1, 0);
+        }
+        self.per_second[second] += 1;
+        if seq < self.highest {
+            self.out_of_order += 1;
+        }
+        self.highest = self.highest.max(seq);
+    }
+}
+
+impl Report {
+    /// The report as JSON, for tools.
+    pub fn to_json(&self) -> Value {
+        let q = |p: f64| {
+            if self.latency_us.is_empty() {
+                0.0
+            } else {
+                self.latency_us.value_at_quantile(p) as f64 / 1000.0
+            }
+        };
+        json!({
+            "sent": self.sent,
+            "offeredRate": if self.offered_rate.is_finite() { Value::from(self.offered_rate) } else { Value::Null },
+            "achievedRate": self.achieved_rate,
+            "alerts": {"expected": self.expected, "received": self.received, "missing": self.missing,
+                       "duplicated": self.duplicated, "outOfOrder": self.out_of_order, "unexpected": self.unexpected},
+            "latencyMs": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999),
+                          "max": self.latency_us.max() as f64 / 1000.0},
+            "alertsPerSecond": self.rate_over_time,
+            "module": {"cpuSeconds": self.module_cpu_seconds, "peakRssKb": self.module_peak_rss_kb},
+            "durationSeconds": self.duration.as_secs_f64(),
+        })
+    }
+
+    /// A readable summary.
+    pub fn summary(&self) -> String {
+        let j = self.to_json();
+        let l = &j["latencyMs"];
+        let mut s = format!(
+            "sent {} messages: offered {} msg/s, achieved {:.0} msg/s\n\
+             alerts: expected {}, received {}, missing {}, duplicated {}, out of order {}, unexpected {}\n\
+             latency from scheduled send (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            self.sent,
+            if self.offered_rate.is_finite() { format!("{:.0}", self.offered_rate) } else { "unlimited".into() },
+            self.achieved_rate,
+            self.expected,
+            self.received,
+            self.missing,
+            self.duplicated,
+            self.out_of_order,
+            self.unexpected,
+            l["p50"].as_f64().unwrap_or(0.0),
+            l["p90"].as_f64().unwrap_or(0.0),
+            l["p99"].as_f64().unwrap_or(0.0),
+            l["p99.9"].as_f64().unwrap_or(0.0),
+            l["max"].as_f64().unwrap_or(0.0),
+        );
+        if let (Some(cpu), Some(rss)) = (self.module_cpu_seconds, self.module_peak_rss_kb) {
+            s.push_str(&format!("\nmodule: {cpu:.2} s CPU, peak RSS {:.1} MB", rss as f64 / 1024.0));
+        }
+        s
+    }
+
+    /// Whether nothing was lost.
+    pub fn complete(&self) -> bool {
+        self.missing == 0 && self.unexpected == 0
+    }
+}
+
+/// utime + stime of a process, in seconds (Linux /proc).
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// VmHWM of a process, in KiB.
+pub fn proc_peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

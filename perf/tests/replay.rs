@@ -1,0 +1,157 @@
+//! The replay tool against the embedded hub with the real module (exact counts), and against
+//! peers that lose and duplicate on purpose (detected and reported as such).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefilter::topic::ModuleId;
+use edgefilter_perf::trace::{self, Generate};
+use edgefilter_perf::{replay, Pace, ReplayOptions};
+
+async fn hub(target: &ModuleId, key: Vec<u8>) -> u16 {
+    let config = edgefilter::hub::HubConfig {
+        hub_hostname: "h.azure-devices.net".into(),
+        device_id: target.device_id.clone(),
+        keys: HashMap::from([(target.module_id.clone(), key)]),
+        routes: Vec::new(),
+        desired: HashMap::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(edgefilter::hub::Hub::new(config, None).serve(listener));
+    port
+}
+
+fn options(port: u16, target: &ModuleId, pace: Pace) -> ReplayOptions {
+    ReplayOptions {
+        host: "127.0.0.1".into(),
+        port,
+        target: target.clone(),
+        pace,
+        threshold: 25.0,
+        settle: Duration::from_secs(3),
+        deadline: Duration::from_secs(60),
+        pid: None,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_replay_report_through_the_module() {
+    let target = ModuleId::new("dev", "edgefilter");
+    let key = vec![1u8; 32];
+    let port = hub(&target, key.clone()).await;
+    let config = edgefilter::config::Config {
+        identity: edgefilter::config::Identity { hub_hostname: "h.azure-devices.net".into(), module: target.clone() },
+        endpoint: edgefilter::config::Endpoint { host: "127.0.0.1".into(), port, tls: None },
+        credentials: edgefilter::config::Credentials::Key(key),
+        token_ttl: Duration::from_secs(3600),
+        settings: edgefilter::settings::Settings::default(),
+        metrics_addr: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let module = tokio::spawn(edgefilter::module::run(config, Arc::new(Default::default()), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A trace written and read back as a user would: generate → file → replay.
+    let generated =
+        trace::generate(&Generate { count: 400, rate: 1000.0, alert_ratio: Some(0.5), size: Some(300), seed: 9 });
+    let text: String = generated.iter().map(|m| m.to_line() + "\n").collect();
+    let messages = trace::read(&text).unwrap();
+    assert!(messages == generated, "a trace reads back as written");
+    assert!(messages.iter().all(|m| m.body.len() >= 300));
+    let expected = messages
+        .iter()
+        .filter(|m| edgefilter::filter::decide(m.body.as_bytes(), 25.0) == edgefilter::filter::Decision::Alert)
+        .count() as u64;
+    assert!((150..=250).contains(&expected), "about half alert: {expected}");
+
+    let report = replay(&messages, &options(port, &target, Pace::Trace(2.0))).await.unwrap();
+    assert_eq!(report.sent, 400);
+    assert_eq!(report.expected, expected);
+    assert_eq!(report.received, expected);
+    assert_eq!((report.missing, report.duplicated, report.unexpected), (0, 0, 0));
+    assert_eq!(report.out_of_order, 0);
+    assert_eq!(report.latency_us.len(), expected);
+    assert!(report.complete());
+    let json = report.to_json();
+    assert_eq!(json["alerts"]["received"], expected);
+    assert!(edgefilter_perf::output::hgrm(&report.latency_us).contains("Percentile"));
+    assert!(edgefilter_perf::output::svg(&report.latency_us, &report.rate_over_time, "t").starts_with("<svg"));
+    let _ = stop.send(());
+    module.await.unwrap().unwrap();
+}
+
+/// Stands in for a faulty module: forwards inputs to output1, but drops every `drop_every`-th
+/// and sends every `dup_every`-th twice.
+async fn faulty_peer(port: u16, target: ModuleId, drop_every: u64, dup_every: u64) {
+    let mut options = rumqttc::MqttOptions::new("faulty", "127.0.0.1", port);
+    options.set_max_packet_size(300_000, 300_000);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+    loop {
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => {
+                client.subscribe(target.inputs_filter(), rumqttc::QoS::AtLeastOnce).await.unwrap();
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
+                let bag = p.topic.splitn(7, '/').nth(6).unwrap_or("").to_string();
+                let seq: u64 = edgefilter::topic::parse_bag(&bag)
+                    .unwrap()
+                    .into_iter()
+                    .find(|(k, _)| k == "sequenceNumber")
+                    .unwrap()
+                    .1
+                    .parse()
+                    .unwrap();
+                let topic = target.events_topic(&format!("%24.on=output1&{bag}"));
+                let copies = if seq.is_multiple_of(drop_every) {
+                    0
+                } else if seq.is_multiple_of(dup_every) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    client.try_publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, p.payload.to_vec()).unwrap();
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_duplicating_peer_is_reported_as_such() {
+    let target = ModuleId::new("dev", "edgefilter");
+    let port = hub(&target, vec![2u8; 32]).await;
+    let peer = tokio::spawn(faulty_peer(port, target.clone(), 10, 7));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = trace::generate(&Generate { count: 200, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 4 });
+    let report = replay(&messages, &options(port, &target, Pace::Rate(400.0))).await.unwrap();
+    let dropped = (1..=200u64).filter(|s| s.is_multiple_of(10)).count() as u64;
+    let doubled = (1..=200u64).filter(|s| !s.is_multiple_of(10) && s.is_multiple_of(7)).count() as u64;
+    assert_eq!(report.expected, 200);
+    assert_eq!(report.missing, dropped);
+    assert_eq!(report.received, 200 - dropped);
+    assert_eq!(report.duplicated, doubled);
+    assert!(!report.complete());
+    assert!(report.summary().contains(&format!("missing {dropped}, duplicated {doubled}")), "{}", report.summary());
+    peer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_hub_and_a_bad_trace_fail_fast() {
+    let started = std::time::Instant::now();
+    let target = ModuleId::new("dev", "edgefilter");
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = replay(&[], &options(unused, &target, Pace::Max)).await.unwrap_err();
+    assert!(err.0.contains("cannot connect") || err.0.contains("did not answer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = trace::read("{\"t\":0,\"body\":\"{}\"}\nnot json\n").unwrap_err();
+    assert!(err.starts_with("line 2: not JSON"), "{err}");
+    assert!(trace::read("{\"t\":-1,\"body\":\"x\"}").unwrap_err().contains("\"t\""));
+}
