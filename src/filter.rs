@@ -30,6 +30,9 @@ pub enum Reason {
     UnknownInput,
     /// A topic whose property bag cannot be read.
     BadPropertyBag,
+    /// A body over edgeHub's 256 KiB message limit: it could not have come through edgeHub,
+    /// and its alert could not go back through it.
+    TooLarge,
     Missing(Missing),
     Malformed(Malformed),
 }
@@ -41,16 +44,18 @@ impl Reason {
             Reason::BelowThreshold => "below_threshold",
             Reason::UnknownInput => "unknown_input",
             Reason::BadPropertyBag => "bad_property_bag",
+            Reason::TooLarge => "too_large",
             Reason::Missing(m) => m.name(),
             Reason::Malformed(m) => m.name(),
         }
     }
 
     /// Every reason, for metrics that list them all.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::BelowThreshold,
         Reason::UnknownInput,
         Reason::BadPropertyBag,
+        Reason::TooLarge,
         Reason::Missing(Missing::NotAnObject),
         Reason::Missing(Missing::NoMachine),
         Reason::Missing(Missing::MachineNotAnObject),
@@ -68,8 +73,14 @@ impl Reason {
     }
 }
 
+/// edgeHub's largest message (`mqttSettings:MaxInboundMessageSize`, contract §8).
+pub const MAX_MESSAGE_SIZE: usize = 256 * 1024;
+
 /// Decides a body against the threshold.
 pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
+    if body.len() > MAX_MESSAGE_SIZE {
+        return Decision::Drop(Reason::TooLarge);
+    }
     match scan(body) {
         Scan::Temperature(t) if t > temperature_threshold => Decision::Alert,
         Scan::Temperature(_) => Decision::Drop(Reason::BelowThreshold),

@@ -71,8 +71,12 @@ pub struct Link {
     io: Box<dyn Io>,
     rx: BytesMut,
     tx: BytesMut,
+    /// The largest packet read; the module never writes more than edgeHub accepts.
     max_packet: usize,
 }
+
+/// The largest packet the module writes (edgeHub's limit).
+const MAX_OUTGOING: usize = crate::module::MAX_PACKET_SIZE;
 
 impl Link {
     /// Connects, sends CONNECT and waits for CONNACK; returns the link and whether the hub had
@@ -128,7 +132,7 @@ impl Link {
 
     /// Encodes a packet into the outgoing buffer.
     pub fn queue(&mut self, packet: Packet) -> Result<(), LinkError> {
-        packet.write(&mut self.tx, self.max_packet).map(drop).map_err(|e| LinkError::Protocol(format!("{e:?}")))
+        packet.write(&mut self.tx, MAX_OUTGOING).map(drop).map_err(|e| LinkError::Protocol(format!("{e:?}")))
     }
 
     /// Bytes waiting to be written.

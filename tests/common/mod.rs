@@ -164,7 +164,10 @@ impl Peer {
     }
 
     pub async fn connect_with(mut options: MqttOptions, clean: bool, filters: &[&str]) -> Peer {
-        options.set_clean_session(clean).set_max_packet_size(300_000, 300_000).set_keep_alive(Duration::from_secs(30));
+        options
+            .set_clean_session(clean)
+            .set_max_packet_size(10_000_000, 10_000_000)
+            .set_keep_alive(Duration::from_secs(30));
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();

@@ -1,0 +1,165 @@
+//! Hostile input, through a real broker: each refused with a counted reason and no crash, the
+//! module carrying on; hostile twins; TLS that does not verify; no secret in any log line.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use edgefilter::filter::Reason;
+use edgefilter::scan::{Malformed, Missing};
+use serde_json::json;
+
+const EDGE_SIDE: [&str; 3] =
+    ["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on() {
+    let broker = Broker::start("max_packet_size 8000000");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[]);
+    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+    let deep = format!("{{\"machine\":{{\"temperature\":30}},\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+    let bodies: Vec<(Vec<u8>, &str)> = vec![
+        (vec![b' '; 2 * 1024 * 1024], "megabytes of whitespace"),
+        (
+            format!("{{\"machine\":{{\"temperature\":30}},\"pad\":\"{}\"}}", "x".repeat(300 * 1024)).into_bytes(),
+            "over 256 KiB",
+        ),
+        (deep.into_bytes(), "200 levels deep"),
+        (br#"{"machine":{"temperature":1e999}}"#.to_vec(), "a number out of range"),
+        (format!("{{\"machine\":{{\"temperature\":{}}}}}", "9".repeat(400)).into_bytes(), "a 400-digit number"),
+        (b"{\"machine\":{\"temperature\":30},\"a\":\"\xff\xfe\"}".to_vec(), "invalid UTF-8"),
+        ((0..=255u8).cycle().take(4096).collect(), "binary garbage"),
+        (br#"{"machine":{"temperature":"hot"}}"#.to_vec(), "a string temperature"),
+        (br#"{"machine":[30]}"#.to_vec(), "machine is an array"),
+        (b"".to_vec(), "an empty body"),
+    ];
+    for (seq, (body, _)) in bodies.iter().enumerate() {
+        let (topic, _) = hot(seq as u64 + 1, 0.0);
+        edge.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, body.clone()).await.unwrap();
+    }
+    let (topic, body) = hot(99, 30.0);
+    edge.publish(&topic, body).await;
+    let alerts = edge.drain(Duration::from_secs(2)).await;
+    let seqs: Vec<String> = alerts.iter().filter_map(|p| bag_value(&p.topic, "sequenceNumber")).collect();
+    assert_eq!(seqs, vec!["99"], "only the sentinel alerts; the module survived everything before it");
+    let s = &module.stats;
+    assert_eq!(s.received.load(Relaxed), bodies.len() as u64 + 1);
+    assert_eq!(s.dropped(Reason::TooLarge), 2);
+    assert_eq!(s.dropped(Reason::Malformed(Malformed::TooDeep)), 1);
+    assert_eq!(s.dropped(Reason::Malformed(Malformed::NumberOutOfRange)), 2);
+    assert_eq!(s.dropped(Reason::Malformed(Malformed::InvalidUtf8)), 1);
+    assert_eq!(s.dropped(Reason::Malformed(Malformed::InvalidJson)), 2);
+    assert_eq!(s.dropped(Reason::Missing(Missing::TemperatureNotANumber)), 1);
+    assert_eq!(s.dropped(Reason::Missing(Missing::MachineNotAnObject)), 1);
+    assert_eq!(s.connections.load(Relaxed), 1, "no message broke the connection");
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_last() {
+    let broker = Broker::start("max_queued_messages 0");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[]);
+    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+    let nested = format!("{{\"TemperatureThreshold\":{}1{}}}", "[".repeat(300), "]".repeat(300));
+    for (v, patch) in [
+        r#"{"TemperatureThreshold":"NaN"}"#.to_string(),
+        r#"{"BatchSize":-5,"BatchIntervalMs":1e12,"ReportIntervalSecs":0}"#.to_string(),
+        r#"{"Unknown":{"deep":[1,2,3]},"TemperatureThreshold":{"$ref":1}}"#.to_string(),
+        nested,
+        "\u{0}\u{1}garbage".to_string(),
+        "[]".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        edge.publish(&format!("$iothub/twin/PATCH/properties/desired/?$version={}", v + 2), patch.clone()).await;
+    }
+    // A flood of valid patches while messages stream at 28°: the last patch (20) wins.
+    for i in 0..500u64 {
+        let threshold = if i == 499 { 20 } else { 30 + i % 7 };
+        let version = 10 + i;
+        edge.publish(
+            &format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+            format!(r#"{{"TemperatureThreshold":{threshold},"$version":{version}}}"#),
+        )
+        .await;
+        let (topic, body) = hot(1000 + i, 28.0);
+        edge.publish(&topic, body).await;
+    }
+    let (topic, body) = hot(1, 28.0);
+    edge.publish(&topic, body).await;
+    let got = edge.drain(Duration::from_secs(2)).await;
+    let last_alert = got
+        .iter()
+        .filter(|p| p.topic.contains("/messages/events/"))
+        .filter_map(|p| bag_value(&p.topic, "sequenceNumber"))
+        .last();
+    assert_eq!(last_alert.as_deref(), Some("1"), "28 > 20 after the flood");
+    let reported: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|p| p.topic.starts_with("$iothub/twin/PATCH/properties/reported/"))
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+        .collect();
+    assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(20.0));
+    let s = &module.stats;
+    assert!(s.twin_rejections.load(Relaxed) >= 7, "{}", s.twin_rejections.load(Relaxed));
+    assert_eq!(s.connections.load(Relaxed), 1);
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_host_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path()); // issued for "localhost"
+    let tls_port = free_port();
+    let _broker = Broker::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+        cert.display(),
+        key.display()
+    ));
+    wait_for_port(tls_port);
+    let module = RunningModule::start(&[
+        ("EdgeHubConnectionString", connection_string()),
+        ("EDGEFILTER_MQTT_URL", format!("mqtts://127.0.0.1:{tls_port}")),
+        ("EdgeModuleCACertificateFile", ca.display().to_string()),
+    ]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(module.stats.connections.load(Relaxed), 0, "the name 127.0.0.1 is not on the certificate");
+    module.stop().await.unwrap();
+}
+
+#[test]
+fn no_secret_reaches_the_log_even_at_verbose() {
+    let broker = Broker::start("");
+    let token_sig_marker = "sig=";
+    let child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .env("EdgeHubConnectionString", connection_string())
+        .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
+        .env("EDGEFILTER_METRICS_ADDR", "off")
+        .env("EDGEFILTER_TOKEN_TTL_SECS", "10")
+        .env("RuntimeLogLevel", "verbose")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for seq in 0..5 {
+        let (topic, body) = hot(seq, 30.0);
+        Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-m", &body])
+            .status()
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(9)); // past a token renewal
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("SAS token renewed"), "{log}");
+    for secret in [KEY_B64, "SharedAccessSignature", token_sig_marker, "SharedAccessKey="] {
+        assert!(!log.contains(secret), "{secret:?} appears in the log:\n{log}");
+    }
+}
