@@ -12,7 +12,7 @@ bin=${EDGEFILTER_ARM_BINARY:-dist/armv7/edgefilter}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n' "$port" > "$work/m.conf"
+printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 0\n' "$port" > "$work/m.conf"
 "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/m.conf" >/dev/null 2>&1 &
 sleep 0.5
 body='{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}'
@@ -25,7 +25,7 @@ run() { # run MESSAGES → prints the instruction count
   local pid=$!
   sleep 3
   if [ "$m" -gt 0 ]; then
-    mosquitto_sub -p "$port" -t 'devices/dev/modules/filter/messages/events/#' -C "$m" -W 600 > /dev/null &
+    mosquitto_sub -p "$port" -t "devices/dev/modules/filter/messages/events/#" -C "$m" -W 300 > /dev/null || echo "arm-replay-insns: not all $m alerts arrived within 300 s" >&2 &
     local sub=$!
     sleep 0.3
     awk -v n="$m" -v b="$body" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$topic" -l
