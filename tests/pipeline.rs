@@ -5,7 +5,8 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -178,4 +179,123 @@ async fn sigterm_mid_batch_loses_nothing() {
     let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
     assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
     eprintln!("SIGTERM mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing() {
+    let broker = Broker::start("max_inflight_messages 100\nmax_queued_messages 0");
+    let mut upstream =
+        Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
+    const N: u64 = 3000;
+    queue_while_offline(&broker, N, &[]).await;
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+            .env("EdgeHubConnectionString", connection_string())
+            .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
+            .env("EDGEFILTER_METRICS_ADDR", "off")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0u64;
+    let mut first = run();
+    while seen.len() < 200 {
+        let p = upstream.next(Duration::from_secs(10)).await.expect("alerts flow");
+        if !seen.insert(sequence(&p)) {
+            duplicates += 1;
+        }
+    }
+    first.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    first.wait().unwrap();
+    let second = run();
+    for p in upstream.drain(Duration::from_secs(3)).await {
+        if !seen.insert(sequence(&p)) {
+            duplicates += 1;
+        }
+    }
+    terminate(&second);
+    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    eprintln!("SIGKILL mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+}
+
+/// A TCP proxy between the module and the broker that can cut every connection and refuse new
+/// ones until restored: the network to the hub going away and coming back.
+struct Cable {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Cable {
+    async fn to(target: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (u, c) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !u.load(Relaxed) {
+                    continue; // dropped: connection refused-ish
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = c.notified() => {}
+                    }
+                });
+            }
+        });
+        Cable { port, up, cut }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Relaxed);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_cut_and_restored_mid_stream_loses_nothing() {
+    let broker = Broker::start("max_inflight_messages 100\nmax_queued_messages 0");
+    let cable = Cable::to(broker.port).await;
+    let mut upstream =
+        Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let sensor = Peer::connect(broker.port, "sensor", true, &[]).await;
+    let module = RunningModule::on(cable.port, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    const N: u64 = 600;
+    for seq in 1..=N {
+        let (topic, body) = hot(seq, 30.0);
+        sensor.publish(&topic, body).await;
+        if seq == N / 3 {
+            cable.cut();
+        }
+        if seq == 2 * N / 3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cable.restore();
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0u64;
+    while seen.len() < N as usize {
+        let Some(p) = upstream.next(Duration::from_secs(20)).await else { break };
+        if !seen.insert(sequence(&p)) {
+            duplicates += 1;
+        }
+    }
+    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    assert!(module.stats.connections.load(Relaxed) >= 2, "reconnected after the cut");
+    eprintln!("network cut mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+    module.stop().await.unwrap();
 }
