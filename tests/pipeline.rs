@@ -208,13 +208,14 @@ async fn sigkill_mid_stream_loses_nothing() {
     }
     first.kill().unwrap(); // SIGKILL: no drain, no goodbye
     first.wait().unwrap();
-    let second = run();
+    let mut second = run();
     for p in upstream.drain(Duration::from_secs(3)).await {
         if !seen.insert(sequence(&p)) {
             duplicates += 1;
         }
     }
     terminate(&second);
+    assert_eq!(second.wait().unwrap().code(), Some(0));
     let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
     assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
     eprintln!("SIGKILL mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
