@@ -89,6 +89,13 @@ pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
     }
 }
 
+/// The properties of a malformed message sent to the dead-letter output: its own, plus
+/// `FilterError` naming the reason.
+pub fn dead_letter_properties(mut properties: Properties, reason: Reason) -> Properties {
+    properties.set("FilterError", reason.name());
+    properties
+}
+
 /// The properties of the alert made from a message with `properties`.
 pub fn alert_properties(mut properties: Properties) -> Properties {
     properties.set("MessageType", "Alert");

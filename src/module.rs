@@ -549,19 +549,33 @@ impl Shell<'_> {
                 } else {
                     Decision::Drop(Reason::UnknownInput)
                 };
-                match decision {
-                    Decision::Alert => {
-                        let properties = filter::alert_properties(properties);
-                        let topic = id.events_topic(&properties.to_output_bag(filter::OUTPUT));
-                        self.stats.alerts.fetch_add(1, Relaxed);
-                        let held =
-                            Held { topic: topic.clone(), payload: publish.payload.clone(), received, written: None };
-                        let mut alert = Publish::from_bytes(topic, QoS::AtLeastOnce, publish.payload.clone());
-                        alert.pkid = self.delivery.alerted(publish.pkid, held);
-                        self.unflushed.push(alert.pkid);
-                        link.queue(Packet::Publish(alert))?;
+                // Malformed messages go to the dead-letter output when one is set; the rest of
+                // the drops are acknowledged and counted.
+                let dead_letter = match decision {
+                    Decision::Drop(reason @ Reason::Malformed(_)) => {
+                        self.reader.get().dead_letter_output.get().map(|o| (o.to_string(), reason))
                     }
-                    Decision::Drop(reason) => {
+                    _ => None,
+                };
+                match (decision, dead_letter) {
+                    (Decision::Alert, _) => {
+                        let properties = filter::alert_properties(properties);
+                        self.stats.alerts.fetch_add(1, Relaxed);
+                        self.forward(
+                            link,
+                            publish,
+                            id.events_topic(&properties.to_output_bag(filter::OUTPUT)),
+                            received,
+                        )?;
+                    }
+                    (Decision::Drop(reason), Some((output, _))) => {
+                        debug!("dead-lettered a message on {input} to {output}: {}", reason.name());
+                        self.stats.drop(reason);
+                        self.stats.dead_lettered.fetch_add(1, Relaxed);
+                        let properties = filter::dead_letter_properties(properties, reason);
+                        self.forward(link, publish, id.events_topic(&properties.to_output_bag(&output)), received)?;
+                    }
+                    (Decision::Drop(reason), None) => {
                         if reason != Reason::BelowThreshold {
                             debug!("dropped a message on {input}: {}", reason.name());
                         }
@@ -595,6 +609,16 @@ impl Shell<'_> {
                 Ok(true)
             }
         }
+    }
+
+    /// Sends an input's body on to `topic` (an alert, or a dead letter), at least once: the
+    /// input is acknowledged once the hub confirms this publish.
+    fn forward(&mut self, link: &mut Link, input: &Publish, topic: String, received: Instant) -> Result<(), LinkError> {
+        let held = Held { topic: topic.clone(), payload: input.payload.clone(), received, written: None };
+        let mut out = Publish::from_bytes(topic, QoS::AtLeastOnce, input.payload.clone());
+        out.pkid = self.delivery.alerted(input.pkid, held);
+        self.unflushed.push(out.pkid);
+        link.queue(Packet::Publish(out))
     }
 
     fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {

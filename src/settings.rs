@@ -24,6 +24,52 @@ pub struct Settings {
     pub batch_interval_ms: u32,
     /// How often statistics go to the log and the reported properties, in seconds.
     pub report_interval_secs: u32,
+    /// Where malformed messages go, with a `FilterError` property, instead of being dropped
+    /// (empty: nowhere).
+    pub dead_letter_output: OutputName,
+}
+
+/// The name of `DeadLetterOutput`, the one setting that is a string.
+const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
+
+/// An output name, held inline so that settings stay `Copy`: up to 64 of `A-Z a-z 0-9 _ - .`;
+/// empty means none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OutputName {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl OutputName {
+    pub const NONE: OutputName = OutputName { len: 0, bytes: [0; 64] };
+
+    pub fn parse(name: &str) -> Result<OutputName, String> {
+        if name.len() > 64 {
+            return Err(format!("an output name has at most 64 characters, got {}", name.len()));
+        }
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+            return Err(format!("{c:?} is not allowed in an output name (A-Z a-z 0-9 _ - .)"));
+        }
+        let mut bytes = [0; 64];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(OutputName { len: name.len() as u8, bytes })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+
+    /// The name, when one is set.
+    pub fn get(&self) -> Option<&str> {
+        (self.len > 0).then(|| self.as_str())
+    }
+}
+
+impl std::fmt::Debug for OutputName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 /// One setting's name, range and how it lives in [`Settings`].
@@ -73,12 +119,18 @@ const SPECS: &[Spec] = &[
 
 /// The names of all settings, as they appear in the twin and the environment.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    SPECS.iter().map(|s| s.name)
+    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT])
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { temperature_threshold: 25.0, batch_size: 100, batch_interval_ms: 10, report_interval_secs: 60 }
+        Settings {
+            temperature_threshold: 25.0,
+            batch_size: 100,
+            batch_interval_ms: 10,
+            report_interval_secs: 60,
+            dead_letter_output: OutputName::NONE,
+        }
     }
 }
 
@@ -121,6 +173,10 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, Str
             (spec.set)(&mut settings, value);
         }
     }
+    if let Some(raw) = lookup(DEAD_LETTER_OUTPUT) {
+        settings.dead_letter_output =
+            OutputName::parse(raw.trim()).map_err(|e| format!("{DEAD_LETTER_OUTPUT}: {e}"))?;
+    }
     Ok(settings)
 }
 
@@ -143,8 +199,23 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
         };
         (spec.set)(&mut next, value);
     }
-    let changed =
+    match (desired.get(DEAD_LETTER_OUTPUT), source) {
+        (None, Source::Patch) => {}
+        (None | Some(Value::Null), _) => next.dead_letter_output = base.dead_letter_output,
+        (Some(Value::String(name)), _) => match OutputName::parse(name) {
+            Ok(name) => next.dead_letter_output = name,
+            Err(reason) => rejected.push(Rejection { name: DEAD_LETTER_OUTPUT, reason }),
+        },
+        (Some(other), _) => rejected.push(Rejection {
+            name: DEAD_LETTER_OUTPUT,
+            reason: format!("expected a string, got {}", type_name(other)),
+        }),
+    }
+    let mut changed: Vec<&'static str> =
         SPECS.iter().filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits()).map(|s| s.name).collect();
+    if current.dead_letter_output != next.dead_letter_output {
+        changed.push(DEAD_LETTER_OUTPUT);
+    }
     Applied { settings: next, changed, rejected }
 }
 
@@ -193,6 +264,9 @@ pub fn reported(settings: &Settings, rejected: &[Rejection]) -> Value {
         let reason = rejected.iter().find(|r| r.name == spec.name).map(|r| Value::from(r.reason.clone()));
         rejections.insert(spec.name.to_string(), reason.unwrap_or(Value::Null));
     }
+    out.insert(DEAD_LETTER_OUTPUT.to_string(), Value::from(settings.dead_letter_output.as_str()));
+    let reason = rejected.iter().find(|r| r.name == DEAD_LETTER_OUTPUT).map(|r| Value::from(r.reason.clone()));
+    rejections.insert(DEAD_LETTER_OUTPUT.to_string(), reason.unwrap_or(Value::Null));
     out.insert("RejectedSettings".to_string(), Value::Object(rejections));
     Value::Object(out)
 }

@@ -66,6 +66,8 @@ pub struct Stats {
     pub twin_rejections: AtomicU64,
     /// Inputs left unacknowledged because too many alerts awaited confirmation.
     pub overloaded: AtomicU64,
+    /// Malformed messages sent to `DeadLetterOutput`.
+    pub dead_lettered: AtomicU64,
     pub latency: Mutex<Latency>,
 }
 
@@ -126,6 +128,7 @@ impl Stats {
             "alerts": self.alerts.load(Relaxed),
             "alertsConfirmed": self.alerts_confirmed.load(Relaxed),
             "batches": self.batches.load(Relaxed),
+            "deadLettered": self.dead_lettered.load(Relaxed),
             "dropped": dropped,
             "toSocketMs": {"p50": q(&l.to_socket_us, 0.5), "p99": q(&l.to_socket_us, 0.99)},
             "toAckMs": {"p50": q(&l.to_ack_us, 0.5), "p99": q(&l.to_ack_us, 0.99)},

@@ -195,13 +195,12 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         assert_eq!(a.rejected[0].reason, reason);
     }
     let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
-    let all_null =
-        json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null});
+    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null, "DeadLetterOutput": null});
     let mut rejected = all_null.clone();
     rejected["TemperatureThreshold"] = json!("expected a number, got a string");
     assert_eq!(
         reported(&a.settings, &a.rejected),
-        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "RejectedSettings": rejected})
+        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "DeadLetterOutput": "", "RejectedSettings": rejected})
     );
     assert_eq!(reported(&a.settings, &[])["RejectedSettings"], all_null);
 }
@@ -247,6 +246,31 @@ fn batches_close_at_batch_size_or_interval() {
     assert!(batch_closes(&immediate, 0, Duration::ZERO), "BatchIntervalMs 0: one read per batch");
     let single = Settings { batch_size: 1, ..s };
     assert!(batch_closes(&single, 1, Duration::ZERO));
+}
+
+#[test]
+fn dead_letter_output_is_an_output_name() {
+    let current = Settings::default();
+    let a = apply_desired(&current, &current, &obj(json!({"DeadLetterOutput": "deadLetters"})), Source::Patch);
+    assert_eq!(a.settings.dead_letter_output.get(), Some("deadLetters"));
+    assert_eq!(a.changed, vec!["DeadLetterOutput"]);
+    let off = apply_desired(&a.settings, &current, &obj(json!({"DeadLetterOutput": ""})), Source::Patch);
+    assert_eq!(off.settings.dead_letter_output.get(), None);
+    let removed = apply_desired(&a.settings, &current, &obj(json!({"DeadLetterOutput": null})), Source::Patch);
+    assert_eq!(removed.settings.dead_letter_output.get(), None);
+    for (bad, reason) in [
+        (json!(5), "expected a string, got a number"),
+        (json!("out/put"), "'/' is not allowed in an output name (A-Z a-z 0-9 _ - .)"),
+        (json!("x".repeat(65)), "an output name has at most 64 characters, got 65"),
+    ] {
+        let r = apply_desired(&a.settings, &current, &obj(json!({ "DeadLetterOutput": bad })), Source::Patch);
+        assert_eq!(r.settings, a.settings, "kept");
+        assert_eq!(r.rejected[0].reason, reason);
+    }
+    assert_eq!(reported(&a.settings, &[])["DeadLetterOutput"], "deadLetters");
+    assert!(edgefilter::settings::names().any(|n| n == "DeadLetterOutput"));
+    let env = |n: &str| (n == "DeadLetterOutput").then(|| "bad name".to_string());
+    assert!(from_env(env).unwrap_err().starts_with("DeadLetterOutput: ' ' is not allowed"));
 }
 
 #[test]

@@ -163,3 +163,45 @@ fn no_secret_reaches_the_log_even_at_verbose() {
         assert!(!log.contains(secret), "{secret:?} appears in the log:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_go_to_the_dead_letter_output_when_one_is_set() {
+    let broker = Broker::start("");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[]);
+    answer_twin(&mut edge, &json!({"DeadLetterOutput": "deadLetters", "$version": 1}), Duration::from_secs(2)).await;
+    let (topic, _) = hot(1, 0.0);
+    edge.publish(&topic, "{not json").await;
+    let (topic, _) = hot(2, 0.0);
+    edge.publish(&topic, r#"{"machine":{"temperature":"hot"}}"#).await; // valid JSON: dropped, not dead-lettered
+    let (topic, body) = hot(3, 30.0);
+    edge.publish(&topic, body).await;
+    let got = edge.drain(Duration::from_secs(2)).await;
+    let out: Vec<(String, String, String)> = got
+        .iter()
+        .filter(|p| p.topic.contains("/messages/events/"))
+        .map(|p| {
+            (
+                bag_value(&p.topic, "$.on").unwrap(),
+                bag_value(&p.topic, "sequenceNumber").unwrap(),
+                bag_value(&p.topic, "FilterError").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            ("deadLetters".to_string(), "1".to_string(), "invalid_json".to_string()),
+            ("output1".to_string(), "3".to_string(), String::new())
+        ]
+    );
+    assert_eq!(got.iter().find(|p| p.topic.contains("deadLetters")).unwrap().payload.as_ref(), b"{not json");
+    // Turned off: malformed messages are dropped again.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"DeadLetterOutput":"","$version":2}"#).await;
+    let (topic, _) = hot(4, 0.0);
+    edge.publish(&topic, "\u{0}").await;
+    let got = edge.drain(Duration::from_secs(1)).await;
+    assert!(got.iter().all(|p| !p.topic.contains("/messages/events/")), "nothing forwarded once off");
+    assert_eq!(module.stats.dead_lettered.load(Relaxed), 1);
+    module.stop().await.unwrap();
+}
