@@ -69,6 +69,10 @@ pub struct Report {
     pub latency_us: Histogram<u64>,
     /// Alerts received per second of the run.
     pub rate_over_time: Vec<u64>,
+    /// Latency of the messages scheduled in each 10-second window (to see growth over a soak).
+    pub latency_windows: Vec<Histogram<u64>>,
+    /// The module's resident memory (KiB), sampled about once a second while sending.
+    pub rss_over_time: Vec<u64>,
     pub module_cpu_seconds: Option<f64>,
     pub module_peak_rss_kb: Option<u64>,
     pub duration: Duration,
@@ -199,7 +203,9 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         unexpected: 0,
         highest: 0,
         last: start,
+        windows: Vec::new(),
     };
+    let mut rss_over_time = Vec::new();
     let mut sent = 0u64;
     let mut last_progress = Instant::now();
     for (i, m) in messages.iter().enumerate() {
@@ -228,8 +234,14 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
             break;
         }
         sent += 1;
-        if o.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+        let tick = last_progress.elapsed() >= Duration::from_secs(1);
+        if tick {
             last_progress = Instant::now();
+            if let Some(rss) = o.pid.and_then(proc_rss_kb) {
+                rss_over_time.push(rss);
+            }
+        }
+        if o.progress && tick {
             eprint!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
         }
     }
@@ -270,6 +282,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         unexpected: tally.unexpected,
         latency_us: tally.latency,
         rate_over_time: tally.per_second,
+        latency_windows: tally.windows,
+        rss_over_time,
         module_cpu_seconds: match (cpu_before, o.pid.and_then(proc_cpu_seconds)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
@@ -292,7 +306,11 @@ struct Tally<'a> {
     highest: u64,
     /// When the last new alert arrived.
     last: Instant,
+    windows: Vec<Histogram<u64>>,
 }
+
+/// The window length of [`Report::latency_windows`].
+pub const WINDOW: Duration = Duration::from_secs(10);
 
 impl Tally<'_> {
     fn record(&mut self, p: rumqttc::Publish, now: Instant) {
@@ -313,7 +331,13 @@ impl Tally<'_> {
         }
         self.last = now;
         let scheduled = self.start + self.due[seq as usize - 1];
-        let _ = self.latency.record(now.saturating_duration_since(scheduled).as_micros().max(1) as u64);
+        let micros = now.saturating_duration_since(scheduled).as_micros().max(1) as u64;
+        let _ = self.latency.record(micros);
+        let window = (self.due[seq as usize - 1].as_secs() / WINDOW.as_secs()) as usize;
+        while self.windows.len() <= window {
+            self.windows.push(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"));
+        }
+        let _ = self.windows[window].record(micros);
         let second = now.duration_since(self.start).as_secs() as usize;
         if self.per_second.len() <= second {
             self.per_second.resize(second + 1, 0);
@@ -345,6 +369,13 @@ impl Report {
             "latencyMs": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999),
                           "max": self.latency_us.max() as f64 / 1000.0},
             "alertsPerSecond": self.rate_over_time,
+            "latencyByWindow": self.latency_windows.iter().enumerate().map(|(i, h)| json!({
+                "fromSecond": i as u64 * WINDOW.as_secs(),
+                "p50Ms": if h.is_empty() { 0.0 } else { h.value_at_quantile(0.5) as f64 / 1000.0 },
+                "p99Ms": if h.is_empty() { 0.0 } else { h.value_at_quantile(0.99) as f64 / 1000.0 },
+                "maxMs": h.max() as f64 / 1000.0,
+            })).collect::<Vec<_>>(),
+            "moduleRssKbOverTime": self.rss_over_time,
             "module": {"cpuSeconds": self.module_cpu_seconds, "peakRssKb": self.module_peak_rss_kb},
             "durationSeconds": self.duration.as_secs_f64(),
         })
@@ -391,6 +422,15 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// VmRSS of a process, in KiB.
+pub fn proc_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// VmHWM of a process, in KiB.
