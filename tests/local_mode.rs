@@ -3,33 +3,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use edgefilter::hub::{routes, Hub, HubConfig};
+use edgefilter::hub::Hub;
 use edgefilter::topic::ModuleId;
-use tokio::net::TcpListener;
 
+/// The sensor module of [`embedded_hub`].
 const SENSOR: &str = "sensor";
 
 async fn start_hub(desired: serde_json::Value) -> (Arc<Hub>, u16) {
-    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
-    let config = HubConfig {
-        hub_hostname: HUB.into(),
-        device_id: DEVICE.into(),
-        keys: HashMap::from([(MODULE.to_string(), key.clone()), (SENSOR.to_string(), key)]),
-        routes: routes::local_routes(SENSOR, MODULE),
-        desired: HashMap::from([(MODULE.to_string(), desired.as_object().unwrap().clone())]),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hub = Hub::new(config, None);
-    tokio::spawn(hub.clone().serve(listener));
-    (hub, port)
+    embedded_hub(desired).await
 }
 
 fn credentials(module: &str, ttl: u64) -> (String, String) {

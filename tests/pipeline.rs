@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -89,18 +89,7 @@ async fn a_threshold_change_applies_from_the_next_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recovers() {
-    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
-    let config = edgefilter::hub::HubConfig {
-        hub_hostname: HUB.into(),
-        device_id: DEVICE.into(),
-        keys: HashMap::from([(MODULE.to_string(), key)]),
-        routes: edgefilter::hub::routes::local_routes("sensor", MODULE),
-        desired: HashMap::new(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hub = edgefilter::hub::Hub::new(config, None);
-    tokio::spawn(hub.clone().serve(listener));
+    let (hub, port) = embedded_hub(json!({})).await;
     let mut upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
     let module = RunningModule::on(port, &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,27 +118,11 @@ fn edge_env(workload_uri: &str, mqtt_url: &str, ttl: &str) -> Vec<(&'static str,
     ]
 }
 
-async fn embedded_hub() -> (Arc<edgefilter::hub::Hub>, u16) {
-    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
-    let config = edgefilter::hub::HubConfig {
-        hub_hostname: HUB.into(),
-        device_id: DEVICE.into(),
-        keys: HashMap::from([(MODULE.to_string(), key.clone()), ("sensor".to_string(), key)]),
-        routes: edgefilter::hub::routes::local_routes("sensor", MODULE),
-        desired: HashMap::new(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hub = edgefilter::hub::Hub::new(config, None);
-    tokio::spawn(hub.clone().serve(listener));
-    (hub, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_signed_by_the_daemon_are_accepted_and_renewed() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, uri) = start_daemon(dir.path(), String::new());
-    let (_hub, port) = embedded_hub().await;
+    let (_hub, port) = embedded_hub(json!({})).await;
     let mut upstream = Peer::connect(port, "watch", true, &["local/upstream/#"]).await;
     let module = RunningModule::start(&edge_env(&uri, &format!("mqtt://127.0.0.1:{port}"), "10"));
     // The hub validates every token against the module key: a connection proves the signature.

@@ -293,3 +293,24 @@ pub fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pa
     std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
     paths
 }
+
+/// The embedded hub on a free port, with this harness's module and a `sensor` module (same key),
+/// local mode's routes from the sensor to the module, and `desired` as the module's twin.
+pub async fn embedded_hub(desired: serde_json::Value) -> (Arc<edgefilter::hub::Hub>, u16) {
+    let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
+    let config = edgefilter::hub::HubConfig {
+        hub_hostname: HUB.into(),
+        device_id: DEVICE.into(),
+        keys: std::collections::HashMap::from([(MODULE.to_string(), key.clone()), ("sensor".to_string(), key)]),
+        routes: edgefilter::hub::routes::local_routes("sensor", MODULE),
+        desired: std::collections::HashMap::from([(
+            MODULE.to_string(),
+            desired.as_object().cloned().unwrap_or_default(),
+        )]),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hub = edgefilter::hub::Hub::new(config, None);
+    tokio::spawn(hub.clone().serve(listener));
+    (hub, port)
+}
