@@ -181,8 +181,9 @@ pub fn schedule(messages: &[Message], pace: Pace) -> Vec<Duration> {
 pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, ReplayError> {
     let tag = std::process::id();
     let events = format!("devices/{}/modules/{}/messages/events/#", o.target.device_id, o.target.module_id);
-    let (_sub, mut alerts) =
-        client(&o.host, o.port, &format!("perf-sub-{tag}"), &[events], Duration::from_secs(5)).await?;
+    let (subscriber, mut alerts) =
+        client(&o.host, o.port, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5))
+            .await?;
     let (publisher, _) = client(&o.host, o.port, &format!("perf-pub-{tag}"), &[], Duration::from_secs(5)).await?;
     let due = schedule(messages, o.pace);
     let expected: Vec<bool> =
@@ -264,6 +265,10 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     if o.progress {
         eprintln!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
     }
+    // Leave no subscription behind in the persistent session: the hub would queue for it forever.
+    let _ = subscriber.unsubscribe(events).await;
+    let _ = subscriber.disconnect().await;
+    let _ = publisher.disconnect().await;
     let received = tally.seen.len() as u64;
     let missing =
         expected.iter().enumerate().filter(|(i, e)| **e && !tally.seen.contains_key(&(*i as u64 + 1))).count() as u64;
