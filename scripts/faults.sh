@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Faults under a steady load, measured from outside: the release module against mosquitto at a
-# steady rate, with 10-second SAS tokens (renewed by reconnecting all through the run) and the
-# broker restarted twice mid-stream. The replay counts alerts expected, received, lost and
-# duplicated, and samples the module's resident memory every second.
+# steady rate, with 10-second SAS tokens (renewed by reconnecting all through the run), and in turn:
+# the broker restarted (at 1/6 of the run), the network to it cut for 3 s (2/6, scripts/cable.py),
+# the module killed with SIGKILL and started again (3/6), the broker restarted again (4/6). The
+# replay counts alerts expected, received, lost and duplicated; the module's resident memory is
+# sampled every second, across its restart.
 #   scripts/faults.sh [SECONDS] [RATE]     (default 60 s at 500 messages/s, all alerts)
+#   FAULTS="cut kill" scripts/faults.sh    (a chosen sequence of broker, cut, kill)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -18,27 +21,56 @@ printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messa
 "$mosquitto" -c "$work/m.conf" >/dev/null 2>&1 &
 broker=$!
 sleep 0.3
-EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0" \
-EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$port" EDGEFILTER_METRICS_ADDR=off EDGEFILTER_TOKEN_TTL_SECS=10 \
-MIMALLOC_ARENA_EAGER_COMMIT=0 target/release/edgefilter > "$work/module.log" 2>&1 &
-module=$!
+cable_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 scripts/cable.py "$cable_port" "$port" &
+cable=$!
+start_module() {
+  EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0" \
+  EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$cable_port" EDGEFILTER_METRICS_ADDR=off EDGEFILTER_TOKEN_TTL_SECS=10 \
+  MIMALLOC_ARENA_EAGER_COMMIT=0 target/release/edgefilter >> "$work/module.log" 2>&1 &
+  echo $! > "$work/module.pid"
+}
+start_module
 sleep 1
-target/release/edgefilter-perf generate --count $((seconds * rate)) --rate "$rate" --alert-ratio 1 -o "$work/trace.jsonl"
-# The replay's own clients reconnect too; the broker keeps everyone's sessions across restarts.
-( for at in $((seconds / 3)) $((2 * seconds / 3)); do
-    sleep $((at - ${last:-0})); last=$at
-    kill -TERM "$(cat "$work/broker.pid" 2>/dev/null || echo $broker)" 2>/dev/null || true
-    sleep 1
-    "$mosquitto" -c "$work/m.conf" >/dev/null 2>&1 & echo $! > "$work/broker.pid"
-    echo "broker restarted at ${at} s" >&2
+# An independent observer of what the hub delivers to the module's input: a message missing from
+# the alerts but never delivered to input1 was lost before the module.
+mosquitto_sub -p "$port" -c -i fault-observer -q 1 -t 'devices/dev/modules/filter/inputs/#' -v > "$work/inputs" 2>/dev/null &
+sleep 0.5
+# Resident memory of whichever module process is current, every second.
+( while sleep 1; do
+    awk '/VmRSS/ {print $2}' "/proc/$(cat "$work/module.pid")/status" 2>/dev/null >> "$work/rss" || true
   done ) &
+target/release/edgefilter-perf generate --count $((seconds * rate)) --rate "$rate" --alert-ratio 1 -o "$work/trace.jsonl"
+restart_broker() {
+  kill -TERM "$(cat "$work/broker.pid" 2>/dev/null || echo $broker)" 2>/dev/null || true
+  sleep 1
+  "$mosquitto" -c "$work/m.conf" >/dev/null 2>&1 & echo $! > "$work/broker.pid"
+}
+( step=$((seconds / 6))
+  for fault in ${FAULTS:-broker cut kill broker}; do
+    sleep $step
+    case $fault in
+      broker) restart_broker; echo "fault: broker restarted" >&2 ;;
+      cut) kill -USR1 $cable; sleep 3; kill -USR2 $cable; echo "fault: network cut for 3 s" >&2 ;;
+      kill) kill -KILL "$(cat "$work/module.pid")"; sleep 1; start_module; echo "fault: module killed (SIGKILL) and restarted" >&2 ;;
+    esac
+  done
+) &
 target/release/edgefilter-perf replay "$work/trace.jsonl" --hub "mqtt://127.0.0.1:$port" --device dev --module filter \
-  --pid "$module" --json "$work/report.json" --settle 30 --deadline $((seconds * 3 + 60)) || true
+  --json "$work/report.json" --settle 30 --deadline $((seconds * 3 + 60)) 2>/dev/null || true
+grep -E "WRN|ERR" "$work/module.log" | cut -c1-160 | sort | uniq -c | sort -rn | head -8 >&2 || true
 echo "module reconnections: $(grep -c 'connected to edgeHub' "$work/module.log"), token renewals: $(grep -c 'SAS token renewed' "$work/module.log")"
-python3 - "$work/report.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-rss = r["moduleRssKbOverTime"]
-print("module RSS (MB) every 5 s:", " ".join(f"{v/1024:.1f}" for v in rss[::5]))
+python3 - "$work/report.json" "$work/inputs" <<'PY'
+import json, re, sys
+missing = json.load(open(sys.argv[1]))["alerts"]["missingSequences"]
+delivered = set(int(m) for m in re.findall(r"sequenceNumber=(\d+)", open(sys.argv[2]).read()))
+if missing:
+    print("missing, never delivered by the hub to input1 (lost before the module):", [m for m in missing if m not in delivered])
+    print("missing although the hub delivered them to input1 (lost by the module):", [m for m in missing if m in delivered])
+PY
+python3 - "$work/rss" <<'PY'
+import sys
+rss = [int(l) for l in open(sys.argv[1]) if l.strip()]
+print("module RSS (MB) every 5 s:", " ".join(f"{v/1024:.1f}" for v in rss[::5]), f"(max {max(rss)/1024:.1f})")
 PY
 kill "$(cat "$work/broker.pid" 2>/dev/null || echo $broker)" 2>/dev/null || true

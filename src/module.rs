@@ -284,6 +284,11 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
             }
         };
         backoff = BACKOFF_MIN;
+        // Packets read but not handled on the old connection belong to it: their packet ids mean
+        // nothing now (acknowledging one would acknowledge another message), and the hub
+        // redelivers them.
+        shell.packets.clear();
+        shell.unflushed.clear();
         if let Err(e) = shell.connected(&mut link, session_present) {
             warn!("connection lost: {e}");
             continue;

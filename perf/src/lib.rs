@@ -62,6 +62,8 @@ pub struct Report {
     pub expected: u64,
     pub received: u64,
     pub missing: u64,
+    /// The first missing sequence numbers (at most 100), to find where they went.
+    pub missing_sequences: Vec<u64>,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub unexpected: u64,
@@ -270,8 +272,9 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     let _ = subscriber.disconnect().await;
     let _ = publisher.disconnect().await;
     let received = tally.seen.len() as u64;
-    let missing =
-        expected.iter().enumerate().filter(|(i, e)| **e && !tally.seen.contains_key(&(*i as u64 + 1))).count() as u64;
+    let missing_all: Vec<u64> =
+        (1..=expected.len() as u64).filter(|s| expected[*s as usize - 1] && !tally.seen.contains_key(s)).collect();
+    let missing = missing_all.len() as u64;
     let duplicated = tally.seen.values().map(|c| u64::from(c - 1)).sum();
     let span = due.last().copied().unwrap_or_default().as_secs_f64();
     Ok(Report {
@@ -282,6 +285,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         expected: expected_count,
         received,
         missing,
+        missing_sequences: missing_all.into_iter().take(100).collect(),
         duplicated,
         out_of_order: tally.out_of_order,
         unexpected: tally.unexpected,
@@ -370,7 +374,8 @@ impl Report {
             "offeredRate": if self.offered_rate.is_finite() { Value::from(self.offered_rate) } else { Value::Null },
             "achievedRate": self.achieved_rate,
             "alerts": {"expected": self.expected, "received": self.received, "missing": self.missing,
-                       "duplicated": self.duplicated, "outOfOrder": self.out_of_order, "unexpected": self.unexpected},
+                       "duplicated": self.duplicated, "outOfOrder": self.out_of_order, "unexpected": self.unexpected,
+                       "missingSequences": self.missing_sequences},
             "latencyMs": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999),
                           "max": self.latency_us.max() as f64 / 1000.0},
             "alertsPerSecond": self.rate_over_time,
