@@ -102,14 +102,14 @@ impl Stats {
         }
         let l = self.latency();
         if !l.to_ack_us.is_empty() {
+            let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
             let _ = write!(
                 s,
-                " alert-latency-ms p50={:.2} p99={:.2} max={:.2}",
-                l.to_socket_us.value_at_quantile(0.5) as f64 / 1000.0
-                    + l.to_ack_us.value_at_quantile(0.5) as f64 / 1000.0,
-                l.to_socket_us.value_at_quantile(0.99) as f64 / 1000.0
-                    + l.to_ack_us.value_at_quantile(0.99) as f64 / 1000.0,
-                l.to_socket_us.max() as f64 / 1000.0 + l.to_ack_us.max() as f64 / 1000.0
+                " to-socket-ms p50={:.2} p99={:.2} to-ack-ms p50={:.2} p99={:.2}",
+                ms(&l.to_socket_us, 0.5),
+                ms(&l.to_socket_us, 0.99),
+                ms(&l.to_ack_us, 0.5),
+                ms(&l.to_ack_us, 0.99)
             );
         }
         s
