@@ -115,14 +115,7 @@ async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_another_host_is_refused() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(certs.path()); // issued for "localhost"
-    let tls_port = free_port();
-    let _broker = Broker::start(&format!(
-        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-        cert.display(),
-        key.display()
-    ));
-    wait_for_port(tls_port);
+    let (_broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
     let module = RunningModule::start(&[
         ("EdgeHubConnectionString", connection_string()),
         ("EDGEFILTER_MQTT_URL", format!("mqtts://127.0.0.1:{tls_port}")),

@@ -118,14 +118,7 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(certs.path());
-    let tls_port = free_port();
-    let broker = Broker::start(&format!(
-        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-        cert.display(),
-        key.display()
-    ));
-    wait_for_port(tls_port);
+    let (broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
     let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
     let env = |ca: &std::path::Path| {
         vec![

@@ -156,14 +156,7 @@ async fn tokens_signed_by_the_daemon_are_accepted_and_renewed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_trust_comes_from_the_daemons_bundle() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(certs.path());
-    let tls_port = free_port();
-    let broker = Broker::start(&format!(
-        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-        cert.display(),
-        key.display()
-    ));
-    wait_for_port(tls_port);
+    let (broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
     let mut edge =
         Peer::connect(broker.port, "edgehub-side", true, &["devices/dev/modules/filter/messages/events/#"]).await;
     let dir = tempfile::tempdir().unwrap();

@@ -314,3 +314,17 @@ pub async fn embedded_hub(desired: serde_json::Value) -> (Arc<edgefilter::hub::H
     tokio::spawn(hub.clone().serve(listener));
     (hub, port)
 }
+
+/// A mosquitto with a plain listener (`port`) and a TLS listener (the returned port) whose
+/// certificate, for `localhost`, is signed by the returned CA file.
+pub fn tls_broker(certs: &Path) -> (Broker, u16, PathBuf) {
+    let (ca, cert, key) = certificates(certs);
+    let tls_port = free_port();
+    let broker = Broker::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+        cert.display(),
+        key.display()
+    ));
+    wait_for_port(tls_port);
+    (broker, tls_port, ca)
+}
