@@ -36,6 +36,21 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+impl Config {
+    /// A module on this machine's hub (local mode, the perf tool): plain TCP to 127.0.0.1:`port`,
+    /// a key of its own, the default token lifetime and settings, no metrics endpoint.
+    pub fn local(hub_hostname: &str, module: ModuleId, port: u16, key: Vec<u8>) -> Config {
+        Config {
+            identity: Identity { hub_hostname: hub_hostname.to_string(), module },
+            endpoint: Endpoint { host: "127.0.0.1".into(), port, tls: None },
+            credentials: Credentials::Key(key),
+            token_ttl: Duration::from_secs(3600),
+            settings: Settings::default(),
+            metrics_addr: None,
+        }
+    }
+}
+
 /// The module identity and the IoT Hub it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {

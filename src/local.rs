@@ -20,7 +20,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Credentials, Endpoint, Identity};
+use crate::config::Config;
 use crate::hub::{routes, Hub, HubConfig, HubEvent};
 use crate::sensor::{self, Sensor};
 use crate::settings::Settings;
@@ -92,12 +92,9 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
 
     let stats = Arc::new(Stats::default());
     let module_config = Config {
-        identity: Identity { hub_hostname: HUB_HOSTNAME.into(), module: ModuleId::new(DEVICE_ID, FILTER_MODULE) },
-        endpoint: Endpoint { host: "127.0.0.1".into(), port, tls: None },
-        credentials: Credentials::Key(filter_key),
-        token_ttl: Duration::from_secs(3600),
         settings: options.settings,
         metrics_addr: options.metrics_addr,
+        ..Config::local(HUB_HOSTNAME, ModuleId::new(DEVICE_ID, FILTER_MODULE), port, filter_key)
     };
     let sensor_task = tokio::spawn(run_sensor(port, sensor_key, options.interval, options.messages));
     let console_task = tokio::spawn(console(events_rx, stats.clone()));

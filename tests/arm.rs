@@ -17,17 +17,7 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
         return;
     };
     let broker = Broker::start("");
-    let mut edge = Peer::connect(
-        broker.port,
-        "edgehub-side",
-        true,
-        &[
-            "devices/dev/modules/filter/messages/events/#",
-            "$iothub/twin/GET/#",
-            "$iothub/twin/PATCH/properties/reported/#",
-        ],
-    )
-    .await;
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
     let child = Command::new("qemu-arm")
         .args(["-L", "/usr/arm-linux-gnueabihf", &binary])
         .env("EdgeHubConnectionString", connection_string())

@@ -12,9 +12,6 @@ use edgefilter::filter::Reason;
 use edgefilter::scan::{Malformed, Missing};
 use serde_json::json;
 
-const EDGE_SIDE: [&str; 3] =
-    ["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on() {
     let broker = Broker::start("max_packet_size 8000000");

@@ -10,9 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const EDGE_SIDE: [&str; 3] =
-    ["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_keep_body_and_properties_and_everything_else_is_dropped() {
     let broker = Broker::start("");

@@ -12,6 +12,17 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// The `edgefilter` binary as a process, against the broker on `port`.
+fn module_process(port: u16, stdout: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .env("EdgeHubConnectionString", connection_string())
+        .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
+        .env("EDGEFILTER_METRICS_ADDR", "off")
+        .stdout(stdout)
+        .spawn()
+        .unwrap()
+}
+
 /// Starts and stops the module once so that its persistent session exists, then queues `n`
 /// hot messages in it.
 async fn queue_while_offline(broker: &Broker, n: u64, env: &[(&str, String)]) {
@@ -55,17 +66,7 @@ async fn a_backlog_goes_out_in_batches_of_at_most_batch_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_threshold_change_applies_from_the_next_message() {
     let broker = Broker::start("");
-    let mut edge = Peer::connect(
-        broker.port,
-        "edgehub-side",
-        true,
-        &[
-            "devices/dev/modules/filter/messages/events/#",
-            "$iothub/twin/GET/#",
-            "$iothub/twin/PATCH/properties/reported/#",
-        ],
-    )
-    .await;
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
     let module = RunningModule::on(broker.port, &[]);
     answer_twin(&mut edge, &json!({"TemperatureThreshold": 30, "$version": 1}), Duration::from_secs(2)).await;
     // Inputs and the patch from one publisher arrive in publish order: 1..=50 at 30,
@@ -136,15 +137,7 @@ async fn sigterm_mid_batch_loses_nothing() {
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-            .env("EdgeHubConnectionString", connection_string())
-            .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
-            .env("EDGEFILTER_METRICS_ADDR", "off")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let run = || module_process(broker.port, Stdio::piped());
     let mut seen = BTreeSet::new();
     let mut duplicates = 0;
     fn collect(seen: &mut BTreeSet<u64>, duplicates: &mut u64, got: Vec<rumqttc::Publish>) {
@@ -184,15 +177,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-            .env("EdgeHubConnectionString", connection_string())
-            .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
-            .env("EDGEFILTER_METRICS_ADDR", "off")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let run = || module_process(broker.port, Stdio::null());
     let mut seen = BTreeSet::new();
     let mut duplicates = 0u64;
     let mut first = run();

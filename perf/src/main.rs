@@ -269,17 +269,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         pid: None,
         progress: false,
     };
-    let module_config = edgefilter::config::Config {
-        identity: edgefilter::config::Identity {
-            hub_hostname: "bench-hub.azure-devices.net".into(),
-            module: target.clone(),
-        },
-        endpoint: edgefilter::config::Endpoint { host: "127.0.0.1".into(), port, tls: None },
-        credentials: edgefilter::config::Credentials::Key(key),
-        token_ttl: Duration::from_secs(3600),
-        settings: edgefilter::settings::Settings::default(),
-        metrics_addr: None,
-    };
+    let module_config = edgefilter::config::Config::local("bench-hub.azure-devices.net", target.clone(), port, key);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let module = tokio::spawn(edgefilter::module::run(module_config, Arc::new(Default::default()), async {
         let _ = stopped.await;

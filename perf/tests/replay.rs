@@ -42,14 +42,7 @@ async fn generate_replay_report_through_the_module() {
     let target = ModuleId::new("dev", "edgefilter");
     let key = vec![1u8; 32];
     let port = hub(&target, key.clone()).await;
-    let config = edgefilter::config::Config {
-        identity: edgefilter::config::Identity { hub_hostname: "h.azure-devices.net".into(), module: target.clone() },
-        endpoint: edgefilter::config::Endpoint { host: "127.0.0.1".into(), port, tls: None },
-        credentials: edgefilter::config::Credentials::Key(key),
-        token_ttl: Duration::from_secs(3600),
-        settings: edgefilter::settings::Settings::default(),
-        metrics_addr: None,
-    };
+    let config = edgefilter::config::Config::local("h.azure-devices.net", target.clone(), port, key);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let module = tokio::spawn(edgefilter::module::run(config, Arc::new(Default::default()), async {
         let _ = stopped.await;

@@ -17,6 +17,9 @@ pub const DEVICE: &str = "dev";
 pub const MODULE: &str = "filter";
 /// base64 of "0123456789abcdef0123456789abcdef".
 pub const KEY_B64: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// What the test peer playing edgeHub's side subscribes to: the module's alerts and its twin requests.
+pub const EDGE_SIDE: [&str; 3] =
+    ["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#"];
 pub const HUB: &str = "test-hub.azure-devices.net";
 
 pub fn connection_string() -> String {
