@@ -11,7 +11,10 @@
 //!   TLS), which overrides where the connection goes, for local brokers;
 //! - `EDGEFILTER_TOKEN_TTL_SECS`: the SAS token lifetime, 3600 s by default like the SDKs;
 //! - `EDGEFILTER_METRICS_ADDR`: where `/metrics` is served, `0.0.0.0:9600` by default, `off` for
-//!   nowhere.
+//!   nowhere;
+//! - `EDGEFILTER_MAX_UNCONFIRMED`: the most alerts awaiting the hub's confirmation (10000 by
+//!   default), and the most input held back meanwhile: the bound on the memory a slow hub can
+//!   make the module hold.
 //!
 //! On an IoT Edge device edgeAgent sets `IOTEDGE_*` instead, and the security daemon's workload
 //! API signs the tokens and serves the CA bundle ([`crate::workload`]). As in the Python SDK these
@@ -34,6 +37,9 @@ pub struct Config {
     pub settings: Settings,
     /// Where `/metrics` is served (`EDGEFILTER_METRICS_ADDR`, default `0.0.0.0:9600`; `off`: nowhere).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The most alerts awaiting confirmation (`EDGEFILTER_MAX_UNCONFIRMED`), and the most input
+    /// held back meanwhile.
+    pub max_unconfirmed: usize,
 }
 
 impl Config {
@@ -47,6 +53,7 @@ impl Config {
             token_ttl: Duration::from_secs(3600),
             settings: Settings::default(),
             metrics_addr: None,
+            max_unconfirmed: DEFAULT_MAX_UNCONFIRMED,
         }
     }
 }
@@ -120,6 +127,9 @@ const CA_FILE: &str = "EdgeModuleCACertificateFile";
 const MQTT_URL: &str = "EDGEFILTER_MQTT_URL";
 const TOKEN_TTL: &str = "EDGEFILTER_TOKEN_TTL_SECS";
 const METRICS_ADDR: &str = "EDGEFILTER_METRICS_ADDR";
+const MAX_UNCONFIRMED: &str = "EDGEFILTER_MAX_UNCONFIRMED";
+/// Alerts awaiting confirmation at most, by default: a few seconds of full load, a few MB.
+pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
 
 /// The fields of a connection string.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -235,7 +245,15 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
             v.parse().map_err(|_| err(METRICS_ADDR, format!("{v:?} is not host:port (e.g. 0.0.0.0:9600) or off")))?,
         ),
     };
-    Ok(Config { identity, endpoint, credentials, token_ttl, settings, metrics_addr })
+    let max_unconfirmed = match lookup(MAX_UNCONFIRMED) {
+        // Packet ids are 16 bits: the alerts in flight must leave some free.
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=60_000).contains(&n) => n,
+            _ => return Err(err(MAX_UNCONFIRMED, format!("expected a whole number from 1 to 60000, got {v:?}"))),
+        },
+        None => DEFAULT_MAX_UNCONFIRMED,
+    };
+    Ok(Config { identity, endpoint, credentials, token_ttl, settings, metrics_addr, max_unconfirmed })
 }
 
 type Resolved = (Identity, String, Credentials, Trust);

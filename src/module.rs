@@ -11,6 +11,15 @@
 //! 3. queue the acknowledgements that are due: an input is acknowledged once decided, or once
 //!    the hub has confirmed its alert, in arrival order ([`Delivery::ready`]);
 //! 4. write the whole batch, alerts and acknowledgements, in one system call ([`Link::flush`]).
+//!    Acknowledgements with no alert to ride along wait while confirmations are on their way
+//!    ([`acks_flush`]), and after a turn that brought only confirmations reading pauses briefly
+//!    ([`read_pause`]): under full load the hub confirms a batch a few alerts at a time, and
+//!    answering each trickle would cost more system calls than the messages themselves.
+//!
+//! Memory stays bounded when the hub is slower than the module: at most `max_unconfirmed` alerts
+//! await confirmation; input beyond that is held back (still read, because confirmations arrive
+//! on the same connection), up to as many again, and beyond that left unacknowledged for the hub
+//! to redeliver after a reconnect ([`Shell::hold_back`]).
 //!
 //! Around that: the module twin (full fetch on every connection, live desired patches published
 //! to the data path through the cell, reported settings and statistics), SAS token renewal (a
@@ -21,6 +30,7 @@
 //! Decisions run here, on the I/O task, not on a worker thread: measured, handing a batch to a
 //! crossbeam worker and back costs more than deciding it (see the README's pipeline section).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -60,11 +70,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How soon a failed token renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
+/// The encoded size of a PUBACK.
+const PUBACK_LEN: usize = 4;
+/// How often holding input back is logged at most.
+const OVERLOAD_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Packets decoded per read at most.
 const READ_BATCH: usize = 1024;
-/// Unconfirmed alerts at most: a hub that stops acknowledging stops the module taking input
-/// (edgeHub itself sends at most 16 unacknowledged messages, so this is a safety net).
-pub const MAX_UNCONFIRMED: usize = 10_000;
 
 /// The MQTT username edgeHub expects from a module (contract §1).
 pub fn username(hub_hostname: &str, id: &topic::ModuleId) -> String {
@@ -173,10 +184,33 @@ async fn until_ok<T, F: std::future::Future<Output = Result<T, String>>>(
 /// it has been gathering for `BatchIntervalMs` (0: one read per batch). A batch also ends when
 /// nothing more is ready to read, so under light load every message goes out at once.
 pub fn batch_closes(settings: &Settings, alerts: usize, gathering: Duration) -> bool {
-    alerts >= settings.batch_size as usize
-        || settings.batch_interval_ms == 0
-        || gathering >= Duration::from_millis(u64::from(settings.batch_interval_ms))
+    alerts >= settings.batch_size as usize || settings.batch_interval_ms == 0 || gathering >= settings.batch_interval()
 }
+
+/// Whether input acknowledgements queued on their own should be written now. They ride along
+/// with the next write of alerts for free; alone, they wait while alerts are unconfirmed (their
+/// confirmations are on the way and make more acknowledgements due, so one write carries them
+/// all), for `BatchIntervalMs` at most. With no alert unconfirmed nothing else is coming, and the
+/// hub may be holding messages back until it sees them: they go at once.
+pub fn acks_flush(settings: &Settings, alerts_unconfirmed: usize, waited: Duration) -> bool {
+    alerts_unconfirmed == 0 || waited >= settings.batch_interval()
+}
+
+/// How long to leave the connection unread after a turn that brought only confirmations. Under
+/// full load the hub confirms a written batch a few alerts at a time, and waking for each trickle
+/// costs two system calls that carry almost nothing; pausing lets a whole batch of confirmations
+/// (and new input) gather for one read. Only while a full batch of alerts (`BatchSize`) awaits
+/// confirmation: below that the rest of a batch is in the next read and the hub may be waiting
+/// for the module's acknowledgements before it sends more. A tenth of `BatchIntervalMs`, so an
+/// alert still goes out well within its interval, and 5 ms at most: long enough for a batch of
+/// confirmations to gather, short enough that the hub never waits long on the module.
+pub fn read_pause(settings: &Settings, inputs: u64, alerts_unconfirmed: usize) -> Option<Duration> {
+    (inputs == 0 && alerts_unconfirmed >= settings.batch_size as usize && settings.batch_interval_ms > 0)
+        .then(|| (settings.batch_interval() / 10).min(READ_PAUSE_MAX))
+}
+
+/// The longest [`read_pause`].
+const READ_PAUSE_MAX: Duration = Duration::from_millis(5);
 
 /// What ended a connection.
 enum End {
@@ -247,6 +281,12 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         draining: false,
         unflushed: Vec::new(),
         packets: Vec::with_capacity(READ_BATCH),
+        acks_held: 0,
+        acks_since: None,
+        read_after: None,
+        deferred: VecDeque::new(),
+        overload_warned: None,
+        left_unacknowledged: 0,
     };
     let margin = renewal_margin(config.token_ttl);
     let mut renew_at = Instant::now() + config.token_ttl - margin;
@@ -289,6 +329,11 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         // redelivers them.
         shell.packets.clear();
         shell.unflushed.clear();
+        shell.acks_held = 0;
+        shell.acks_since = None;
+        shell.read_after = None;
+        shell.deferred.clear();
+        shell.left_unacknowledged = 0;
         if let Err(e) = shell.connected(&mut link, session_present) {
             warn!("connection lost: {e}");
             continue;
@@ -302,11 +347,13 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
             let mut next_ping = Instant::now() + KEEP_ALIVE;
             loop {
                 let twin_retry = shell.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT);
+                let acks_due = shell.acks_since.map(|at| at + shell.settings().batch_interval());
                 let step: Result<Option<End>, LinkError> = tokio::select! {
                     biased;
                     _ = &mut shutdown, if !shell.draining => {
                         info!("stop requested: taking no more input, waiting for {} alerts in flight", shell.delivery.alerts_pending());
                         shell.draining = true;
+                        shell.deferred.clear();
                         drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
                         Ok(None)
                     }
@@ -340,11 +387,17 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                         warn!("no answer to the twin request in {} s: asking again", TWIN_TIMEOUT.as_secs());
                         shell.request_twin(&mut link).map(|()| None)
                     }
+                    _ = sleep_until(acks_due.unwrap_or_else(Instant::now)), if acks_due.is_some() => Ok(None),
                     _ = sleep_until(next_report) => {
                         next_report = Instant::now() + Duration::from_secs(u64::from(shell.settings().report_interval_secs));
                         shell.report(&mut link).map(|()| None)
                     }
-                    r = link.read_batch(&mut shell.packets, READ_BATCH) => match r {
+                    _ = sleep_until(shell.read_after.unwrap_or_else(Instant::now)), if shell.read_after.is_some() => {
+                        shell.read_after = None;
+                        Ok(None)
+                    }
+                    _ = std::future::ready(()), if shell.resumable() => shell.batch(&mut link).map(|()| None),
+                    r = link.read_batch(&mut shell.packets, READ_BATCH), if shell.read_after.is_none() => match r {
                         Ok(()) => {
                             last_read = Instant::now();
                             shell.batch(&mut link).map(|()| None)
@@ -360,6 +413,14 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                     }
                 };
                 shell.due_acks(&mut link);
+                let end = match shell.left_for_redelivery(&mut link) {
+                    Ok(true) => Some(End::Reconnect),
+                    Ok(false) => end,
+                    Err(e) => {
+                        warn!("connection to {host}:{port} lost: {e}; reconnecting");
+                        break End::Reconnect;
+                    }
+                };
                 if let Err(e) = shell.flush(&mut link).await {
                     warn!("connection to {host}:{port} lost: {e}; reconnecting");
                     break End::Reconnect;
@@ -427,6 +488,17 @@ struct Shell<'a> {
     unflushed: Vec<u16>,
     /// The read batch (reused).
     packets: Vec<Packet>,
+    /// Input acknowledgements queued since the last write, and since when (see [`acks_flush`]).
+    acks_held: usize,
+    acks_since: Option<Instant>,
+    /// Reading waits until then ([`read_pause`]).
+    read_after: Option<Instant>,
+    /// Publishes held back while too many alerts await confirmation, with when they arrived.
+    deferred: VecDeque<(Publish, Instant)>,
+    /// When holding back was last logged.
+    overload_warned: Option<Instant>,
+    /// Publishes neither handled nor held back on this connection (see [`Shell::hold_back`]).
+    left_unacknowledged: u64,
 }
 
 impl Shell<'_> {
@@ -479,6 +551,7 @@ impl Shell<'_> {
     fn batch(&mut self, link: &mut Link) -> Result<(), LinkError> {
         let started = Instant::now();
         let settings = self.settings();
+        let mut turn_inputs = 0;
         loop {
             let handle_started = Instant::now();
             let mut inputs = 0u64;
@@ -494,15 +567,21 @@ impl Shell<'_> {
             }
             packets.drain(..handled);
             self.packets = packets;
+            inputs += self.resume(link, &settings)?;
+            turn_inputs += inputs;
             if let Some(per_message) = (handle_started.elapsed().as_nanos() as u64).checked_div(inputs) {
                 let mut l = self.stats.latency();
                 let high = l.decide_ns.high();
                 let _ = l.decide_ns.record_n(per_message.clamp(1, high), inputs);
             }
-            if !self.packets.is_empty()
-                || batch_closes(&settings, self.unflushed.len(), started.elapsed())
+            if !self.packets.is_empty() {
+                return Ok(());
+            }
+            if batch_closes(&settings, self.unflushed.len(), started.elapsed())
                 || !link.read_ready(&mut self.packets, READ_BATCH)?
             {
+                let pause = read_pause(&settings, turn_inputs, self.delivery.alerts_pending());
+                self.read_after = pause.map(|d| Instant::now() + d);
                 return Ok(());
             }
         }
@@ -511,6 +590,7 @@ impl Shell<'_> {
     /// One packet; true when it was an input message.
     fn packet(&mut self, link: &mut Link, packet: &Packet, received: Instant) -> Result<bool, LinkError> {
         match packet {
+            Packet::Publish(p) if self.holding_back() => self.hold_back(p, received).map(|()| false),
             Packet::Publish(p) => self.publish(link, p, received),
             Packet::PubAck(ack) => {
                 if let Some(held) = self.delivery.confirmed(ack.pkid) {
@@ -533,6 +613,83 @@ impl Shell<'_> {
         }
     }
 
+    /// Whether incoming publishes wait: `max_unconfirmed` alerts await confirmation, or earlier
+    /// ones wait already, or are left for redelivery (acknowledgements keep arrival order).
+    fn holding_back(&self) -> bool {
+        !self.draining
+            && (!self.deferred.is_empty()
+                || self.left_unacknowledged > 0
+                || self.delivery.alerts_pending() >= self.config.max_unconfirmed)
+    }
+
+    /// Keeps a publish for when the hub has confirmed enough alerts. The connection keeps being
+    /// read, because the confirmations arrive on it; what arrives meanwhile is bounded by the hub's
+    /// in-flight window, and held back only up to `max_unconfirmed`. Beyond that a publish (and
+    /// every later one on this connection, since acknowledgements keep arrival order) is left
+    /// unacknowledged; once everything before it is done the module reconnects and the hub
+    /// redelivers it ([`Shell::left_for_redelivery`]).
+    fn hold_back(&mut self, publish: &Publish, received: Instant) -> Result<(), LinkError> {
+        if self.left_unacknowledged > 0 || self.deferred.len() >= self.config.max_unconfirmed {
+            if self.left_unacknowledged == 0 {
+                warn!(
+                    "{} messages held back: leaving the rest unacknowledged for the hub to redeliver",
+                    self.deferred.len()
+                );
+            }
+            self.left_unacknowledged += 1;
+            self.stats.overloaded.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        if self.deferred.is_empty() && self.overload_warned.is_none_or(|at| at.elapsed() >= OVERLOAD_WARNING_EVERY) {
+            warn!(
+                "{} alerts await the hub's confirmation: holding input back until it confirms some (overloaded_total counts the messages)",
+                self.delivery.alerts_pending()
+            );
+            self.overload_warned = Some(Instant::now());
+        }
+        self.stats.overloaded.fetch_add(1, Relaxed);
+        self.deferred.push_back((publish.clone(), received));
+        Ok(())
+    }
+
+    /// Handles held-back publishes, in arrival order, once the hub has confirmed half of
+    /// `max_unconfirmed` (so that they go out in full batches, not a few at a time), while alerts
+    /// may be sent and the batch has room; returns how many inputs it handled.
+    fn resume(&mut self, link: &mut Link, settings: &Settings) -> Result<u64, LinkError> {
+        let mut inputs = 0;
+        if !self.resumable() {
+            return Ok(0);
+        }
+        while self.delivery.alerts_pending() < self.config.max_unconfirmed
+            && self.unflushed.len() < settings.batch_size as usize
+        {
+            let Some((publish, received)) = self.deferred.pop_front() else { break };
+            inputs += u64::from(self.publish(link, &publish, received)?);
+        }
+        Ok(inputs)
+    }
+
+    /// When publishes were left unacknowledged and everything before them is done: queues a
+    /// DISCONNECT so that the module reconnects and the hub redelivers them. True then.
+    fn left_for_redelivery(&mut self, link: &mut Link) -> Result<bool, LinkError> {
+        if self.left_unacknowledged == 0
+            || self.draining
+            || !self.deferred.is_empty()
+            || self.delivery.alerts_pending() > 0
+            || self.delivery.inputs_pending() > 0
+        {
+            return Ok(false);
+        }
+        info!("reconnecting for the hub to redeliver {} messages left unacknowledged", self.left_unacknowledged);
+        link.queue(Packet::Disconnect)?;
+        Ok(true)
+    }
+
+    /// Held-back publishes can go now, without waiting for a read.
+    fn resumable(&self) -> bool {
+        !self.deferred.is_empty() && self.delivery.alerts_pending() <= self.config.max_unconfirmed / 2
+    }
+
     /// One incoming publish, top to bottom; true when it was an input message.
     fn publish(&mut self, link: &mut Link, publish: &Publish, received: Instant) -> Result<bool, LinkError> {
         let id = &self.config.identity.module;
@@ -542,13 +699,6 @@ impl Shell<'_> {
                     return Ok(false); // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                if self.delivery.alerts_pending() >= MAX_UNCONFIRMED {
-                    // Left unacknowledged: the hub redelivers it when the connection is renewed.
-                    if self.stats.overloaded.fetch_add(1, Relaxed) == 0 {
-                        warn!("{MAX_UNCONFIRMED} alerts await confirmation: leaving input unacknowledged");
-                    }
-                    return Ok(true);
-                }
                 let decision = if input == filter::INPUT {
                     filter::decide(&publish.payload, self.reader.get().temperature_threshold)
                 } else {
@@ -711,15 +861,27 @@ impl Shell<'_> {
         for pkid in self.delivery.ready() {
             // Encoding a PUBACK cannot fail; the error path exists for oversized publishes.
             let _ = link.queue(Packet::PubAck(PubAck::new(pkid)));
+            self.acks_held += 1;
+            self.acks_since.get_or_insert_with(Instant::now);
         }
     }
 
-    /// Writes the batch and times its alerts.
+    /// Writes the batch and times its alerts. Acknowledgements queued on their own may wait for
+    /// company ([`acks_flush`]).
     async fn flush(&mut self, link: &mut Link) -> Result<(), LinkError> {
         if link.queued() == 0 {
             return Ok(());
         }
+        let only_acks = link.queued() == self.acks_held * PUBACK_LEN;
+        if only_acks && !self.draining {
+            let waited = self.acks_since.map_or(Duration::ZERO, |at| at.elapsed());
+            if !acks_flush(&self.settings(), self.delivery.alerts_pending(), waited) {
+                return Ok(());
+            }
+        }
         link.flush().await?;
+        self.acks_held = 0;
+        self.acks_since = None;
         self.stats.batches.fetch_add(1, Relaxed);
         if !self.unflushed.is_empty() {
             let now = Instant::now();

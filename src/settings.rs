@@ -29,6 +29,13 @@ pub struct Settings {
     pub dead_letter_output: OutputName,
 }
 
+impl Settings {
+    /// `BatchIntervalMs` as a duration.
+    pub fn batch_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.batch_interval_ms))
+    }
+}
+
 /// The name of `DeadLetterOutput`, the one setting that is a string.
 const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
 

@@ -249,6 +249,30 @@ fn batches_close_at_batch_size_or_interval() {
 }
 
 #[test]
+fn acknowledgements_alone_wait_for_confirmations_in_flight_or_the_interval() {
+    use edgefilter::module::acks_flush;
+    let s = Settings { batch_interval_ms: 10, ..Settings::default() };
+    assert!(acks_flush(&s, 0, Duration::ZERO), "nothing unconfirmed: nothing else is coming, write now");
+    assert!(!acks_flush(&s, 1, Duration::ZERO), "a confirmation is on its way: wait for company");
+    assert!(!acks_flush(&s, 500, Duration::from_millis(9)));
+    assert!(acks_flush(&s, 500, Duration::from_millis(10)), "never longer than BatchIntervalMs");
+    let immediate = Settings { batch_interval_ms: 0, ..s };
+    assert!(acks_flush(&immediate, 500, Duration::ZERO), "BatchIntervalMs 0: at once");
+}
+
+#[test]
+fn reading_pauses_only_after_confirmations_with_a_full_batch_unconfirmed() {
+    use edgefilter::module::read_pause;
+    let s = Settings { batch_size: 100, batch_interval_ms: 10, ..Settings::default() };
+    assert_eq!(read_pause(&s, 0, 100), Some(Duration::from_millis(1)), "a tenth of BatchIntervalMs");
+    assert_eq!(read_pause(&s, 0, 99), None, "less than a batch unconfirmed: the hub may wait for us");
+    assert_eq!(read_pause(&s, 1, 5000), None, "input is flowing: read on");
+    assert_eq!(read_pause(&Settings { batch_interval_ms: 0, ..s }, 0, 5000), None, "BatchIntervalMs 0: never");
+    let slow = Settings { batch_interval_ms: 60_000, ..s };
+    assert_eq!(read_pause(&slow, 0, 100), Some(Duration::from_millis(5)), "5 ms at most");
+}
+
+#[test]
 fn dead_letter_output_is_an_output_name() {
     let current = Settings::default();
     let a = apply_desired(&current, &current, &obj(json!({"DeadLetterOutput": "deadLetters"})), Source::Patch);

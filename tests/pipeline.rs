@@ -130,6 +130,67 @@ async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recover
     module.stop().await.unwrap();
 }
 
+/// Sends 300 hot messages through the embedded hub while it withholds the module's
+/// acknowledgements; returns the running module and the upstream peer once it has held for a second.
+async fn withheld_with_limit(max_unconfirmed: usize) -> (RunningModule, Peer, Arc<edgefilter::hub::Hub>) {
+    let (hub, port) = embedded_hub(json!({})).await;
+    let upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
+    let module = RunningModule::on(port, &[("EDGEFILTER_MAX_UNCONFIRMED", max_unconfirmed.to_string())]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.withhold_acks(Some("dev/filter"));
+    let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
+    for seq in 1..=300 {
+        let topic = format!("devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber={seq}");
+        sensor.publish(&topic, format!(r#"{{"machine":{{"temperature":30}},"seq":{seq}}}"#)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (module, upstream, hub)
+}
+
+/// Lets the hub acknowledge again, then checks that every message came through.
+async fn recovers(module: RunningModule, mut upstream: Peer, hub: Arc<edgefilter::hub::Hub>) {
+    hub.withhold_acks(None);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 300 {
+        let Some(p) = upstream.next(Duration::from_secs(10)).await else { break };
+        let body: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        seen.insert(body["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (1..=300).collect(), "every alert reaches the upstream, at least once");
+    for _ in 0..100 {
+        if module.stats.alerts_confirmed.load(Relaxed) >= 300 && module.stats.overloaded.load(Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(module.stats.alerts_confirmed.load(Relaxed) >= 300);
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_beyond_the_unconfirmed_limit_is_held_back_then_handled_in_order() {
+    // The hub sends 16 unacknowledged messages; the module lets 8 alerts await confirmation and
+    // holds the other 8 inputs back, unacknowledged, on the same connection.
+    let (module, upstream, hub) = withheld_with_limit(8).await;
+    assert_eq!(module.stats.alerts.load(Relaxed), 8, "no more than EDGEFILTER_MAX_UNCONFIRMED alerts in flight");
+    assert_eq!(module.stats.overloaded.load(Relaxed), 8, "the rest of the window is held back");
+    assert_eq!(module.stats.connections.load(Relaxed), 1);
+    recovers(module, upstream, hub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_held_back_limit_input_is_left_for_the_hub_to_redeliver() {
+    // 4 alerts in flight, 4 inputs held back, and the other 8 of the hub's window left
+    // unacknowledged rather than growing the module's memory.
+    let (module, upstream, hub) = withheld_with_limit(4).await;
+    assert_eq!(module.stats.alerts.load(Relaxed), 4);
+    assert_eq!(module.stats.overloaded.load(Relaxed), 12, "4 held back, 8 left to the hub");
+    assert_eq!(module.stats.connections.load(Relaxed), 1, "no reconnection while alerts are unconfirmed");
+    // Once everything before them is done the module reconnects for the hub to redeliver them,
+    // 8 messages per round here.
+    recovers(module, upstream, hub).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_loses_nothing() {
     let broker = Broker::start("max_inflight_messages 100\nmax_queued_messages 0");
