@@ -90,7 +90,10 @@ fn run(args: &[String]) -> Result<(), Failure> {
             other => return Err(Failure::Usage(format!("unknown argument {other:?}"))),
         }
     }
-    let config = config::resolve(|n| std::env::var(n).ok(), mqtt_url).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut config =
+        config::resolve(|n| std::env::var(n).ok(), mqtt_url).map_err(|e| Failure::Config(e.to_string()))?;
+    // The runtime is the module's alone (plus its metrics endpoint).
+    config.dedicated_thread = true;
     runtime
         .block_on(module::run(config, std::sync::Arc::new(Stats::default()), shutdown_signal()))
         .map_err(Failure::Runtime)

@@ -19,7 +19,7 @@
 //! Memory stays bounded when the hub is slower than the module: at most `max_unconfirmed` alerts
 //! await confirmation; input beyond that is held back (still read, because confirmations arrive
 //! on the same connection), up to as many again, and beyond that left unacknowledged for the hub
-//! to redeliver after a reconnect ([`Shell::hold_back`]).
+//! to redeliver after a reconnect (`Shell::hold_back`).
 //!
 //! Around that: the module twin (full fetch on every connection, live desired patches published
 //! to the data path through the cell, reported settings and statistics), SAS token renewal (a
@@ -346,6 +346,14 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
             let mut last_read = Instant::now();
             let mut next_ping = Instant::now() + KEEP_ALIVE;
             loop {
+                if config.dedicated_thread {
+                    // A read pause on a thread of its own: sleeping costs one system call and no
+                    // wake-ups, where a timer would be woken by every packet meanwhile (and
+                    // registering it costs one more). Nothing else on this thread needs it.
+                    if let Some(at) = shell.read_after.take() {
+                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    }
+                }
                 let twin_retry = shell.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT);
                 let acks_due = shell.acks_since.map(|at| at + shell.settings().batch_interval());
                 let step: Result<Option<End>, LinkError> = tokio::select! {
