@@ -264,7 +264,7 @@ fn acknowledgements_alone_wait_for_confirmations_in_flight_or_the_interval() {
 fn reading_pauses_only_after_confirmations_with_a_full_batch_unconfirmed() {
     use edgefilter::module::read_pause;
     let s = Settings { batch_size: 100, batch_interval_ms: 10, ..Settings::default() };
-    assert_eq!(read_pause(&s, 0, 100), Some(Duration::from_millis(1)), "a tenth of BatchIntervalMs");
+    assert_eq!(read_pause(&s, 0, 100), Some(Duration::from_millis(2)), "a fifth of BatchIntervalMs");
     assert_eq!(read_pause(&s, 0, 99), None, "less than a batch unconfirmed: the hub may wait for us");
     assert_eq!(read_pause(&s, 1, 5000), None, "input is flowing: read on");
     assert_eq!(read_pause(&Settings { batch_interval_ms: 0, ..s }, 0, 5000), None, "BatchIntervalMs 0: never");
