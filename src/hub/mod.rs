@@ -42,7 +42,9 @@ use twin::Twin;
 
 /// What edgeHub accepts in one packet (256 KiB messages plus topic and header).
 const MAX_PACKET: usize = crate::module::MAX_PACKET_SIZE;
-/// Unacknowledged QoS 1 messages per client (edgeHub's MaxPendingInboundAcknowledgements is 16).
+/// Unacknowledged QoS 1 messages sent to a client at most: a bounded window like a real broker's.
+/// (edgeHub's `MaxPendingInboundAcknowledgements`, 16, is the other direction: how many of a
+/// client's publishes it reads ahead of processing them.)
 pub const INFLIGHT_WINDOW: usize = 16;
 /// Messages kept for one client before the oldest are dropped.
 const QUEUE_LIMIT: usize = 100_000;
