@@ -13,8 +13,9 @@ use common::*;
 use serde_json::json;
 
 /// The `edgefilter` binary as a process, against the broker on `port`.
-fn module_process(port: u16, stdout: Stdio) -> std::process::Child {
+fn module_process(port: u16, stdout: Stdio, env: &[(&str, String)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("EdgeHubConnectionString", connection_string())
         .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
         .env("EDGEFILTER_METRICS_ADDR", "off")
@@ -61,6 +62,34 @@ async fn a_backlog_goes_out_in_batches_of_at_most_batch_size() {
     assert!(batches >= 40, "{batches} writes with alerts");
     assert!(max_batch >= 2, "a backlog is written several alerts at a time: {max_batch}");
     module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_short_of_batch_size_goes_out_when_input_pauses_and_so_do_its_acknowledgements() {
+    // The longest interval and a batch that never fills: each alert still goes out at once, and
+    // the inputs are acknowledged once their alerts are confirmed, not an interval later.
+    let broker = Broker::start("max_queued_messages 0");
+    let mut upstream =
+        Peer::connect(broker.port, "upstream", true, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let env = [("BatchSize", "10000".to_string()), ("BatchIntervalMs", "60000".to_string())];
+    let mut module = module_process(broker.port, Stdio::null(), &env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sensor = Peer::connect(broker.port, "sensor", true, &[]).await;
+    for seq in 1..=5 {
+        let (topic, body) = hot(seq, 30.0);
+        sensor.publish(&topic, body).await;
+        let alert = upstream.next(Duration::from_secs(2)).await.expect("the alert went out without its batch filling");
+        assert_eq!(sequence(&alert), seq);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No graceful stop (which would write whatever is queued): the process dies here.
+    module.kill().unwrap();
+    module.wait().unwrap();
+    // Had the acknowledgements waited for the interval, the broker would redeliver the inputs now.
+    let again = RunningModule::on(broker.port, &env);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(again.stats.received.load(Relaxed), 0, "every input was acknowledged");
+    again.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +227,7 @@ async fn sigterm_mid_batch_loses_nothing() {
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
-    let run = || module_process(broker.port, Stdio::piped());
+    let run = || module_process(broker.port, Stdio::piped(), &[]);
     let mut seen = BTreeSet::new();
     let mut duplicates = 0;
     fn collect(seen: &mut BTreeSet<u64>, duplicates: &mut u64, got: Vec<rumqttc::Publish>) {
@@ -238,7 +267,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
-    let run = || module_process(broker.port, Stdio::null());
+    let run = || module_process(broker.port, Stdio::null(), &[]);
     let mut seen = BTreeSet::new();
     let mut duplicates = 0u64;
     let mut first = run();
