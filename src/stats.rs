@@ -159,7 +159,7 @@ impl Stats {
         counter(
             &mut out,
             "overloaded_total",
-            "Inputs left unacknowledged under overload.",
+            "Messages held back, or left for the hub to redeliver, while EDGEFILTER_MAX_UNCONFIRMED alerts await confirmation.",
             self.overloaded.load(Relaxed),
         );
         out.push_str("# HELP edgefilter_messages_dropped_total Messages dropped, by reason.\n# TYPE edgefilter_messages_dropped_total counter\n");
