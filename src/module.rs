@@ -325,16 +325,6 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
             }
         };
         backoff = BACKOFF_MIN;
-        // Packets read but not handled on the old connection belong to it: their packet ids mean
-        // nothing now (acknowledging one would acknowledge another message), and the hub
-        // redelivers them.
-        shell.packets.clear();
-        shell.unflushed.clear();
-        shell.acks_held = 0;
-        shell.acks_since = None;
-        shell.read_after = None;
-        shell.deferred.clear();
-        shell.left_unacknowledged = 0;
         if let Err(e) = shell.connected(&mut link, session_present) {
             warn!("connection lost: {e}");
             continue;
@@ -515,8 +505,19 @@ impl Shell<'_> {
         *self.reader.get()
     }
 
-    /// A (re)connection: subscribe, resend unconfirmed alerts, fetch the twin.
+    /// A (re)connection: forget the old connection's state, subscribe, resend unconfirmed alerts,
+    /// fetch the twin.
     fn connected(&mut self, link: &mut Link, session_present: bool) -> Result<(), LinkError> {
+        // Packets read but not handled on the old connection belong to it: their packet ids mean
+        // nothing now (acknowledging one would acknowledge another message), and the hub
+        // redelivers them. What was queued for the old socket went with it.
+        self.packets.clear();
+        self.unflushed.clear();
+        self.acks_held = 0;
+        self.acks_since = None;
+        self.read_after = None;
+        self.deferred.clear();
+        self.left_unacknowledged = 0;
         let n = self.stats.connections.fetch_add(1, Relaxed);
         info!("connected to edgeHub (session present: {session_present}){}", if n > 0 { ", resuming" } else { "" });
         let id = &self.config.identity.module;
@@ -599,7 +600,10 @@ impl Shell<'_> {
     /// One packet; true when it was an input message.
     fn packet(&mut self, link: &mut Link, packet: &Packet, received: Instant) -> Result<bool, LinkError> {
         match packet {
-            Packet::Publish(p) if self.holding_back() => self.hold_back(p, received).map(|()| false),
+            Packet::Publish(p) if self.holding_back() => {
+                self.hold_back(p, received);
+                Ok(false)
+            }
             Packet::Publish(p) => self.publish(link, p, received),
             Packet::PubAck(ack) => {
                 if let Some(held) = self.delivery.confirmed(ack.pkid) {
@@ -637,7 +641,8 @@ impl Shell<'_> {
     /// every later one on this connection, since acknowledgements keep arrival order) is left
     /// unacknowledged; once everything before it is done the module reconnects and the hub
     /// redelivers it ([`Shell::left_for_redelivery`]).
-    fn hold_back(&mut self, publish: &Publish, received: Instant) -> Result<(), LinkError> {
+    fn hold_back(&mut self, publish: &Publish, received: Instant) {
+        self.stats.overloaded.fetch_add(1, Relaxed);
         if self.left_unacknowledged > 0 || self.deferred.len() >= self.config.max_unconfirmed {
             if self.left_unacknowledged == 0 {
                 warn!(
@@ -646,8 +651,7 @@ impl Shell<'_> {
                 );
             }
             self.left_unacknowledged += 1;
-            self.stats.overloaded.fetch_add(1, Relaxed);
-            return Ok(());
+            return;
         }
         if self.deferred.is_empty() && self.overload_warned.is_none_or(|at| at.elapsed() >= OVERLOAD_WARNING_EVERY) {
             warn!(
@@ -656,9 +660,7 @@ impl Shell<'_> {
             );
             self.overload_warned = Some(Instant::now());
         }
-        self.stats.overloaded.fetch_add(1, Relaxed);
         self.deferred.push_back((publish.clone(), received));
-        Ok(())
     }
 
     /// Handles held-back publishes, in arrival order, once the hub has confirmed half of
