@@ -234,13 +234,8 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         Some(url) => parse_mqtt_url(&url, trust).map_err(|p| err(MQTT_URL, p))?,
         None => Endpoint { host: gateway, port: 8883, tls: Some(trust) },
     };
-    let token_ttl = match lookup(TOKEN_TTL) {
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(secs) if (10..=86_400 * 365).contains(&secs) => Duration::from_secs(secs),
-            _ => return Err(err(TOKEN_TTL, format!("expected whole seconds from 10 to 31536000, got {v:?}"))),
-        },
-        None => Duration::from_secs(3600),
-    };
+    let token_ttl =
+        Duration::from_secs(whole_number(&lookup, TOKEN_TTL, "whole seconds", 10..=86_400 * 365)?.unwrap_or(3600));
     let settings = settings::from_env(&lookup).map_err(|problem| {
         let variable = settings::names().find(|n| problem.starts_with(n)).unwrap_or("settings");
         err(variable, problem.split_once(": ").map_or(problem.clone(), |(_, p)| p.to_string()))
@@ -252,14 +247,9 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
             v.parse().map_err(|_| err(METRICS_ADDR, format!("{v:?} is not host:port (e.g. 0.0.0.0:9600) or off")))?,
         ),
     };
-    let max_unconfirmed = match lookup(MAX_UNCONFIRMED) {
-        // Packet ids are 16 bits: the alerts in flight must leave some free.
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=60_000).contains(&n) => n,
-            _ => return Err(err(MAX_UNCONFIRMED, format!("expected a whole number from 1 to 60000, got {v:?}"))),
-        },
-        None => DEFAULT_MAX_UNCONFIRMED,
-    };
+    // Packet ids are 16 bits: the alerts in flight must leave some free.
+    let max_unconfirmed = whole_number(&lookup, MAX_UNCONFIRMED, "a whole number", 1..=60_000)?
+        .map_or(DEFAULT_MAX_UNCONFIRMED, |n| n as usize);
     Ok(Config {
         identity,
         endpoint,
@@ -270,6 +260,20 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         max_unconfirmed,
         dedicated_thread: false,
     })
+}
+
+/// The variable `name` as a whole number in `range`, if set (`what` names the unit in errors).
+fn whole_number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    what: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = lookup(name) else { return Ok(None) };
+    match v.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(err(name, format!("expected {what} from {} to {}, got {v:?}", range.start(), range.end()))),
+    }
 }
 
 type Resolved = (Identity, String, Credentials, Trust);

@@ -367,6 +367,10 @@ fn configuration_errors_name_the_variable() {
             "EDGEFILTER_TOKEN_TTL_SECS: expected whole seconds",
         ),
         (
+            &[("EdgeHubConnectionString", CS), ("EDGEFILTER_MAX_UNCONFIRMED", "0")],
+            "EDGEFILTER_MAX_UNCONFIRMED: expected a whole number from 1 to 60000, got \"0\"",
+        ),
+        (
             &[("EdgeHubConnectionString", CS), ("TemperatureThreshold", "warm")],
             "TemperatureThreshold: expected a number",
         ),
