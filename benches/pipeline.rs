@@ -18,7 +18,13 @@ use edgefilter::topic::{classify, Inbound, ModuleId};
 use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
 use rumqttc::mqttbytes::QoS;
 
-const BODY: &[u8] = br#"{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}"#;
+#[path = "competitors.rs"]
+mod competitors;
+#[path = "worker.rs"]
+mod worker;
+use competitors::SENSOR as BODY;
+use worker::{decide_inline, Worker};
+
 const TOPIC: &str = "devices/dev/modules/filter/inputs/input1/sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor";
 
 /// `n` encoded input PUBLISH packets, as they arrive on the socket.
@@ -73,33 +79,19 @@ fn bench_path(c: &mut Criterion) {
 
 fn bench_where(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
-    // A worker thread that decides batches and sends the decisions back.
-    let (to_worker, worker_rx) = crossbeam_channel::bounded::<Vec<Bytes>>(16);
-    let (to_io, io_rx) = crossbeam_channel::bounded::<Vec<Decision>>(16);
-    let worker = std::thread::spawn(move || {
-        for batch in worker_rx {
-            let decisions = batch.iter().map(|b| filter::decide(b, 25.0)).collect();
-            if to_io.send(decisions).is_err() {
-                break;
-            }
-        }
-    });
+    let worker = Worker::spawn();
     for n in [1usize, 100] {
         let batch: Vec<Bytes> = (0..n).map(|_| Bytes::from_static(BODY)).collect();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("inline", n), &batch, |b, batch| {
-            b.iter(|| batch.iter().map(|m| filter::decide(black_box(m), 25.0)).collect::<Vec<_>>())
+            b.iter(|| decide_inline(black_box(batch)))
         });
         g.bench_with_input(BenchmarkId::new("on-worker", n), &batch, |b, batch| {
-            b.iter(|| {
-                to_worker.send(black_box(batch.clone())).unwrap();
-                io_rx.recv().unwrap()
-            })
+            b.iter(|| worker.decide(black_box(batch.clone())))
         });
     }
     g.finish();
-    drop(to_worker);
-    worker.join().unwrap();
+    worker.stop();
 }
 
 criterion_group!(benches, bench_path, bench_where);

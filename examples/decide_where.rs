@@ -9,9 +9,13 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use edgefilter::filter::{self, Decision};
+use edgefilter::filter::Decision;
 
-const BODY: &[u8] = br#"{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}"#;
+#[path = "../benches/competitors.rs"]
+mod competitors;
+#[path = "../benches/worker.rs"]
+mod worker;
+use worker::{decide_inline, Worker};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -21,33 +25,21 @@ fn main() {
     }
     let size: usize = args[2].parse().expect("BATCH is a count");
     let n: usize = args[3].parse().expect("N is a count");
-    let batch: Vec<Bytes> = (0..size).map(|_| Bytes::from_static(BODY)).collect();
+    let batch: Vec<Bytes> = (0..size).map(|_| Bytes::from_static(competitors::SENSOR)).collect();
+    let alerts_in = |decisions: Vec<Decision>| decisions.iter().filter(|d| **d == Decision::Alert).count();
     let mut alerts = 0usize;
     match args[1].as_str() {
         "inline" => {
             for _ in 0..n {
-                let decisions: Vec<Decision> = batch.iter().map(|m| filter::decide(black_box(m), 25.0)).collect();
-                alerts += decisions.iter().filter(|d| **d == Decision::Alert).count();
+                alerts += alerts_in(decide_inline(black_box(&batch)));
             }
         }
         "worker" => {
-            let (to_worker, worker_rx) = crossbeam_channel::bounded::<Vec<Bytes>>(16);
-            let (to_io, io_rx) = crossbeam_channel::bounded::<Vec<Decision>>(16);
-            let worker = std::thread::spawn(move || {
-                for batch in worker_rx {
-                    let decisions = batch.iter().map(|b| filter::decide(b, 25.0)).collect();
-                    if to_io.send(decisions).is_err() {
-                        break;
-                    }
-                }
-            });
+            let worker = Worker::spawn();
             for _ in 0..n {
-                to_worker.send(black_box(batch.clone())).unwrap();
-                let decisions = io_rx.recv().unwrap();
-                alerts += decisions.iter().filter(|d| **d == Decision::Alert).count();
+                alerts += alerts_in(worker.decide(black_box(batch.clone())));
             }
-            drop(to_worker);
-            worker.join().unwrap();
+            worker.stop();
         }
         other => panic!("unknown mode {other}"),
     }
