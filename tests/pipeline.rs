@@ -119,17 +119,7 @@ async fn a_threshold_change_applies_from_the_next_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recovers() {
-    let (hub, port) = embedded_hub(json!({})).await;
-    let mut upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
-    let module = RunningModule::on(port, &[]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    hub.withhold_acks(Some("dev/filter"));
-    let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
-    for seq in 1..=300 {
-        let topic = format!("devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber={seq}");
-        sensor.publish(&topic, r#"{"machine":{"temperature":30}}"#).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (module, mut upstream, hub) = withheld(&[]).await;
     let window = edgefilter::hub::INFLIGHT_WINDOW as u64;
     let held = module.stats.alerts.load(Relaxed);
     assert_eq!(held, window, "the module holds only the hub's window of inputs, unacknowledged");
@@ -159,12 +149,13 @@ async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recover
     module.stop().await.unwrap();
 }
 
-/// Sends 300 hot messages through the embedded hub while it withholds the module's
-/// acknowledgements; returns the running module and the upstream peer once it has held for a second.
-async fn withheld_with_limit(max_unconfirmed: usize) -> (RunningModule, Peer, Arc<edgefilter::hub::Hub>) {
+/// Sends 300 hot messages (with `seq` in the body) through the embedded hub while it withholds the
+/// acknowledgements of a module started with `env`; returns the running module, the upstream peer
+/// and the hub once it has held for a second.
+async fn withheld(env: &[(&str, String)]) -> (RunningModule, Peer, Arc<edgefilter::hub::Hub>) {
     let (hub, port) = embedded_hub(json!({})).await;
     let upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
-    let module = RunningModule::on(port, &[("EDGEFILTER_MAX_UNCONFIRMED", max_unconfirmed.to_string())]);
+    let module = RunningModule::on(port, env);
     tokio::time::sleep(Duration::from_millis(300)).await;
     hub.withhold_acks(Some("dev/filter"));
     let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
@@ -200,7 +191,7 @@ async fn recovers(module: RunningModule, mut upstream: Peer, hub: Arc<edgefilter
 async fn input_beyond_the_unconfirmed_limit_is_held_back_then_handled_in_order() {
     // The hub sends 16 unacknowledged messages; the module lets 8 alerts await confirmation and
     // holds the other 8 inputs back, unacknowledged, on the same connection.
-    let (module, upstream, hub) = withheld_with_limit(8).await;
+    let (module, upstream, hub) = withheld(&[("EDGEFILTER_MAX_UNCONFIRMED", "8".into())]).await;
     assert_eq!(module.stats.alerts.load(Relaxed), 8, "no more than EDGEFILTER_MAX_UNCONFIRMED alerts in flight");
     assert_eq!(module.stats.overloaded.load(Relaxed), 8, "the rest of the window is held back");
     assert_eq!(module.stats.connections.load(Relaxed), 1);
@@ -211,7 +202,7 @@ async fn input_beyond_the_unconfirmed_limit_is_held_back_then_handled_in_order()
 async fn beyond_the_held_back_limit_input_is_left_for_the_hub_to_redeliver() {
     // 4 alerts in flight, 4 inputs held back, and the other 8 of the hub's window left
     // unacknowledged rather than growing the module's memory.
-    let (module, upstream, hub) = withheld_with_limit(4).await;
+    let (module, upstream, hub) = withheld(&[("EDGEFILTER_MAX_UNCONFIRMED", "4".into())]).await;
     assert_eq!(module.stats.alerts.load(Relaxed), 4);
     assert_eq!(module.stats.overloaded.load(Relaxed), 12, "4 held back, 8 left to the hub");
     assert_eq!(module.stats.connections.load(Relaxed), 1, "no reconnection while alerts are unconfirmed");
