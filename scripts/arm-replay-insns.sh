@@ -5,21 +5,20 @@
 #   scripts/arm-replay-insns.sh [MESSAGES]     (default 2000; the binary from build-release.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 n=${1:-2000}
 count=$(realpath "${ARM_INSN_COUNT:-../shared/tools/arm-insn-count/count}")
 bin=${EDGEFILTER_ARM_BINARY:-dist/armv7/edgefilter}
 [ -x "$bin" ] || scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7 >/dev/null
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 0\n' "$port" > "$work/m.conf"
-"$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/m.conf" >/dev/null 2>&1 &
+port=$(free_port)
+write_mosquitto_conf "$work/m.conf" "$port" 'max_inflight_messages 100'
+"$MOSQUITTO" -c "$work/m.conf" >/dev/null 2>&1 &
 sleep 0.5
-body='{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}'
-topic='devices/dev/modules/filter/inputs/input1/sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor'
 run() { # run MESSAGES → prints the instruction count
   local m=$1
-  EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0" \
+  EdgeHubConnectionString="$DEV_CONNECTION_STRING" \
   EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$port" RuntimeLogLevel=warning \
     "$count" --atomic "$bin" > "$work/out.$m" 2>&1 &
   local pid=$!
@@ -28,7 +27,7 @@ run() { # run MESSAGES → prints the instruction count
     mosquitto_sub -p "$port" -t "devices/dev/modules/filter/messages/events/#" -C "$m" -W 300 > /dev/null || echo "arm-replay-insns: not all $m alerts arrived within 300 s" >&2 &
     local sub=$!
     sleep 0.3
-    awk -v n="$m" -v b="$body" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$topic" -l
+    awk -v n="$m" -v b="$SENSOR_BODY" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$SENSOR_TOPIC" -l
     wait $sub
   fi
   kill -TERM $pid

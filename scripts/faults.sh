@@ -9,23 +9,22 @@
 #   FAULTS="cut kill" scripts/faults.sh    (a chosen sequence of broker, cut, kill)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 seconds=${1:-60}
 rate=${2:-500}
 cargo build -q --release --workspace
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\npersistence true\npersistence_location %s/\n' \
-  "$port" "$work" > "$work/m.conf"
-"$mosquitto" -c "$work/m.conf" >/dev/null 2>&1 &
+port=$(free_port)
+write_mosquitto_conf "$work/m.conf" "$port" 'persistence true' "persistence_location $work/"
+"$MOSQUITTO" -c "$work/m.conf" >/dev/null 2>&1 &
 broker=$!
 sleep 0.3
-cable_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cable_port=$(free_port)
 python3 scripts/cable.py "$cable_port" "$port" &
 cable=$!
 start_module() {
-  EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0" \
+  EdgeHubConnectionString="$DEV_CONNECTION_STRING" \
   EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$cable_port" EDGEFILTER_METRICS_ADDR=off EDGEFILTER_TOKEN_TTL_SECS=10 \
   MIMALLOC_ARENA_EAGER_COMMIT=0 target/release/edgefilter >> "$work/module.log" 2>&1 &
   echo $! > "$work/module.pid"
@@ -44,7 +43,7 @@ target/release/edgefilter-perf generate --count $((seconds * rate)) --rate "$rat
 restart_broker() {
   kill -TERM "$(cat "$work/broker.pid" 2>/dev/null || echo $broker)" 2>/dev/null || true
   sleep 1
-  "$mosquitto" -c "$work/m.conf" >/dev/null 2>&1 & echo $! > "$work/broker.pid"
+  "$MOSQUITTO" -c "$work/m.conf" >/dev/null 2>&1 & echo $! > "$work/broker.pid"
 }
 ( step=$((seconds / 6))
   for fault in ${FAULTS:-broker cut kill broker}; do

@@ -9,25 +9,24 @@
 #   scripts/pipeline-figures.sh [BACKLOG...]    (default 5000 20000; release x86 build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 backlogs=("$@")
 [ $# -eq 0 ] && backlogs=(5000 20000)
 cargo build -q --release --bin edgefilter
 bin=$PWD/target/release/edgefilter
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-body='{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}'
-topic='devices/dev/modules/filter/inputs/input1/sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor'
 printf '%-8s %-9s %10s %12s %10s\n' backlog BatchSize msg/s syscalls/msg peakRSS
 # One measured replay: prints "msg/s syscalls/msg peakRSS" (syscalls only when traced).
 replay() {
   local n=$1 batch=$2 traced=$3
   local port broker tracer pid sub start end rss calls=0
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" > "$work/m.conf"
-  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/m.conf" >/dev/null 2>&1 &
+  port=$(free_port)
+  write_mosquitto_conf "$work/m.conf" "$port"
+  "$MOSQUITTO" -c "$work/m.conf" >/dev/null 2>&1 &
   broker=$!
   sleep 0.3
-  local env=(EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0"
+  local env=(EdgeHubConnectionString="$DEV_CONNECTION_STRING"
     EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$port" EDGEFILTER_METRICS_ADDR=off RuntimeLogLevel=warning
     BatchSize="$batch" MIMALLOC_ARENA_EAGER_COMMIT=0)
   # Create the module's persistent session, then queue the load in it while the module is down.
@@ -37,7 +36,7 @@ replay() {
   kill -TERM $pid
   wait $pid || true
   if [ "$n" -gt 0 ]; then
-    awk -v n="$n" -v b="$body" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$topic" -l
+    awk -v n="$n" -v b="$SENSOR_BODY" 'BEGIN { for (i = 0; i < n; i++) print b }' | mosquitto_pub -p "$port" -q 1 -t "$SENSOR_TOPIC" -l
     mosquitto_sub -p "$port" -t 'devices/dev/modules/filter/messages/events/#' -C "$n" -W 300 > /dev/null &
   else
     sleep 1 & # the baseline: start, connect, fetch the twin, stop

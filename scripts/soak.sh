@@ -4,16 +4,17 @@
 #   scripts/soak.sh [SECONDS] [RATE]     (default 180 s at 1000 messages/s, half of them alerts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 seconds=${1:-180}
 rate=${2:-1000}
 cargo build -q --release --workspace
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" > "$work/m.conf"
-"$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/m.conf" >/dev/null 2>&1 &
+port=$(free_port)
+write_mosquitto_conf "$work/m.conf" "$port"
+"$MOSQUITTO" -c "$work/m.conf" >/dev/null 2>&1 &
 sleep 0.3
-EdgeHubConnectionString="HostName=h;DeviceId=dev;ModuleId=filter;SharedAccessKey=c2VjcmV0" \
+EdgeHubConnectionString="$DEV_CONNECTION_STRING" \
 EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$port" EDGEFILTER_METRICS_ADDR=off MIMALLOC_ARENA_EAGER_COMMIT=0 \
   target/release/edgefilter > "$work/module.log" 2>&1 &
 module=$!
