@@ -101,8 +101,17 @@ const DEPTH_LIMIT: u32 = 128;
 
 /// Finds `machine.temperature` in `doc`, validating the whole document. See the module docs.
 pub fn scan(doc: &[u8]) -> Scan {
-    let mut p = Parser { doc, pos: 0 };
-    match p.document() {
+    let found = if doc.len() <= Padded::MAX_LEN {
+        PADDED.with_borrow_mut(|buf| {
+            let len = doc.len();
+            buf[..len].copy_from_slice(doc);
+            buf[len..len + Padded::ZEROS].fill(0);
+            document(&Padded { buf, len })
+        })
+    } else {
+        document(doc)
+    };
+    match found {
         Ok(Found::Temperature(t)) => Scan::Temperature(t),
         Ok(Found::Missing(m)) => Scan::Missing(m),
         Err(e) => Scan::Malformed(e),
@@ -149,11 +158,8 @@ const HIGHS: usize = ONES * 0x80;
 /// subtracting 1 after XOR with `"` or `\`, borrows into its high bit, or its high bit is set.
 /// Borrows only run upwards, from a flagged byte, so the lowest flagged byte is exact.
 #[inline]
-fn skim(doc: &[u8], mut pos: usize) -> Option<usize> {
-    while let Some(chunk) = doc.get(pos..pos + WORD) {
-        let mut word = [0u8; WORD];
-        word.copy_from_slice(chunk);
-        let w = usize::from_le_bytes(word);
+fn skim<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> Option<usize> {
+    while let Some(w) = doc.word(pos) {
         let quote = w ^ (ONES * b'"' as usize);
         let backslash = w ^ (ONES * b'\\' as usize);
         let flagged =
@@ -163,326 +169,421 @@ fn skim(doc: &[u8], mut pos: usize) -> Option<usize> {
         }
         pos += WORD;
     }
-    doc[pos..].iter().position(|&b| STRING_CLASS[b as usize] != 0).map(|n| pos + n)
+    (pos..doc.len()).find(|&p| STRING_CLASS[doc.at(p) as usize] != 0)
 }
 
-/// A string just read: its raw content (between the quotes) and whether it had escapes.
-struct RawStr {
-    start: usize,
-    end: usize,
-    escaped: bool,
+/// The document as the grammar reads it. Reading at or past the end gives 0: NUL is invalid
+/// wherever the grammar looks outside strings, and ends a skim inside one, so the end needs no
+/// case of its own.
+trait Doc {
+    fn len(&self) -> usize;
+    /// The byte at `pos`, 0 at and past the end.
+    fn at(&self, pos: usize) -> u8;
+    /// The machine word at `pos` (little-endian), when all of it can be read.
+    fn word(&self, pos: usize) -> Option<usize>;
+    /// Whether the bytes at `pos` are `bytes`.
+    fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool;
+    /// The document's bytes in `range`, which lies inside the document.
+    fn bytes(&self, range: std::ops::Range<usize>) -> &[u8];
 }
 
-struct Parser<'a> {
-    doc: &'a [u8],
-    pos: usize,
+impl Doc for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    #[inline(always)]
+    fn at(&self, pos: usize) -> u8 {
+        self.get(pos).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn word(&self, pos: usize) -> Option<usize> {
+        let chunk = self.get(pos..pos + WORD)?;
+        Some(usize::from_le_bytes(chunk.try_into().ok()?))
+    }
+
+    #[inline(always)]
+    fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool {
+        self.get(pos..pos + N).is_some_and(|b| b == bytes)
+    }
+
+    fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self[range]
+    }
 }
 
-impl<'a> Parser<'a> {
-    fn document(&mut self) -> Result<Found> {
-        self.skip_ws();
-        let found = if self.peek() == b'{' {
-            self.top_object()?
+/// A document of up to `MAX_LEN` bytes copied into a buffer, so that reading needs no bounds
+/// check: a position is masked into the buffer instead, which costs one AND and cannot fail.
+///
+/// The buffer is the thread's, reused: each scan copies its document and zeroes the `ZEROS`
+/// bytes after it. That is enough, because the grammar only moves past bytes it has checked and
+/// NUL passes no check: the cursor never goes past the first zero, and no read reaches more than
+/// `READ` bytes beyond the cursor. So no read reaches a previous document's bytes, and the mask
+/// never wraps a position back into this one. The mask is what makes the reads safe; the zeros
+/// are what make them right.
+struct Padded<'a> {
+    buf: &'a [u8; Padded::WINDOW + Padded::READ],
+    len: usize,
+}
+
+impl Padded<'_> {
+    /// Positions are masked into the first `WINDOW` bytes.
+    const WINDOW: usize = 4096;
+    /// The widest read at one position: a word, or `"temperature"` with its closing quote.
+    const READ: usize = 16;
+    /// The zeros written after the document: its end, and every read the cursor can make there.
+    const ZEROS: usize = 2 * Padded::READ;
+    /// The longest document copied.
+    const MAX_LEN: usize = Padded::WINDOW - Padded::ZEROS;
+}
+
+thread_local! {
+    static PADDED: std::cell::RefCell<[u8; Padded::WINDOW + Padded::READ]> =
+        const { std::cell::RefCell::new([0; Padded::WINDOW + Padded::READ]) };
+}
+
+impl Doc for Padded<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn at(&self, pos: usize) -> u8 {
+        self.buf[pos % Padded::WINDOW]
+    }
+
+    #[inline(always)]
+    fn word(&self, pos: usize) -> Option<usize> {
+        let i = pos % Padded::WINDOW;
+        let mut word = [0; WORD];
+        word.copy_from_slice(&self.buf[i..i + WORD]);
+        Some(usize::from_le_bytes(word))
+    }
+
+    #[inline(always)]
+    fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool {
+        let i = pos % Padded::WINDOW;
+        self.buf[i..i + N] == *bytes
+    }
+
+    fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[..self.len][range]
+    }
+}
+
+// The grammar below is a set of functions over the document and a cursor: each takes the
+// position where its part starts and returns the position after it. Keeping the cursor in a
+// local (not in a struct behind `&mut`) lets it live in a register across the whole pass.
+
+fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
+    let pos = ws(doc, 0);
+    let (found, pos) = if doc.at(pos) == b'{' {
+        top_object(doc, pos + 1)?
+    } else {
+        (Found::Missing(Missing::NotAnObject), value(doc, pos, 0)?)
+    };
+    if ws(doc, pos) != doc.len() {
+        return Err(Malformed::InvalidJson);
+    }
+    Ok(found)
+}
+
+/// The top-level object after its `{`: remembers the last `machine` member's verdict.
+#[inline(always)]
+fn top_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
+    let mut found = Found::Missing(Missing::NoMachine);
+    let mut pos = ws(doc, pos);
+    if doc.at(pos) == b'}' {
+        return Ok((found, pos + 1));
+    }
+    loop {
+        let (is_machine, after_key) = key(doc, pos, b"machine\"")?;
+        pos = colon(doc, after_key)?;
+        if !is_machine {
+            pos = value(doc, pos, 1)?;
+        } else if doc.at(pos) == b'{' {
+            (found, pos) = machine_object(doc, pos + 1)?;
         } else {
-            self.value(0)?;
-            Found::Missing(Missing::NotAnObject)
-        };
-        self.skip_ws();
-        if self.pos != self.doc.len() {
+            pos = value(doc, pos, 1)?;
+            found = Found::Missing(Missing::MachineNotAnObject);
+        }
+        match after_member(doc, pos, b'}')? {
+            (true, next) => pos = next,
+            (false, end) => return Ok((found, end)),
+        }
+    }
+}
+
+/// The `machine` object (depth 2) after its `{`: remembers the last `temperature` member's
+/// verdict.
+#[inline(always)]
+fn machine_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
+    let mut found = Found::Missing(Missing::NoTemperature);
+    let mut pos = ws(doc, pos);
+    if doc.at(pos) == b'}' {
+        return Ok((found, pos + 1));
+    }
+    loop {
+        let (is_temperature, after_key) = key(doc, pos, b"temperature\"")?;
+        pos = colon(doc, after_key)?;
+        if !is_temperature {
+            pos = value(doc, pos, 2)?;
+        } else if let b'-' | b'0'..=b'9' = doc.at(pos) {
+            let (t, end) = number(doc, pos, true)?;
+            (found, pos) = (Found::Temperature(t), end);
+        } else {
+            pos = value(doc, pos, 2)?;
+            found = Found::Missing(Missing::TemperatureNotANumber);
+        }
+        match after_member(doc, pos, b'}')? {
+            (true, next) => pos = next,
+            (false, end) => return Ok((found, end)),
+        }
+    }
+}
+
+/// A key at `pos` (whitespace allowed before it): whether it is `name` (given with its closing
+/// quote) once unescaped, and the position after it. The common case, a key written plainly,
+/// is one fixed-size comparison that needs no skim.
+#[inline(always)]
+fn key<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, name: &[u8; N]) -> Result<(bool, usize)> {
+    let pos = ws(doc, pos);
+    if doc.at(pos) != b'"' {
+        return Err(Malformed::InvalidJson);
+    }
+    let start = pos + 1;
+    if doc.starts_with(start, name) {
+        return Ok((true, start + N));
+    }
+    let (end, escaped) = string(doc, start)?;
+    Ok((escaped && unescaped_equals(doc.bytes(start..end - 1), &name[..N - 1]), end))
+}
+
+/// The `:` after a key, and the whitespace around it: returns where the value starts.
+#[inline(always)]
+fn colon<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<usize> {
+    let pos = ws(doc, pos);
+    if doc.at(pos) != b':' {
+        return Err(Malformed::InvalidJson);
+    }
+    Ok(ws(doc, pos + 1))
+}
+
+/// What follows a member or element: `,` (true, with the position after it) or the container's
+/// `close` (false, with the position after it).
+#[inline(always)]
+fn after_member<D: Doc + ?Sized>(doc: &D, pos: usize, close: u8) -> Result<(bool, usize)> {
+    let pos = ws(doc, pos);
+    match doc.at(pos) {
+        b',' => Ok((true, pos + 1)),
+        b if b == close => Ok((false, pos + 1)),
+        _ => Err(Malformed::InvalidJson),
+    }
+}
+
+/// Validates and skips one value starting at `pos`, nested inside `depth` containers. Strings
+/// and numbers, most of what telemetry holds, are handled in line; the rest costs a call.
+#[inline(always)]
+fn value<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
+    match doc.at(pos) {
+        b'"' => Ok(string(doc, pos + 1)?.0),
+        b'-' | b'0'..=b'9' => Ok(number(doc, pos, false)?.1),
+        _ => container_or_literal(doc, pos, depth),
+    }
+}
+
+#[inline(never)]
+fn container_or_literal<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
+    match doc.at(pos) {
+        b'{' => object(doc, pos + 1, depth + 1),
+        b'[' => array(doc, pos + 1, depth + 1),
+        b't' => literal(doc, pos, b"true"),
+        b'f' => literal(doc, pos, b"false"),
+        b'n' => literal(doc, pos, b"null"),
+        _ => Err(Malformed::InvalidJson),
+    }
+}
+
+/// An object after its `{`, which is container number `depth`.
+fn object<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
+    if depth >= DEPTH_LIMIT {
+        return Err(Malformed::TooDeep);
+    }
+    let mut pos = ws(doc, pos);
+    if doc.at(pos) == b'}' {
+        return Ok(pos + 1);
+    }
+    loop {
+        pos = ws(doc, pos);
+        if doc.at(pos) != b'"' {
             return Err(Malformed::InvalidJson);
         }
-        Ok(found)
-    }
-
-    /// The top-level object: remembers the last `machine` member's verdict.
-    fn top_object(&mut self) -> Result<Found> {
-        let mut found = Found::Missing(Missing::NoMachine);
-        self.pos += 1; // '{'
-        self.members(1, |p, key| {
-            if p.key_is(key, b"machine") {
-                p.skip_ws();
-                found = if p.peek() == b'{' {
-                    p.machine_object()?
-                } else {
-                    p.value(1)?;
-                    Found::Missing(Missing::MachineNotAnObject)
-                };
-                Ok(())
-            } else {
-                p.value(1)
-            }
-        })?;
-        Ok(found)
-    }
-
-    /// The `machine` object (depth 2): remembers the last `temperature` member's verdict.
-    fn machine_object(&mut self) -> Result<Found> {
-        let mut found = Found::Missing(Missing::NoTemperature);
-        self.pos += 1; // '{'
-        self.members(2, |p, key| {
-            if p.key_is(key, b"temperature") {
-                p.skip_ws();
-                found = match p.peek() {
-                    b'-' | b'0'..=b'9' => Found::Temperature(p.number(true)?),
-                    _ => {
-                        p.value(2)?;
-                        Found::Missing(Missing::TemperatureNotANumber)
-                    }
-                };
-                Ok(())
-            } else {
-                p.value(2)
-            }
-        })?;
-        Ok(found)
-    }
-
-    /// The members of an object whose `{` was just consumed, at nesting `depth` (1 = top level).
-    /// `member` is called after each key and its colon, positioned before the value.
-    fn members(&mut self, depth: u32, mut member: impl FnMut(&mut Self, RawStr) -> Result<()>) -> Result<()> {
-        if depth >= DEPTH_LIMIT {
-            return Err(Malformed::TooDeep);
-        }
-        self.skip_ws();
-        if self.peek() == b'}' {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_ws();
-            if self.peek() != b'"' {
-                return Err(Malformed::InvalidJson);
-            }
-            let key = self.string()?;
-            self.skip_ws();
-            if self.peek() != b':' {
-                return Err(Malformed::InvalidJson);
-            }
-            self.pos += 1;
-            member(self, key)?;
-            self.skip_ws();
-            match self.next() {
-                b',' => continue,
-                b'}' => return Ok(()),
-                _ => return Err(Malformed::InvalidJson),
-            }
+        pos = colon(doc, string(doc, pos + 1)?.0)?;
+        pos = value(doc, pos, depth)?;
+        match after_member(doc, pos, b'}')? {
+            (true, next) => pos = next,
+            (false, end) => return Ok(end),
         }
     }
+}
 
-    /// Validates and skips one value nested inside `depth` containers.
-    fn value(&mut self, depth: u32) -> Result<()> {
-        self.skip_ws();
-        match self.peek() {
-            b'{' => {
-                self.pos += 1;
-                self.members(depth + 1, |p, _| p.value(depth + 1))
-            }
-            b'[' => {
-                self.pos += 1;
-                self.elements(depth + 1)
-            }
-            b'"' => self.string().map(drop),
-            b'-' | b'0'..=b'9' => self.number(false).map(drop),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => Err(Malformed::InvalidJson),
+/// An array after its `[`, which is container number `depth`.
+fn array<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
+    if depth >= DEPTH_LIMIT {
+        return Err(Malformed::TooDeep);
+    }
+    let mut pos = ws(doc, pos);
+    if doc.at(pos) == b']' {
+        return Ok(pos + 1);
+    }
+    loop {
+        pos = value(doc, ws(doc, pos), depth)?;
+        match after_member(doc, pos, b']')? {
+            (true, next) => pos = next,
+            (false, end) => return Ok(end),
         }
     }
+}
 
-    fn elements(&mut self, depth: u32) -> Result<()> {
-        if depth >= DEPTH_LIMIT {
-            return Err(Malformed::TooDeep);
+fn literal<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, word: &[u8; N]) -> Result<usize> {
+    if doc.starts_with(pos, word) {
+        Ok(pos + N)
+    } else {
+        Err(Malformed::InvalidJson)
+    }
+}
+
+/// Validates the number at `pos`; returns its value when `want` is set (0.0 otherwise) and the
+/// position after it. Any number that could overflow is converted to check that it does not.
+#[inline(always)]
+fn number<D: Doc + ?Sized>(doc: &D, start: usize, want: bool) -> Result<(f64, usize)> {
+    let negative = doc.at(start) == b'-';
+    let int_start = start + usize::from(negative);
+    let mut pos = int_start;
+    match doc.at(pos) {
+        b'0' => pos += 1,
+        b'1'..=b'9' => pos = digits(doc, pos + 1),
+        _ => return Err(Malformed::InvalidJson),
+    }
+    let int_end = pos;
+    let mut frac_end = int_end;
+    if doc.at(pos) == b'.' {
+        if !doc.at(pos + 1).is_ascii_digit() {
+            return Err(Malformed::InvalidJson);
         }
-        self.skip_ws();
-        if self.peek() == b']' {
-            self.pos += 1;
-            return Ok(());
+        pos = digits(doc, pos + 2);
+        frac_end = pos;
+    }
+    let mut exponent = false;
+    if let b'e' | b'E' = doc.at(pos) {
+        exponent = true;
+        pos += 1;
+        if let b'+' | b'-' = doc.at(pos) {
+            pos += 1;
         }
-        loop {
-            self.value(depth)?;
-            self.skip_ws();
-            match self.next() {
-                b',' => continue,
-                b']' => return Ok(()),
-                _ => return Err(Malformed::InvalidJson),
+        if !doc.at(pos).is_ascii_digit() {
+            return Err(Malformed::InvalidJson);
+        }
+        pos = digits(doc, pos + 1);
+    }
+    if !(want || exponent || int_end - int_start > 308) {
+        return Ok((0.0, pos));
+    }
+    if !exponent {
+        let frac = if frac_end > int_end { doc.bytes(int_end + 1..frac_end) } else { &[][..] };
+        if let Some(v) = exact_decimal(doc.bytes(int_start..int_end), frac) {
+            return Ok((if negative { -v } else { v }, pos));
+        }
+    }
+    let value = slow_f64(doc.bytes(start..pos)).ok_or(Malformed::InvalidJson)?;
+    if value.is_finite() {
+        Ok((value, pos))
+    } else {
+        Err(Malformed::NumberOutOfRange)
+    }
+}
+
+#[inline(always)]
+fn digits<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> usize {
+    while doc.at(pos).is_ascii_digit() {
+        pos += 1;
+    }
+    pos
+}
+
+/// A string whose content starts at `pos` (after the opening quote), validating escapes and
+/// UTF-8: returns the position after the closing quote and whether there were escapes.
+#[inline(always)]
+fn string<D: Doc + ?Sized>(doc: &D, start: usize) -> Result<(usize, bool)> {
+    let mut pos = start;
+    let mut escaped = false;
+    let mut non_ascii = false;
+    loop {
+        pos = skim(doc, pos).ok_or(Malformed::InvalidJson)?;
+        match STRING_CLASS[doc.at(pos) as usize] {
+            1 => {
+                if non_ascii && std::str::from_utf8(doc.bytes(start..pos)).is_err() {
+                    return Err(Malformed::InvalidUtf8);
+                }
+                return Ok((pos + 1, escaped));
+            }
+            2 => {
+                escaped = true;
+                pos = escape(doc, pos + 1)?;
+            }
+            3 => return Err(Malformed::InvalidJson),
+            _ => {
+                non_ascii = true;
+                pos += 1;
             }
         }
     }
+}
 
-    fn literal(&mut self, word: &[u8]) -> Result<()> {
-        if self.doc[self.pos..].starts_with(word) {
-            self.pos += word.len();
-            Ok(())
-        } else {
-            Err(Malformed::InvalidJson)
-        }
+/// Validates the escape after a backslash at `pos - 1`; returns the position after it.
+fn escape<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<usize> {
+    match doc.at(pos) {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(pos + 1),
+        b'u' => match hex4(doc, pos + 1)? {
+            0xDC00..=0xDFFF => Err(Malformed::InvalidJson),
+            0xD800..=0xDBFF => {
+                if !doc.starts_with(pos + 5, b"\\u") {
+                    return Err(Malformed::InvalidJson);
+                }
+                match hex4(doc, pos + 7)? {
+                    0xDC00..=0xDFFF => Ok(pos + 11),
+                    _ => Err(Malformed::InvalidJson),
+                }
+            }
+            _ => Ok(pos + 5),
+        },
+        _ => Err(Malformed::InvalidJson),
     }
+}
 
-    /// Validates a number; returns its value when `want` is set (0.0 otherwise) and checks that
-    /// any number that could overflow does not.
-    #[inline(always)]
-    fn number(&mut self, want: bool) -> Result<f64> {
-        let start = self.pos;
-        let negative = self.peek() == b'-';
-        if negative {
-            self.pos += 1;
-        }
-        let int_start = self.pos;
-        match self.next() {
-            b'0' => {}
-            b'1'..=b'9' => self.digits(),
+fn hex4<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<u16> {
+    let mut unit = 0u16;
+    for d in [doc.at(pos), doc.at(pos + 1), doc.at(pos + 2), doc.at(pos + 3)] {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
             _ => return Err(Malformed::InvalidJson),
-        }
-        let int_end = self.pos;
-        let mut frac = int_end..int_end;
-        if self.peek() == b'.' {
-            self.pos += 1;
-            if !self.next().is_ascii_digit() {
-                return Err(Malformed::InvalidJson);
-            }
-            self.digits();
-            frac = int_end + 1..self.pos;
-        }
-        let mut exponent = false;
-        if let b'e' | b'E' = self.peek() {
-            exponent = true;
-            self.pos += 1;
-            if let b'+' | b'-' = self.peek() {
-                self.pos += 1;
-            }
-            if !self.next().is_ascii_digit() {
-                return Err(Malformed::InvalidJson);
-            }
-            self.digits();
-        }
-        let int_digits = int_end - int_start;
-        if !(want || exponent || int_digits > 308) {
-            return Ok(0.0);
-        }
-        if !exponent {
-            if let Some(v) = exact_decimal(&self.doc[int_start..int_end], &self.doc[frac]) {
-                return Ok(if negative { -v } else { v });
-            }
-        }
-        let value = slow_f64(&self.doc[start..self.pos]).ok_or(Malformed::InvalidJson)?;
-        if value.is_finite() {
-            Ok(value)
-        } else {
-            Err(Malformed::NumberOutOfRange)
-        }
+        };
+        unit = unit << 4 | v as u16;
     }
+    Ok(unit)
+}
 
-    fn digits(&mut self) {
-        while self.peek().is_ascii_digit() {
-            self.pos += 1;
-        }
+/// The position of the first byte at or after `pos` that is not whitespace.
+#[inline(always)]
+fn ws<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> usize {
+    // Telemetry is mostly compact: one comparison settles the common case.
+    while doc.at(pos) <= b' ' && matches!(doc.at(pos), b' ' | b'\t' | b'\n' | b'\r') {
+        pos += 1;
     }
-
-    /// Reads a string whose opening quote is at `pos`, validating escapes and UTF-8.
-    #[inline(always)]
-    fn string(&mut self) -> Result<RawStr> {
-        self.pos += 1; // '"'
-        let start = self.pos;
-        let mut escaped = false;
-        let mut non_ascii = false;
-        loop {
-            self.pos = skim(self.doc, self.pos).ok_or(Malformed::InvalidJson)?;
-            match STRING_CLASS[self.doc[self.pos] as usize] {
-                1 => {
-                    let end = self.pos;
-                    self.pos += 1;
-                    if non_ascii && std::str::from_utf8(&self.doc[start..end]).is_err() {
-                        return Err(Malformed::InvalidUtf8);
-                    }
-                    return Ok(RawStr { start, end, escaped });
-                }
-                2 => {
-                    escaped = true;
-                    self.pos += 1;
-                    self.escape()?;
-                }
-                3 => return Err(Malformed::InvalidJson),
-                _ => {
-                    non_ascii = true;
-                    self.pos += 1;
-                }
-            }
-        }
-    }
-
-    /// Validates the escape after a backslash.
-    fn escape(&mut self) -> Result<()> {
-        match self.next() {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
-            b'u' => {
-                let unit = self.hex4()?;
-                match unit {
-                    0xDC00..=0xDFFF => Err(Malformed::InvalidJson),
-                    0xD800..=0xDBFF => {
-                        if self.next() != b'\\' || self.next() != b'u' {
-                            return Err(Malformed::InvalidJson);
-                        }
-                        match self.hex4()? {
-                            0xDC00..=0xDFFF => Ok(()),
-                            _ => Err(Malformed::InvalidJson),
-                        }
-                    }
-                    _ => Ok(()),
-                }
-            }
-            _ => Err(Malformed::InvalidJson),
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u16> {
-        let digits = self.doc.get(self.pos..self.pos + 4).ok_or(Malformed::InvalidJson)?;
-        let mut unit = 0u16;
-        for &d in digits {
-            let v = match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                b'A'..=b'F' => d - b'A' + 10,
-                _ => return Err(Malformed::InvalidJson),
-            };
-            unit = unit << 4 | v as u16;
-        }
-        self.pos += 4;
-        Ok(unit)
-    }
-
-    /// Does the (already validated) key equal `name` once unescaped? A fixed-size comparison:
-    /// no call into `memcmp` for a 7- or 11-byte key.
-    #[inline(always)]
-    fn key_is<const N: usize>(&self, key: RawStr, name: &[u8; N]) -> bool {
-        let raw = &self.doc[key.start..key.end];
-        if !key.escaped {
-            return <&[u8; N]>::try_from(raw).is_ok_and(|r| r == name);
-        }
-        unescaped_equals(raw, name)
-    }
-
-    /// The byte at the cursor, 0 at the end: NUL is invalid wherever `peek` is used (outside
-    /// strings), so the end needs no case of its own.
-    #[inline(always)]
-    fn peek(&self) -> u8 {
-        self.doc.get(self.pos).copied().unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn next(&mut self) -> u8 {
-        let b = self.peek();
-        self.pos += 1;
-        b
-    }
-
-    #[inline(always)]
-    fn skip_ws(&mut self) {
-        // Telemetry is mostly compact: one comparison settles the common case.
-        while self.peek() <= b' ' && matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
-            self.pos += 1;
-        }
-    }
+    pos
 }
 
 /// The value of a validated decimal without exponent, `int.frac`, when it can be had exactly.

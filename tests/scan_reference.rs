@@ -13,6 +13,12 @@ fn reference(doc: &[u8]) -> Option<Option<f64>> {
 
 fn check(doc: &[u8]) {
     let ours = scan(doc);
+    // A document longer than the scanner's copy buffer is read in place: the same answer.
+    let long = [&[b' '; 4096][..], doc].concat();
+    match (scan(&long), ours) {
+        (Scan::Temperature(a), Scan::Temperature(b)) => assert_eq!(a.to_bits(), b.to_bits()),
+        (a, b) => assert_eq!(a, b, "read in place and copied differ for {:?}", String::from_utf8_lossy(doc)),
+    }
     let want = reference(doc);
     match (ours, want) {
         (Scan::Malformed(_), None) => {}
@@ -154,6 +160,21 @@ fn invalid_utf8_anywhere_is_malformed() {
     doc.insert(1, 0xc3);
     assert_eq!(scan(&doc), Scan::Malformed(Malformed::InvalidJson));
     check(&doc);
+}
+
+/// Around the longest document the scanner copies (4064 bytes), and after a longer one has left
+/// its bytes in the copy buffer: every truncation is refused, the whole is found.
+#[test]
+fn lengths_around_the_copy_limit_and_stale_bytes() {
+    for len in 4030..4100 {
+        let head = r#"{"machine":{"temperature":30.5},"a":""#;
+        let doc = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
+        assert_eq!(doc.len(), len);
+        assert_eq!(scan(doc.as_bytes()), Scan::Temperature(30.5), "length {len}");
+        for cut in (0..len).rev().step_by(7).chain([len - 1, len - 2]) {
+            assert!(matches!(scan(&doc.as_bytes()[..cut]), Scan::Malformed(_)), "length {len} cut at {cut}");
+        }
+    }
 }
 
 #[test]
