@@ -146,30 +146,68 @@ static STRING_CLASS: [u8; 256] = {
 
 type Result<T> = std::result::Result<T, Malformed>;
 
-const WORD: usize = std::mem::size_of::<usize>();
-/// 0x0101…01 and 0x8080…80 for the machine word.
-const ONES: usize = usize::MAX / 255;
-const HIGHS: usize = ONES * 0x80;
-
 /// The position of the first byte at or after `pos` that a string cannot skim past (`"`, `\`,
 /// a control character or a non-ASCII byte), or None at the end of the input.
 ///
-/// Word at a time (4 bytes on armv7, 8 on x86-64): a byte is flagged when subtracting 0x20, or
-/// subtracting 1 after XOR with `"` or `\`, borrows into its high bit, or its high bit is set.
-/// Borrows only run upwards, from a flagged byte, so the lowest flagged byte is exact.
+/// A block of bytes at a time: 16 with SSE2 on x86-64 (part of its baseline), a machine word
+/// elsewhere (4 bytes on armv7, whose baseline has no NEON). See [`stops`].
 #[inline]
 fn skim<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> Option<usize> {
-    while let Some(w) = doc.word(pos) {
-        let quote = w ^ (ONES * b'"' as usize);
-        let backslash = w ^ (ONES * b'\\' as usize);
-        let flagged =
-            (w.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES) | w) & HIGHS;
-        if flagged != 0 {
-            return Some(pos + (flagged.trailing_zeros() / 8) as usize);
+    while let Some(block) = doc.block(pos) {
+        if let Some(offset) = stops(block) {
+            return Some(pos + offset);
         }
-        pos += WORD;
+        pos += BLOCK;
     }
     (pos..doc.len()).find(|&p| STRING_CLASS[doc.at(p) as usize] != 0)
+}
+
+#[cfg(target_arch = "x86_64")]
+const BLOCK: usize = 16;
+
+/// The offset of the first stop in a block. SSE2: equal to `"` or `\\`, or less than 0x20 as
+/// a signed byte, which takes in the control characters and every non-ASCII byte at once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stops(block: [u8; BLOCK]) -> Option<usize> {
+    // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this code runs on has it.
+    let mask = unsafe { sse2_stops(block) };
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn sse2_stops(block: [u8; BLOCK]) -> i32 {
+    use std::arch::x86_64::*;
+    let [lo, hi] = [0, 8].map(|i| {
+        let mut half = [0; 8];
+        half.copy_from_slice(&block[i..i + 8]);
+        i64::from_le_bytes(half)
+    });
+    let v = _mm_set_epi64x(hi, lo);
+    let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+    let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+    let below = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+    _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), below))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+const BLOCK: usize = std::mem::size_of::<usize>();
+
+/// The offset of the first stop in a block, a machine word at a time: a byte is flagged when
+/// subtracting 0x20, or subtracting 1 after XOR with `"` or `\`, borrows into its high bit, or
+/// its high bit is set. Borrows only run upwards, from a flagged byte, so the lowest flagged byte
+/// is exact.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn stops(block: [u8; BLOCK]) -> Option<usize> {
+    const ONES: usize = usize::MAX / 255;
+    const HIGHS: usize = ONES * 0x80;
+    let w = usize::from_le_bytes(block);
+    let quote = w ^ (ONES * b'"' as usize);
+    let backslash = w ^ (ONES * b'\\' as usize);
+    let flagged = (w.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES) | w) & HIGHS;
+    (flagged != 0).then(|| (flagged.trailing_zeros() / 8) as usize)
 }
 
 /// The document as the grammar reads it. Reading at or past the end gives 0: NUL is invalid
@@ -179,8 +217,8 @@ trait Doc {
     fn len(&self) -> usize;
     /// The byte at `pos`, 0 at and past the end.
     fn at(&self, pos: usize) -> u8;
-    /// The machine word at `pos` (little-endian), when all of it can be read.
-    fn word(&self, pos: usize) -> Option<usize>;
+    /// The `BLOCK` bytes at `pos`, when all of them can be read.
+    fn block(&self, pos: usize) -> Option<[u8; BLOCK]>;
     /// Whether the bytes at `pos` are `bytes`.
     fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool;
     /// The document's bytes in `range`, which lies inside the document.
@@ -198,9 +236,8 @@ impl Doc for [u8] {
     }
 
     #[inline(always)]
-    fn word(&self, pos: usize) -> Option<usize> {
-        let chunk = self.get(pos..pos + WORD)?;
-        Some(usize::from_le_bytes(chunk.try_into().ok()?))
+    fn block(&self, pos: usize) -> Option<[u8; BLOCK]> {
+        self.get(pos..pos + BLOCK)?.try_into().ok()
     }
 
     #[inline(always)]
@@ -254,11 +291,11 @@ impl Doc for Padded<'_> {
     }
 
     #[inline(always)]
-    fn word(&self, pos: usize) -> Option<usize> {
+    fn block(&self, pos: usize) -> Option<[u8; BLOCK]> {
         let i = pos % Padded::WINDOW;
-        let mut word = [0; WORD];
-        word.copy_from_slice(&self.buf[i..i + WORD]);
-        Some(usize::from_le_bytes(word))
+        let mut block = [0; BLOCK];
+        block.copy_from_slice(&self.buf[i..i + BLOCK]);
+        Some(block)
     }
 
     #[inline(always)]
@@ -267,6 +304,7 @@ impl Doc for Padded<'_> {
         self.buf[i..i + N] == *bytes
     }
 
+    #[inline(always)]
     fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
         &self.buf[..self.len][range]
     }
@@ -277,13 +315,13 @@ impl Doc for Padded<'_> {
 // local (not in a struct behind `&mut`) lets it live in a register across the whole pass.
 
 fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
-    let pos = ws(doc, 0);
-    let (found, pos) = if doc.at(pos) == b'{' {
+    let (pos, first) = ws(doc, 0);
+    let (found, pos) = if first == b'{' {
         top_object(doc, pos + 1)?
     } else {
-        (Found::Missing(Missing::NotAnObject), value(doc, pos, 0)?)
+        (Found::Missing(Missing::NotAnObject), value(doc, pos, first, 0)?)
     };
-    if ws(doc, pos) != doc.len() {
+    if ws(doc, pos).0 != doc.len() {
         return Err(Malformed::InvalidJson);
     }
     Ok(found)
@@ -293,19 +331,19 @@ fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
 #[inline(always)]
 fn top_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
     let mut found = Found::Missing(Missing::NoMachine);
-    let mut pos = ws(doc, pos);
-    if doc.at(pos) == b'}' {
+    let (mut pos, first) = ws(doc, pos);
+    if first == b'}' {
         return Ok((found, pos + 1));
     }
     loop {
         let (is_machine, after_key) = key(doc, pos, b"machine\"")?;
-        pos = colon(doc, after_key)?;
+        let (at, first) = colon(doc, after_key)?;
         if !is_machine {
-            pos = value(doc, pos, 1)?;
-        } else if doc.at(pos) == b'{' {
-            (found, pos) = machine_object(doc, pos + 1)?;
+            pos = value(doc, at, first, 1)?;
+        } else if first == b'{' {
+            (found, pos) = machine_object(doc, at + 1)?;
         } else {
-            pos = value(doc, pos, 1)?;
+            pos = value(doc, at, first, 1)?;
             found = Found::Missing(Missing::MachineNotAnObject);
         }
         match after_member(doc, pos, b'}')? {
@@ -320,20 +358,20 @@ fn top_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
 #[inline(always)]
 fn machine_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
     let mut found = Found::Missing(Missing::NoTemperature);
-    let mut pos = ws(doc, pos);
-    if doc.at(pos) == b'}' {
+    let (mut pos, first) = ws(doc, pos);
+    if first == b'}' {
         return Ok((found, pos + 1));
     }
     loop {
         let (is_temperature, after_key) = key(doc, pos, b"temperature\"")?;
-        pos = colon(doc, after_key)?;
+        let (at, first) = colon(doc, after_key)?;
         if !is_temperature {
-            pos = value(doc, pos, 2)?;
-        } else if let b'-' | b'0'..=b'9' = doc.at(pos) {
-            let (t, end) = number(doc, pos, true)?;
+            pos = value(doc, at, first, 2)?;
+        } else if let b'-' | b'0'..=b'9' = first {
+            let (t, end) = number(doc, at, first, true)?;
             (found, pos) = (Found::Temperature(t), end);
         } else {
-            pos = value(doc, pos, 2)?;
+            pos = value(doc, at, first, 2)?;
             found = Found::Missing(Missing::TemperatureNotANumber);
         }
         match after_member(doc, pos, b'}')? {
@@ -348,8 +386,8 @@ fn machine_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)
 /// is one fixed-size comparison that needs no skim.
 #[inline(always)]
 fn key<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, name: &[u8; N]) -> Result<(bool, usize)> {
-    let pos = ws(doc, pos);
-    if doc.at(pos) != b'"' {
+    let (pos, first) = ws(doc, pos);
+    if first != b'"' {
         return Err(Malformed::InvalidJson);
     }
     let start = pos + 1;
@@ -360,11 +398,12 @@ fn key<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, name: &[u8; N]) -> 
     Ok((escaped && unescaped_equals(doc.bytes(start..end - 1), &name[..N - 1]), end))
 }
 
-/// The `:` after a key, and the whitespace around it: returns where the value starts.
+/// The `:` after a key, and the whitespace around it: returns where the value starts and its
+/// first byte.
 #[inline(always)]
-fn colon<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<usize> {
-    let pos = ws(doc, pos);
-    if doc.at(pos) != b':' {
+fn colon<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(usize, u8)> {
+    let (pos, b) = ws(doc, pos);
+    if b != b':' {
         return Err(Malformed::InvalidJson);
     }
     Ok(ws(doc, pos + 1))
@@ -374,28 +413,28 @@ fn colon<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<usize> {
 /// `close` (false, with the position after it).
 #[inline(always)]
 fn after_member<D: Doc + ?Sized>(doc: &D, pos: usize, close: u8) -> Result<(bool, usize)> {
-    let pos = ws(doc, pos);
-    match doc.at(pos) {
-        b',' => Ok((true, pos + 1)),
-        b if b == close => Ok((false, pos + 1)),
+    match ws(doc, pos) {
+        (pos, b',') => Ok((true, pos + 1)),
+        (pos, b) if b == close => Ok((false, pos + 1)),
         _ => Err(Malformed::InvalidJson),
     }
 }
 
-/// Validates and skips one value starting at `pos`, nested inside `depth` containers. Strings
-/// and numbers, most of what telemetry holds, are handled in line; the rest costs a call.
+/// Validates and skips one value starting at `pos` with byte `first`, nested inside `depth`
+/// containers. Strings and numbers, most of what telemetry holds, are handled in line; the rest
+/// costs a call.
 #[inline(always)]
-fn value<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
-    match doc.at(pos) {
+fn value<D: Doc + ?Sized>(doc: &D, pos: usize, first: u8, depth: u32) -> Result<usize> {
+    match first {
         b'"' => Ok(string(doc, pos + 1)?.0),
-        b'-' | b'0'..=b'9' => Ok(number(doc, pos, false)?.1),
-        _ => container_or_literal(doc, pos, depth),
+        b'-' | b'0'..=b'9' => Ok(number(doc, pos, first, false)?.1),
+        _ => container_or_literal(doc, pos, first, depth),
     }
 }
 
 #[inline(never)]
-fn container_or_literal<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
-    match doc.at(pos) {
+fn container_or_literal<D: Doc + ?Sized>(doc: &D, pos: usize, first: u8, depth: u32) -> Result<usize> {
+    match first {
         b'{' => object(doc, pos + 1, depth + 1),
         b'[' => array(doc, pos + 1, depth + 1),
         b't' => literal(doc, pos, b"true"),
@@ -410,17 +449,17 @@ fn object<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
     if depth >= DEPTH_LIMIT {
         return Err(Malformed::TooDeep);
     }
-    let mut pos = ws(doc, pos);
-    if doc.at(pos) == b'}' {
+    let (mut pos, first) = ws(doc, pos);
+    if first == b'}' {
         return Ok(pos + 1);
     }
     loop {
-        pos = ws(doc, pos);
-        if doc.at(pos) != b'"' {
+        let (at, first) = ws(doc, pos);
+        if first != b'"' {
             return Err(Malformed::InvalidJson);
         }
-        pos = colon(doc, string(doc, pos + 1)?.0)?;
-        pos = value(doc, pos, depth)?;
+        let (at, first) = colon(doc, string(doc, at + 1)?.0)?;
+        pos = value(doc, at, first, depth)?;
         match after_member(doc, pos, b'}')? {
             (true, next) => pos = next,
             (false, end) => return Ok(end),
@@ -433,12 +472,13 @@ fn array<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
     if depth >= DEPTH_LIMIT {
         return Err(Malformed::TooDeep);
     }
-    let mut pos = ws(doc, pos);
-    if doc.at(pos) == b']' {
+    let (mut pos, first) = ws(doc, pos);
+    if first == b']' {
         return Ok(pos + 1);
     }
     loop {
-        pos = value(doc, ws(doc, pos), depth)?;
+        let (at, first) = ws(doc, pos);
+        pos = value(doc, at, first, depth)?;
         match after_member(doc, pos, b']')? {
             (true, next) => pos = next,
             (false, end) => return Ok(end),
@@ -457,11 +497,11 @@ fn literal<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, word: &[u8; N])
 /// Validates the number at `pos`; returns its value when `want` is set (0.0 otherwise) and the
 /// position after it. Any number that could overflow is converted to check that it does not.
 #[inline(always)]
-fn number<D: Doc + ?Sized>(doc: &D, start: usize, want: bool) -> Result<(f64, usize)> {
-    let negative = doc.at(start) == b'-';
-    let int_start = start + usize::from(negative);
+fn number<D: Doc + ?Sized>(doc: &D, start: usize, first: u8, want: bool) -> Result<(f64, usize)> {
+    let negative = first == b'-';
+    let (int_start, first_digit) = if negative { (start + 1, doc.at(start + 1)) } else { (start, first) };
     let mut pos = int_start;
-    match doc.at(pos) {
+    match first_digit {
         b'0' => pos += 1,
         b'1'..=b'9' => pos = digits(doc, pos + 1),
         _ => return Err(Malformed::InvalidJson),
@@ -512,15 +552,24 @@ fn digits<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> usize {
     pos
 }
 
-/// A string whose content starts at `pos` (after the opening quote), validating escapes and
-/// UTF-8: returns the position after the closing quote and whether there were escapes.
+/// A string whose content starts at `start` (after the opening quote), validating escapes and
+/// UTF-8: returns the position after the closing quote and whether there were escapes. A plain
+/// ASCII string, the common case, is one skim and one comparison.
 #[inline(always)]
 fn string<D: Doc + ?Sized>(doc: &D, start: usize) -> Result<(usize, bool)> {
-    let mut pos = start;
+    let pos = skim(doc, start).ok_or(Malformed::InvalidJson)?;
+    if doc.at(pos) == b'"' {
+        return Ok((pos + 1, false));
+    }
+    string_rest(doc, start, pos)
+}
+
+/// The rest of a string after the first byte a skim stopped at that is not its closing quote.
+#[inline(never)]
+fn string_rest<D: Doc + ?Sized>(doc: &D, start: usize, mut pos: usize) -> Result<(usize, bool)> {
     let mut escaped = false;
     let mut non_ascii = false;
     loop {
-        pos = skim(doc, pos).ok_or(Malformed::InvalidJson)?;
         match STRING_CLASS[doc.at(pos) as usize] {
             1 => {
                 if non_ascii && std::str::from_utf8(doc.bytes(start..pos)).is_err() {
@@ -538,6 +587,7 @@ fn string<D: Doc + ?Sized>(doc: &D, start: usize) -> Result<(usize, bool)> {
                 pos += 1;
             }
         }
+        pos = skim(doc, pos).ok_or(Malformed::InvalidJson)?;
     }
 }
 
@@ -576,14 +626,16 @@ fn hex4<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<u16> {
     Ok(unit)
 }
 
-/// The position of the first byte at or after `pos` that is not whitespace.
+/// The position of the first byte at or after `pos` that is not whitespace, and that byte.
 #[inline(always)]
-fn ws<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> usize {
+fn ws<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> (usize, u8) {
+    let mut b = doc.at(pos);
     // Telemetry is mostly compact: one comparison settles the common case.
-    while doc.at(pos) <= b' ' && matches!(doc.at(pos), b' ' | b'\t' | b'\n' | b'\r') {
+    while b <= b' ' && matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
         pos += 1;
+        b = doc.at(pos);
     }
-    pos
+    (pos, b)
 }
 
 /// The value of a validated decimal without exponent, `int.frac`, when it can be had exactly.
