@@ -19,13 +19,31 @@
 //! - keys compare after unescaping, so `"temp\u0065rature"` is `temperature`.
 //!
 //! # How
-//! One forward pass, recursive descent over the bytes, no allocation. Strings are skimmed with a
-//! byte-class table that stops only at `"`, `\`, control characters and non-ASCII bytes; a string
-//! with non-ASCII bytes has its raw content checked with `std::str::from_utf8` (escapes are
-//! ASCII, so this is exactly serde_json's check). Numbers are checked against the JSON grammar in
-//! the same pass; only the temperature, and numbers that could overflow (an exponent, or more
-//! than 308 integer digits), are converted with `str::parse::<f64>`, which is correctly rounded.
-//! Nothing is declined: every input gets an exact answer from this pass.
+//! One forward pass, recursive descent over the bytes, no allocation, nothing declined: every
+//! input gets its exact answer from this pass.
+//!
+//! - **The cursor lives in a register.** The grammar is a set of functions that take a position
+//!   and return the position after their part (with the byte found there, where the caller needs
+//!   it). Strings and numbers are handled in line; only nested containers and literals cost a
+//!   call.
+//! - **Reads without bounds checks.** A document of up to 65,504 bytes is first copied into the
+//!   thread's buffer followed by zeros (`Padded`). There a position is masked to 16 bits rather
+//!   than compared with the length; NUL is invalid everywhere the grammar looks, so the end needs
+//!   no case of its own. Longer documents are read in place, with the checks
+//!   ([`scan_in_place`], the same grammar).
+//! - **Strings are skimmed a block at a time** for the first byte that is `"`, `\`, a control
+//!   character or non-ASCII: 16 bytes with SSE2 on x86-64, a machine word (4 bytes on armv7)
+//!   elsewhere. A plain ASCII string ends at that first stop. Escapes are validated, including
+//!   surrogate pairs. A string with non-ASCII bytes has its raw content checked with
+//!   `std::str::from_utf8`, which is exactly serde_json's check, because escapes are ASCII.
+//! - **Keys `machine` and `temperature`, written plainly, are one fixed-size comparison**, with
+//!   no skim. Any other key is skimmed and, only if it had escapes, compared after unescaping.
+//! - **Numbers are checked against the JSON grammar** in the same pass. The temperature is
+//!   converted, with one correctly rounded division when its digits allow (Clinger's fast path),
+//!   otherwise with `str::parse::<f64>`. Any other number is converted only if it could overflow:
+//!   one with an exponent, or more than 308 integer digits.
+//!
+//! The one `unsafe` is the call into the SSE2 comparison, which every x86-64 CPU has.
 //!
 //! # Why not simd-json
 //! Measured under qemu on armv7 (the target), simd-json runs its scalar fallback and costs more
@@ -101,16 +119,25 @@ const DEPTH_LIMIT: u32 = 128;
 
 /// Finds `machine.temperature` in `doc`, validating the whole document. See the module docs.
 pub fn scan(doc: &[u8]) -> Scan {
-    let found = if doc.len() <= Padded::MAX_LEN {
-        PADDED.with_borrow_mut(|buf| {
-            let len = doc.len();
-            buf[..len].copy_from_slice(doc);
-            buf[len..len + Padded::ZEROS].fill(0);
-            document(&Padded { buf, len })
-        })
-    } else {
-        document(doc)
-    };
+    if doc.len() > Padded::MAX_LEN {
+        return scan_in_place(doc);
+    }
+    answer(PADDED.with_borrow_mut(|buf| {
+        let len = doc.len();
+        buf[..len].copy_from_slice(doc);
+        buf[len..len + Padded::ZEROS].fill(0);
+        document(&Padded { buf, len })
+    }))
+}
+
+/// What [`scan`] does for a document too long to copy: the same grammar, reading the document
+/// where it lies, with a bounds check on every read. Public so that tests and benchmarks can hold
+/// the two ways of reading against each other on any document.
+pub fn scan_in_place(doc: &[u8]) -> Scan {
+    answer(document(doc))
+}
+
+fn answer(found: Result<Found>) -> Scan {
     match found {
         Ok(Found::Temperature(t)) => Scan::Temperature(t),
         Ok(Found::Missing(m)) => Scan::Missing(m),
@@ -250,15 +277,17 @@ impl Doc for [u8] {
     }
 }
 
-/// A document of up to `MAX_LEN` bytes copied into a buffer, so that reading needs no bounds
-/// check: a position is masked into the buffer instead, which costs one AND and cannot fail.
+/// A document of up to `MAX_LEN` bytes copied into the thread's buffer, so that reading needs no
+/// bounds check. A position is masked into the buffer instead: with a 64 KiB window that is a
+/// 16-bit zero extension, one instruction that cannot fail.
 ///
-/// The buffer is the thread's, reused: each scan copies its document and zeroes the `ZEROS`
-/// bytes after it. That is enough, because the grammar only moves past bytes it has checked and
-/// NUL passes no check: the cursor never goes past the first zero, and no read reaches more than
-/// `READ` bytes beyond the cursor. So no read reaches a previous document's bytes, and the mask
-/// never wraps a position back into this one. The mask is what makes the reads safe; the zeros
-/// are what make them right.
+/// Each scan copies its document and zeroes the `ZEROS` bytes after it. That is enough:
+/// - the grammar only moves past bytes it has checked, and NUL passes no check, so the cursor
+///   never goes past the first zero;
+/// - no read reaches more than `READ` bytes beyond the cursor.
+///
+/// So no read reaches a previous document's bytes, and the mask never wraps a position back into
+/// this one. The mask is what makes the reads safe; the zeros are what make them right.
 struct Padded<'a> {
     buf: &'a [u8; Padded::WINDOW + Padded::READ],
     len: usize,
@@ -266,7 +295,7 @@ struct Padded<'a> {
 
 impl Padded<'_> {
     /// Positions are masked into the first `WINDOW` bytes.
-    const WINDOW: usize = 4096;
+    const WINDOW: usize = 65536;
     /// The widest read at one position: a word, or `"temperature"` with its closing quote.
     const READ: usize = 16;
     /// The zeros written after the document: its end, and every read the cursor can make there.
