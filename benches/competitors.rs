@@ -38,6 +38,13 @@ pub fn edgefilter_scan(doc: &[u8]) -> Option<f64> {
     }
 }
 
+pub fn edgefilter_scan_in_place(doc: &[u8]) -> Option<f64> {
+    match edgefilter::scan::scan_in_place(doc) {
+        edgefilter::scan::Scan::Temperature(t) => Some(t),
+        _ => None,
+    }
+}
+
 pub fn serde_value(doc: &[u8]) -> Option<f64> {
     let v: serde_json::Value = serde_json::from_slice(doc).ok()?;
     v.get("machine")?.get("temperature")?.as_f64()

@@ -10,13 +10,24 @@ use competitors::*;
 
 fn bench(c: &mut Criterion) {
     for (name, doc) in messages() {
-        for f in [edgefilter_scan, serde_value, serde_typed, simd_borrowed_fn, simd_tape_fn, unvalidated] {
+        for f in [
+            edgefilter_scan,
+            edgefilter_scan_in_place,
+            serde_value,
+            serde_typed,
+            simd_borrowed_fn,
+            simd_tape_fn,
+            unvalidated,
+        ] {
             assert_eq!(f(&doc), Some(31.13), "{name}");
         }
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Bytes(doc.len() as u64));
         g.bench_with_input(BenchmarkId::new("edgefilter-scan", name), &doc, |b, d| {
             b.iter(|| edgefilter_scan(black_box(d)))
+        });
+        g.bench_with_input(BenchmarkId::new("edgefilter-scan-in-place", name), &doc, |b, d| {
+            b.iter(|| edgefilter_scan_in_place(black_box(d)))
         });
         g.bench_with_input(BenchmarkId::new("serde_json-Value", name), &doc, |b, d| {
             b.iter(|| serde_value(black_box(d)))

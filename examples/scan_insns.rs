@@ -4,7 +4,7 @@
 //!     cargo build --release --target armv7-unknown-linux-gnueabihf --example scan_insns
 //!     ../shared/tools/arm-insn-count/count target/armv7-unknown-linux-gnueabihf/release/examples/scan_insns PARSER MESSAGE N
 //!
-//! PARSER: edgefilter-scan, serde_json-Value, serde_json-typed, simd-json-borrowed,
+//! PARSER: edgefilter-scan, edgefilter-scan-in-place, serde_json-Value, serde_json-typed, simd-json-borrowed,
 //! simd-json-tape, unvalidated-search. MESSAGE: 0 (129 B sensor), 1 (4 KiB), 2 (64 KiB).
 
 use std::hint::black_box;
@@ -29,6 +29,7 @@ fn main() {
     let mut buffers = simd_json::Buffers::new(doc.len());
     let mut parse: Box<Parser> = match args[1].as_str() {
         "edgefilter-scan" => Box::new(edgefilter_scan),
+        "edgefilter-scan-in-place" => Box::new(edgefilter_scan_in_place),
         "serde_json-Value" => Box::new(serde_value),
         "serde_json-typed" => Box::new(serde_typed),
         "simd-json-borrowed" => Box::new(move |d| simd_borrowed(d, &mut scratch)),

@@ -7,7 +7,7 @@ count=${ARM_INSN_COUNT:-../shared/tools/arm-insn-count/count}
 cargo build -q --release --target armv7-unknown-linux-gnueabihf --example scan_insns
 bin=target/armv7-unknown-linux-gnueabihf/release/examples/scan_insns
 printf '%-20s %12s %12s %12s\n' parser sensor-129B 4KiB 64KiB
-for p in edgefilter-scan serde_json-Value serde_json-typed simd-json-borrowed simd-json-tape unvalidated-search; do
+for p in edgefilter-scan edgefilter-scan-in-place serde_json-Value serde_json-typed simd-json-borrowed simd-json-tape unvalidated-search; do
   row=""
   for m in 0 1 2; do
     n=$([ $m = 2 ] && echo 50 || echo 1000)
