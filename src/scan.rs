@@ -397,7 +397,7 @@ fn machine_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)
         if !is_temperature {
             pos = value(doc, at, first, 2)?;
         } else if let b'-' | b'0'..=b'9' = first {
-            let (t, end) = number(doc, at, first, true)?;
+            let (t, end) = temperature(doc, at, first)?;
             (found, pos) = (Found::Temperature(t), end);
         } else {
             pos = value(doc, at, first, 2)?;
@@ -456,7 +456,7 @@ fn after_member<D: Doc + ?Sized>(doc: &D, pos: usize, close: u8) -> Result<(bool
 fn value<D: Doc + ?Sized>(doc: &D, pos: usize, first: u8, depth: u32) -> Result<usize> {
     match first {
         b'"' => Ok(string(doc, pos + 1)?.0),
-        b'-' | b'0'..=b'9' => Ok(number(doc, pos, first, false)?.1),
+        b'-' | b'0'..=b'9' => number(doc, pos, first),
         _ => container_or_literal(doc, pos, first, depth),
     }
 }
@@ -523,26 +523,76 @@ fn literal<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, word: &[u8; N])
     }
 }
 
-/// Validates the number at `pos`; returns its value when `want` is set (0.0 otherwise) and the
-/// position after it. Any number that could overflow is converted to check that it does not.
+/// The temperature's number at `start`, whose first byte is `first`, and the position after it.
+///
+/// Telemetry writes it as a decimal without exponent, of at most 19 digits (`31.13`,
+/// `25.59846067945704`). Its digits are validated and built into an integer in one pass. Then
+/// Clinger's fast path applies: when that integer has at most 53 bits and there are at most 22
+/// fraction digits, both it and the power of ten are exact doubles, so one IEEE division rounds
+/// correctly. Any other number is validated by [`number`] and converted by `str::parse`, which is
+/// correctly rounded too.
 #[inline(always)]
-fn number<D: Doc + ?Sized>(doc: &D, start: usize, first: u8, want: bool) -> Result<(f64, usize)> {
+fn temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<(f64, usize)> {
     let negative = first == b'-';
-    let (int_start, first_digit) = if negative { (start + 1, doc.at(start + 1)) } else { (start, first) };
+    let mut pos = start + usize::from(negative);
+    let mut b = doc.at(pos);
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    if b == b'0' {
+        pos += 1;
+        b = doc.at(pos);
+    } else {
+        while b.is_ascii_digit() {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+            digits += 1;
+            pos += 1;
+            b = doc.at(pos);
+        }
+    }
+    let mut scale = 0;
+    if b == b'.' && doc.at(pos + 1).is_ascii_digit() {
+        pos += 1;
+        b = doc.at(pos);
+        while b.is_ascii_digit() {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+            scale += 1;
+            pos += 1;
+            b = doc.at(pos);
+        }
+    }
+    let plain = !matches!(b, b'.' | b'e' | b'E') && pos > start + usize::from(negative);
+    if plain && digits + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len() {
+        let value = mantissa as f64 / POW10[scale];
+        return Ok((if negative { -value } else { value }, pos));
+    }
+    any_temperature(doc, start, first)
+}
+
+/// A temperature off the fast path: validated, then converted by `str::parse`, correctly rounded.
+#[inline(never)]
+fn any_temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<(f64, usize)> {
+    let end = number(doc, start, first)?;
+    Ok((finite_f64(doc.bytes(start..end))?, end))
+}
+
+/// Validates the number at `start`, whose first byte is `first`; returns the position after it.
+/// A number that could overflow (one with an exponent, or more than 308 integer digits) is
+/// converted, to check that it does not.
+#[inline(always)]
+fn number<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<usize> {
+    let int_start = start + usize::from(first == b'-');
     let mut pos = int_start;
-    match first_digit {
+    match doc.at(pos) {
         b'0' => pos += 1,
         b'1'..=b'9' => pos = digits(doc, pos + 1),
         _ => return Err(Malformed::InvalidJson),
     }
-    let int_end = pos;
-    let mut frac_end = int_end;
+    let int_digits = pos - int_start;
     if doc.at(pos) == b'.' {
         if !doc.at(pos + 1).is_ascii_digit() {
             return Err(Malformed::InvalidJson);
         }
         pos = digits(doc, pos + 2);
-        frac_end = pos;
     }
     let mut exponent = false;
     if let b'e' | b'E' = doc.at(pos) {
@@ -556,21 +606,10 @@ fn number<D: Doc + ?Sized>(doc: &D, start: usize, first: u8, want: bool) -> Resu
         }
         pos = digits(doc, pos + 1);
     }
-    if !(want || exponent || int_end - int_start > 308) {
-        return Ok((0.0, pos));
+    if exponent || int_digits > 308 {
+        finite_f64(doc.bytes(start..pos))?;
     }
-    if !exponent {
-        let frac = if frac_end > int_end { doc.bytes(int_end + 1..frac_end) } else { &[][..] };
-        if let Some(v) = exact_decimal(doc.bytes(int_start..int_end), frac) {
-            return Ok((if negative { -v } else { v }, pos));
-        }
-    }
-    let value = slow_f64(doc.bytes(start..pos)).ok_or(Malformed::InvalidJson)?;
-    if value.is_finite() {
-        Ok((value, pos))
-    } else {
-        Err(Malformed::NumberOutOfRange)
-    }
+    Ok(pos)
 }
 
 #[inline(always)]
@@ -667,44 +706,21 @@ fn ws<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> (usize, u8) {
     (pos, b)
 }
 
-/// The value of a validated decimal without exponent, `int.frac`, when it can be had exactly.
-///
-/// Clinger's fast path: when the digits form an integer of at most 53 bits and the fraction has
-/// at most 22 digits, both that integer and the power of ten are exact doubles and one IEEE
-/// division rounds correctly. Telemetry numbers (`31.13`, `1.523875267279916`) take it; up to 9
-/// digits the integer is built in 32 bits, which is cheaper on armv7. Anything else (None) goes
-/// to `str::parse`, which is correctly rounded too.
-#[inline]
-fn exact_decimal(int: &[u8], frac: &[u8]) -> Option<f64> {
-    const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-        1e20, 1e21, 1e22,
-    ];
-    let digits = int.len() + frac.len();
-    let mantissa = if digits <= 9 {
-        let mut m: u32 = 0;
-        for &d in int.iter().chain(frac) {
-            m = m * 10 + u32::from(d - b'0');
-        }
-        f64::from(m)
-    } else if digits <= 19 && frac.len() <= 22 {
-        let mut m: u64 = 0;
-        for &d in int.iter().chain(frac) {
-            m = m * 10 + u64::from(d - b'0');
-        }
-        if m > 1 << 53 {
-            return None;
-        }
-        m as f64
-    } else {
-        return None;
-    };
-    Some(mantissa / POW10[frac.len()])
-}
+/// The powers of ten that are exact doubles.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
 
+/// A validated number's text as an `f64`, which must be finite.
 #[cold]
-fn slow_f64(text: &[u8]) -> Option<f64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+fn finite_f64(text: &[u8]) -> Result<f64> {
+    let value: f64 = std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or(Malformed::InvalidJson)?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Malformed::NumberOutOfRange)
+    }
 }
 
 /// Compares a validated raw string body with escapes against an ASCII `name`.

@@ -176,6 +176,58 @@ fn lengths_around_the_copy_limit_and_stale_bytes() {
     }
 }
 
+/// The temperature's fast path (at most 19 digits, at most 2^53, at most 22 fraction digits) and
+/// every way out of it agree with the reference.
+#[test]
+fn temperatures_at_the_edges_of_the_fast_path() {
+    let texts = [
+        "0",
+        "-0",
+        "0.0",
+        "-0.0",
+        "00",
+        "01",
+        "1.",
+        "1.e5",
+        "-",
+        "-a",
+        ".5",
+        "0.5",
+        "-0.5",
+        "1e5",
+        "0.1e1",
+        "1E+2",
+        "9007199254740992",
+        "9007199254740993",
+        "900719925474099.3",
+        "900719925474099.5",
+        "1234567890123456789",
+        "12345678901234567890",
+        "18446744073709551621",
+        "1844674407370955162.1",
+        "1.234567890123456789",
+        "0.0000000000000000000001",
+        "0.00000000000000000000001",
+        "3.0000000000000000000001",
+        "25.59846067945704",
+        "1.7976931348623157e308",
+        "1e309",
+        "-1e309",
+        "123456789012345678901234567890",
+        "31.13",
+        "31.130",
+        "031.13",
+        "31.13.1",
+        "31..13",
+        "2.5E-3",
+    ];
+    for t in texts {
+        check(format!(r#"{{"machine":{{"temperature":{t}}}}}"#).as_bytes());
+        check(format!(r#"{{"machine":{{"temperature":{t},"pressure":1}}}}"#).as_bytes());
+        check(format!(r#"{{"machine":{{"temperature":{t} }}}}"#).as_bytes());
+    }
+}
+
 #[test]
 fn decision_is_strictly_greater() {
     assert_eq!(decide(br#"{"machine":{"temperature":25}}"#, 25.0), Decision::Drop(Reason::BelowThreshold));
