@@ -192,7 +192,7 @@ fn skim<D: Doc + ?Sized>(doc: &D, mut pos: usize) -> Option<usize> {
 #[cfg(target_arch = "x86_64")]
 const BLOCK: usize = 16;
 
-/// The offset of the first stop in a block. SSE2: equal to `"` or `\\`, or less than 0x20 as
+/// The offset of the first stop in a block. SSE2: equal to `"` or `\`, or less than 0x20 as
 /// a signed byte, which takes in the control characters and every non-ASCII byte at once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -296,7 +296,7 @@ struct Padded<'a> {
 impl Padded<'_> {
     /// Positions are masked into the first `WINDOW` bytes.
     const WINDOW: usize = 65536;
-    /// The widest read at one position: a word, or `"temperature"` with its closing quote.
+    /// The widest read at one position: a skim block, or `temperature"` (12 bytes).
     const READ: usize = 16;
     /// The zeros written after the document: its end, and every read the cursor can make there.
     const ZEROS: usize = 2 * Padded::READ;
@@ -304,7 +304,10 @@ impl Padded<'_> {
     const MAX_LEN: usize = Padded::WINDOW - Padded::ZEROS;
 }
 
+const _: () = assert!(Padded::READ >= BLOCK && Padded::READ >= b"temperature\"".len());
+
 thread_local! {
+    /// The copy buffer: 64 KiB per thread that scans.
     static PADDED: std::cell::RefCell<[u8; Padded::WINDOW + Padded::READ]> =
         const { std::cell::RefCell::new([0; Padded::WINDOW + Padded::READ]) };
 }
