@@ -544,13 +544,15 @@ fn temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<(f64
     if b == b'0' {
         pos += 1;
         b = doc.at(pos);
-    } else {
+    } else if b.is_ascii_digit() {
         while b.is_ascii_digit() {
             mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
             digits += 1;
             pos += 1;
             b = doc.at(pos);
         }
+    } else {
+        return any_temperature(doc, start, first);
     }
     let mut scale = 0;
     if b == b'.' && doc.at(pos + 1).is_ascii_digit() {
@@ -563,7 +565,7 @@ fn temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<(f64
             b = doc.at(pos);
         }
     }
-    let plain = !matches!(b, b'.' | b'e' | b'E') && pos > start + usize::from(negative);
+    let plain = !matches!(b, b'.' | b'e' | b'E');
     if plain && digits + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len() {
         let value = mantissa as f64 / POW10[scale];
         return Ok((if negative { -value } else { value }, pos));
