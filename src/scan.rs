@@ -371,7 +371,8 @@ fn top_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
         let (is_machine, after_key) = key(doc, pos, b"machine\"")?;
         let (at, first) = colon(doc, after_key)?;
         if !is_machine {
-            pos = value(doc, at, first, 1)?;
+            // Telemetry often groups readings in objects (`"ambient":{…}`): in line, no call.
+            pos = if first == b'{' { object(doc, at + 1, 2)? } else { value(doc, at, first, 1)? };
         } else if first == b'{' {
             (found, pos) = machine_object(doc, at + 1)?;
         } else {
@@ -477,6 +478,7 @@ fn container_or_literal<D: Doc + ?Sized>(doc: &D, pos: usize, first: u8, depth: 
 }
 
 /// An object after its `{`, which is container number `depth`.
+#[inline(always)]
 fn object<D: Doc + ?Sized>(doc: &D, pos: usize, depth: u32) -> Result<usize> {
     if depth >= DEPTH_LIMIT {
         return Err(Malformed::TooDeep);
@@ -585,9 +587,9 @@ fn any_temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<
 /// converted, to check that it does not.
 #[inline(always)]
 fn number<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<usize> {
-    let int_start = start + usize::from(first == b'-');
+    let (int_start, first_digit) = if first == b'-' { (start + 1, doc.at(start + 1)) } else { (start, first) };
     let mut pos = int_start;
-    match doc.at(pos) {
+    match first_digit {
         b'0' => pos += 1,
         b'1'..=b'9' => pos = digits(doc, pos + 1),
         _ => return Err(Malformed::InvalidJson),
