@@ -24,8 +24,8 @@
 //!
 //! - **The cursor lives in a register.** The grammar is a set of functions that take a position
 //!   and return the position after their part (with the byte found there, where the caller needs
-//!   it). Strings and numbers are handled in line; only nested containers and literals cost a
-//!   call.
+//!   it). Strings and numbers are handled in line, and so are objects in the top-level object;
+//!   deeper containers and literals cost a call.
 //! - **Reads without bounds checks.** A document of up to 65,504 bytes is first copied into the
 //!   thread's buffer followed by zeros (`Padded`). There a position is masked to 16 bits rather
 //!   than compared with the length; NUL is invalid everywhere the grammar looks, so the end needs
