@@ -539,40 +539,42 @@ fn literal<D: Doc + ?Sized, const N: usize>(doc: &D, pos: usize, word: &[u8; N])
 #[inline(always)]
 fn temperature<D: Doc + ?Sized>(doc: &D, start: usize, first: u8) -> Result<(f64, usize)> {
     let negative = first == b'-';
-    let mut pos = start + usize::from(negative);
-    let mut b = doc.at(pos);
-    let mut mantissa: u64 = 0;
-    let mut digits = 0;
-    if b == b'0' {
-        pos += 1;
-        b = doc.at(pos);
-    } else if b.is_ascii_digit() {
-        while b.is_ascii_digit() {
-            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-            digits += 1;
-            pos += 1;
-            b = doc.at(pos);
+    let int_start = start + usize::from(negative);
+    // The integer digits that went into the mantissa: a lone leading zero adds nothing.
+    let (mut pos, mut b, mut mantissa, int_digits) = match doc.at(int_start) {
+        b'0' => (int_start + 1, doc.at(int_start + 1), 0, 0),
+        b'1'..=b'9' => {
+            let (end, b, mantissa) = accumulate(doc, int_start, 0);
+            (end, b, mantissa, end - int_start)
         }
-    } else {
-        return any_temperature(doc, start, first);
-    }
+        _ => return any_temperature(doc, start, first),
+    };
     let mut scale = 0;
     if b == b'.' && doc.at(pos + 1).is_ascii_digit() {
-        pos += 1;
-        b = doc.at(pos);
-        while b.is_ascii_digit() {
-            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-            scale += 1;
-            pos += 1;
-            b = doc.at(pos);
-        }
+        let frac_end;
+        (frac_end, b, mantissa) = accumulate(doc, pos + 1, mantissa);
+        scale = frac_end - (pos + 1);
+        pos = frac_end;
     }
     let plain = !matches!(b, b'.' | b'e' | b'E');
-    if plain && digits + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len() {
+    if plain && int_digits + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len() {
         let value = mantissa as f64 / POW10[scale];
         return Ok((if negative { -value } else { value }, pos));
     }
     any_temperature(doc, start, first)
+}
+
+/// The digits at `pos` appended to `mantissa` (wrapping: the caller bounds how many count):
+/// the position after them, the byte there, and the new mantissa.
+#[inline(always)]
+fn accumulate<D: Doc + ?Sized>(doc: &D, mut pos: usize, mut mantissa: u64) -> (usize, u8, u64) {
+    let mut b = doc.at(pos);
+    while b.is_ascii_digit() {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        pos += 1;
+        b = doc.at(pos);
+    }
+    (pos, b, mantissa)
 }
 
 /// A temperature off the fast path: validated, then converted by `str::parse`, correctly rounded.
