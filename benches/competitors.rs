@@ -32,14 +32,15 @@ pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 pub fn edgefilter_scan(doc: &[u8]) -> Option<f64> {
-    match edgefilter::scan::scan(doc) {
-        edgefilter::scan::Scan::Temperature(t) => Some(t),
-        _ => None,
-    }
+    temperature(edgefilter::scan::scan(doc))
 }
 
 pub fn edgefilter_scan_in_place(doc: &[u8]) -> Option<f64> {
-    match edgefilter::scan::scan_in_place(doc) {
+    temperature(edgefilter::scan::scan_in_place(doc))
+}
+
+fn temperature(scan: edgefilter::scan::Scan) -> Option<f64> {
+    match scan {
         edgefilter::scan::Scan::Temperature(t) => Some(t),
         _ => None,
     }

@@ -11,13 +11,18 @@ fn reference(doc: &[u8]) -> Option<Option<f64>> {
     Some(v.get("machine").and_then(|m| m.as_object()).and_then(|m| m.get("temperature")).and_then(|t| t.as_f64()))
 }
 
+/// Two answers are the same: the same variant and reason, and a temperature to the bit.
+fn assert_same(a: Scan, b: Scan, context: &str) {
+    match (a, b) {
+        (Scan::Temperature(a), Scan::Temperature(b)) => assert_eq!(a.to_bits(), b.to_bits(), "{context}"),
+        (a, b) => assert_eq!(a, b, "{context}"),
+    }
+}
+
 fn check(doc: &[u8]) {
     let ours = scan(doc);
     // A document too long to copy is read in place: the same answer.
-    match (scan_in_place(doc), ours) {
-        (Scan::Temperature(a), Scan::Temperature(b)) => assert_eq!(a.to_bits(), b.to_bits()),
-        (a, b) => assert_eq!(a, b, "read in place and copied differ for {:?}", String::from_utf8_lossy(doc)),
-    }
+    assert_same(scan_in_place(doc), ours, &format!("read in place and copied, {:?}", String::from_utf8_lossy(doc)));
     let want = reference(doc);
     match (ours, want) {
         (Scan::Malformed(_), None) => {}
@@ -140,10 +145,7 @@ fn named_cases_agree_with_the_reference() {
     ];
     for (name, doc, want) in cases {
         let got = scan(doc.as_bytes());
-        match (got, want) {
-            (Scan::Temperature(a), Scan::Temperature(b)) => assert_eq!(a.to_bits(), b.to_bits(), "{name}"),
-            (a, b) => assert_eq!(a, b, "{name}"),
-        }
+        assert_same(got, want, name);
         check(doc.as_bytes());
     }
 }
