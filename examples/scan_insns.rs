@@ -2,7 +2,7 @@
 //! instructions per message on armv7 (subtract a run with N = 0).
 //!
 //!     cargo build --release --target armv7-unknown-linux-gnueabihf --example scan_insns
-//!     ../shared/tools/arm-insn-count/count target/armv7-unknown-linux-gnueabihf/release/examples/scan_insns PARSER MESSAGE N
+//!     tools/arm-insn-count/count target/armv7-unknown-linux-gnueabihf/release/examples/scan_insns PARSER MESSAGE N
 //!
 //! PARSER: edgefilter-scan, edgefilter-scan-in-place, serde_json-Value, serde_json-typed, simd-json-borrowed,
 //! simd-json-tape, unvalidated-search. MESSAGE: 0 (129 B sensor), 1 (4 KiB), 2 (64 KiB).

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # ARM instructions per message for a whole replay through the armv7 module (MQTT in, scan,
-# decision, alert out, acknowledgements), counted with ../shared/tools/arm-insn-count against a
+# decision, alert out, acknowledgements), counted with tools/arm-insn-count against a
 # run that handles zero messages. Uses a local mosquitto and mosquitto_pub/mosquitto_sub.
 #   scripts/arm-replay-insns.sh [MESSAGES]     (default 2000; the binary from build-release.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 n=${1:-2000}
-count=$(realpath "${ARM_INSN_COUNT:-../shared/tools/arm-insn-count/count}")
+count=$(realpath "${ARM_INSN_COUNT:-tools/arm-insn-count/count}")
 bin=${EDGEFILTER_ARM_BINARY:-dist/armv7/edgefilter}
 [ -x "$bin" ] || scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7 >/dev/null
 work=$(mktemp -d)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per message on armv7 for the scanner and the parsers it is compared with, counted
-# with ../shared/tools/arm-insn-count (a run of N messages minus a run of 0).
+# with tools/arm-insn-count (a run of N messages minus a run of 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-count=${ARM_INSN_COUNT:-../shared/tools/arm-insn-count/count}
+count=${ARM_INSN_COUNT:-tools/arm-insn-count/count}
 cargo build -q --release --target armv7-unknown-linux-gnueabihf --example scan_insns
 bin=target/armv7-unknown-linux-gnueabihf/release/examples/scan_insns
 printf '%-20s %12s %12s %12s\n' parser sensor-129B 4KiB 64KiB

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
-count=${ARM_INSN_COUNT:-../shared/tools/arm-insn-count/count}
+count=${ARM_INSN_COUNT:-tools/arm-insn-count/count}
 cargo build -q --release --example decide_where
 cargo build -q --release --target armv7-unknown-linux-gnueabihf --example decide_where
 x86=target/release/examples/decide_where

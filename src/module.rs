@@ -28,7 +28,7 @@
 //! more input and waits for what is in flight.
 //!
 //! Decisions run here, on the I/O task, not on a worker thread: measured, handing a batch to a
-//! crossbeam worker and back costs more than deciding it (see the README's pipeline section).
+//! crossbeam worker and back costs more than deciding it (see docs/performance.md, the pipeline).
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,5 +1,5 @@
 //! `edgefilter-perf`: generate, record and replay telemetry traces against an edgefilter module,
-//! and `bench`, which needs nothing running. See the README's "Load testing" section.
+//! and `bench`, which needs nothing running. See docs/performance.md, "Load testing".
 
 use std::collections::HashMap;
 use std::sync::Arc;
