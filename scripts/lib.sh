@@ -20,3 +20,16 @@ write_mosquitto_conf() {
   { printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port"
     [ $# -eq 0 ] || printf '%s\n' "$@"; } > "$file"
 }
+
+# make_certificates DIR: a test CA (DIR/ca.pem) and a server certificate for localhost and
+# 127.0.0.1 signed by it (DIR/server.pem, DIR/server.key), for a TLS mosquitto.
+make_certificates() {
+  local d=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=edgefilter-test-ca \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$d/san.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/san.ext" -out "$d/server.pem" 2>/dev/null
+}

@@ -5,7 +5,17 @@ use std::time::Duration;
 use edgefilter::{config, local, logging, module, settings, stats::Stats};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: edgefilter::alloc::Counting = edgefilter::alloc::Counting;
+
+/// mimalloc's options, set before Rust's runtime makes its first allocation.
+#[used]
+#[link_section = ".init_array"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn configure() {
+        edgefilter::alloc::configure();
+    }
+    configure
+};
 
 const USAGE: &str = "\
 edgefilter: the IoT Edge temperature filter module

@@ -118,7 +118,9 @@ impl Link {
         let mut connect = rumqttc::Connect::new(options.client_id.clone());
         connect.keep_alive = options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
         connect.clean_session = options.clean_session;
-        connect.login = Some(Login::new(options.username.clone(), options.password.clone()));
+        if !options.username.is_empty() {
+            connect.login = Some(Login::new(options.username.clone(), options.password.clone()));
+        }
         link.queue(Packet::Connect(connect))?;
         link.flush().await?;
         let mut first = Vec::with_capacity(1);

@@ -145,6 +145,12 @@ impl Stats {
             );
         };
         counter(&mut out, "messages_received_total", "Input messages received.", self.received.load(Relaxed));
+        counter(
+            &mut out,
+            "heap_allocations_total",
+            "Heap allocations by the process (0 when the counting allocator is not installed).",
+            crate::alloc::allocations(),
+        );
         counter(&mut out, "alerts_total", "Alerts sent to output1.", self.alerts.load(Relaxed));
         counter(
             &mut out,

@@ -7,6 +7,7 @@
 //! load down (coordinated omission). Every message carries a unique `sequenceNumber`; the
 //! expected alerts are the messages whose body the module's own decision function alerts on.
 
+pub mod hub;
 pub mod output;
 pub mod trace;
 
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use edgefilter::filter::{decide, Decision};
 use edgefilter::topic::{encode_bag, parse_bag, ModuleId};
+pub use hub::{Hub, Publisher};
 use trace::Message;
 
 /// How fast to send.
@@ -37,8 +39,7 @@ pub enum Pace {
 /// What to replay where.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
-    pub host: String,
-    pub port: u16,
+    pub hub: Hub,
     pub target: ModuleId,
     pub pace: Pace,
     /// The module's threshold, to know which messages must alert.
@@ -78,6 +79,9 @@ pub struct Report {
     pub module_cpu_seconds: Option<f64>,
     pub module_peak_rss_kb: Option<u64>,
     pub duration: Duration,
+    /// The publisher's reconnections, and the publishes it sent again after them.
+    pub publisher_reconnects: u64,
+    pub publisher_resent: u64,
 }
 
 /// Why a replay could not run.
@@ -90,17 +94,17 @@ impl std::fmt::Display for ReplayError {
     }
 }
 
-/// Connects an MQTT client; fails within `within` if the hub is unreachable.
-async fn client(
-    host: &str,
-    port: u16,
+/// Connects the subscriber, with a persistent session so that a broker that keeps sessions queues
+/// alerts for it while it reconnects; fails within `within` if the hub is unreachable.
+async fn subscriber(
+    hub: &Hub,
     id: &str,
     filters: &[String],
     within: Duration,
 ) -> Result<(AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>), ReplayError> {
-    let mut options = MqttOptions::new(id, host, port);
+    let mut options = hub.mqtt_options(id);
     options
-        .set_clean_session(true)
+        .set_clean_session(false)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(300_000, 300_000)
         .set_inflight(1000);
@@ -148,8 +152,8 @@ async fn client(
     });
     match tokio::time::timeout(within, ready_rx).await {
         Ok(Ok(Ok(()))) => Ok((client, rx)),
-        Ok(Ok(Err(e))) => Err(ReplayError(format!("cannot connect to the hub at {host}:{port}: {e}"))),
-        _ => Err(ReplayError(format!("the hub at {host}:{port} did not answer within {} s", within.as_secs()))),
+        Ok(Ok(Err(e))) => Err(ReplayError(format!("cannot connect to the hub at {hub:?}: {e}"))),
+        _ => Err(ReplayError(format!("the hub at {hub:?} did not answer within {} s", within.as_secs()))),
     }
 }
 
@@ -184,9 +188,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     let tag = std::process::id();
     let events = format!("devices/{}/modules/{}/messages/events/#", o.target.device_id, o.target.module_id);
     let (subscriber, mut alerts) =
-        client(&o.host, o.port, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5))
-            .await?;
-    let (publisher, _) = client(&o.host, o.port, &format!("perf-pub-{tag}"), &[], Duration::from_secs(5)).await?;
+        subscriber(&o.hub, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5)).await?;
+    let mut publisher = Publisher::connect(&o.hub, &format!("perf-pub-{tag}"), Duration::from_secs(5)).await?;
     let due = schedule(messages, o.pace);
     let expected: Vec<bool> =
         messages.iter().map(|m| decide(m.body.as_bytes(), o.threshold) == Decision::Alert).collect();
@@ -232,10 +235,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         }
         let topic = o.target.input_topic(edgefilter::filter::INPUT, &delivery_bag(m, i as u64 + 1));
         let body = Bytes::from(m.body.clone().into_bytes());
-        let publish = publisher.publish_bytes(topic, QoS::AtLeastOnce, false, body);
-        if tokio::time::timeout_at(hard_stop.into(), publish).await.is_err() {
-            break;
-        }
+        publisher.publish(topic, body, hard_stop.into()).await?;
         sent += 1;
         let tick = last_progress.elapsed() >= Duration::from_secs(1);
         if tick {
@@ -248,6 +248,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
             eprint!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
         }
     }
+    publisher.finish(hard_stop.into()).await?;
     let sent_at = Instant::now();
     let settle_until = (sent_at + o.settle).min(hard_stop);
     while (tally.seen.len() as u64) < expected_count {
@@ -270,7 +271,6 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     // Leave no subscription behind in the persistent session: the hub would queue for it forever.
     let _ = subscriber.unsubscribe(events).await;
     let _ = subscriber.disconnect().await;
-    let _ = publisher.disconnect().await;
     let received = tally.seen.len() as u64;
     let missing_all: Vec<u64> =
         (1..=expected.len() as u64).filter(|s| expected[*s as usize - 1] && !tally.seen.contains_key(s)).collect();
@@ -299,6 +299,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         },
         module_peak_rss_kb: o.pid.and_then(proc_peak_rss_kb),
         duration: start.elapsed(),
+        publisher_reconnects: publisher.reconnects,
+        publisher_resent: publisher.resent,
     })
 }
 
@@ -378,6 +380,7 @@ impl Report {
                        "missingSequences": self.missing_sequences},
             "latencyMs": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999),
                           "max": self.latency_us.max() as f64 / 1000.0},
+            "latencyPercentilesMs": output::percentiles(&self.latency_us),
             "alertsPerSecond": self.rate_over_time,
             "latencyByWindow": self.latency_windows.iter().enumerate().map(|(i, h)| json!({
                 "fromSecond": i as u64 * WINDOW.as_secs(),
@@ -388,6 +391,7 @@ impl Report {
             "moduleRssKbOverTime": self.rss_over_time,
             "module": {"cpuSeconds": self.module_cpu_seconds, "peakRssKb": self.module_peak_rss_kb},
             "durationSeconds": self.duration.as_secs_f64(),
+            "publisher": {"reconnects": self.publisher_reconnects, "resent": self.publisher_resent},
         })
     }
 
@@ -414,6 +418,12 @@ impl Report {
             l["p99.9"].as_f64().unwrap_or(0.0),
             l["max"].as_f64().unwrap_or(0.0),
         );
+        if self.publisher_reconnects > 0 {
+            s.push_str(&format!(
+                "\npublisher: {} reconnections, {} publishes sent again",
+                self.publisher_reconnects, self.publisher_resent
+            ));
+        }
         if let (Some(cpu), Some(rss)) = (self.module_cpu_seconds, self.module_peak_rss_kb) {
             s.push_str(&format!("\nmodule: {cpu:.2} s CPU, peak RSS {:.1} MB", rss as f64 / 1024.0));
         }

@@ -1,33 +1,197 @@
 //! `edgefilter-perf`: generate, record and replay telemetry traces against an edgefilter module,
-//! and `bench`, which needs nothing running. See docs/performance.md, "Load testing".
+//! run a pass-through in the module's place (the baseline), compare two runs, and `bench`, which
+//! needs nothing running. See docs/performance.md, "Load testing".
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use edgefilter::topic::ModuleId;
 use edgefilter_perf::trace::{self, Generate, Message};
-use edgefilter_perf::{output, replay, Pace, ReplayOptions, Report};
+use edgefilter_perf::{output, replay, Hub, Pace, ReplayOptions, Report};
 
-const USAGE: &str = "\
-edgefilter-perf: replay load tester for edgefilter
+/// Replay load tester for edgefilter: plays edgeHub's side of the conversation against any MQTT hub.
+#[derive(Parser)]
+#[command(name = "edgefilter-perf", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-USAGE:
-    edgefilter-perf generate [--count N] [--rate HZ] [--alert-ratio R] [--size BYTES] [--seed S] [-o FILE]
-    edgefilter-perf record --hub mqtt://HOST:PORT --topic FILTER [--seconds S] [--count N] [-o FILE]
-    edgefilter-perf replay TRACE --hub mqtt://HOST:PORT [--device D] [--module M]
-                           [--speed X | --rate HZ | --max] [--threshold T] [--pid PID]
-                           [--settle SECS] [--deadline SECS] [--json FILE] [--hgrm FILE] [--svg FILE]
-    edgefilter-perf bench [--count N] [--warmup N]
+#[derive(Subcommand)]
+enum Command {
+    /// Write a trace of SimulatedTemperatureSensor messages (its ramp, or --alert-ratio above 25)
+    Generate(GenerateArgs),
+    /// Capture the messages on a live topic into a trace
+    Record(RecordArgs),
+    /// Replay a trace at a module and check every alert (exit 1 when alerts are missing or unexpected)
+    Replay(ReplayArgs),
+    /// Forward every input unchanged to output1, in the module's place: a baseline for the module
+    Passthrough(PassthroughArgs),
+    /// Compare two replay reports (--json files): a table of the differences and one plot
+    Compare(CompareArgs),
+    /// Start the embedded hub and the module in this process, replay at full speed, then the same
+    /// load through a pass-through (the hub's own ceiling)
+    Bench(BenchArgs),
+}
 
-generate writes SimulatedTemperatureSensor messages: its ramp, or --alert-ratio of them above 25.
-replay exits 1 when alerts are missing or unexpected, 2 on bad arguments or an unreadable trace.
-";
+/// Where the hub is.
+#[derive(Args)]
+struct HubArgs {
+    /// mqtt://HOST:PORT or mqtts://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    hub: String,
+    /// PEM CA file that an mqtts:// hub's certificate chains to (default: the system roots)
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+impl HubArgs {
+    fn hub(&self) -> Result<Hub, String> {
+        Hub::parse(&self.hub, self.ca.as_deref())
+    }
+}
+
+/// Which module the messages are for.
+#[derive(Args)]
+struct TargetArgs {
+    /// The module's device id
+    #[arg(long, default_value = "local-device")]
+    device: String,
+    /// The module's id
+    #[arg(long, default_value = "edgefilter")]
+    module: String,
+}
+
+impl TargetArgs {
+    fn id(&self) -> ModuleId {
+        ModuleId::new(self.device.clone(), self.module.clone())
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Messages to write
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Messages per second in the trace's timing
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// The fraction of messages above 25 °C (default: the sensor's ramp)
+    #[arg(long, value_name = "R")]
+    alert_ratio: Option<f64>,
+    /// Pad every body to this many bytes
+    #[arg(long, value_name = "BYTES")]
+    size: Option<usize>,
+    /// Random seed
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output file (default: standard output)
+    #[arg(short = 'o', value_name = "FILE")]
+    output: Option<String>,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The topic filter to capture
+    #[arg(long, value_name = "FILTER")]
+    topic: String,
+    /// Stop after this many seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Stop after this many messages
+    #[arg(long)]
+    count: Option<usize>,
+    /// Output file (default: standard output)
+    #[arg(short = 'o', value_name = "FILE")]
+    output: Option<String>,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("pace").args(["speed", "rate", "max"])))]
+struct ReplayArgs {
+    /// The trace (JSON lines, as generate and record write)
+    trace: PathBuf,
+    #[command(flatten)]
+    hub: HubArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The trace's own timing, times X
+    #[arg(long, value_name = "X")]
+    speed: Option<f64>,
+    /// A fixed rate, messages per second
+    #[arg(long, value_name = "HZ")]
+    rate: Option<f64>,
+    /// As fast as the hub takes them
+    #[arg(long)]
+    max: bool,
+    /// The module's TemperatureThreshold (which messages must alert)
+    #[arg(long, default_value_t = 25.0, allow_negative_numbers = true)]
+    threshold: f64,
+    /// The module's process: its CPU time and peak RSS
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Seconds to wait for the last alerts
+    #[arg(long, default_value_t = 5.0)]
+    settle: f64,
+    /// Seconds the whole run may take
+    #[arg(long, default_value_t = 600.0)]
+    deadline: f64,
+    #[command(flatten)]
+    out: ReportFiles,
+}
+
+/// Where to write a report.
+#[derive(Args)]
+struct ReportFiles {
+    /// The report as JSON (what compare reads)
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// The latency distribution in HdrHistogram's percentile format
+    #[arg(long, value_name = "FILE")]
+    hgrm: Option<PathBuf>,
+    /// A plot of latency by percentile and of alerts per second
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PassthroughArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The baseline run's report (replay --json)
+    a: PathBuf,
+    /// The run to compare with it
+    b: PathBuf,
+    /// One plot with both runs
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Messages measured
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Messages replayed first, not measured
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u64,
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let code = match runtime.block_on(run(&args)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgefilter-perf: {e}");
@@ -35,38 +199,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-struct Flags(HashMap<String, String>, Vec<String>);
-
-impl Flags {
-    fn parse(args: &[String], switches: &[&str]) -> Result<Flags, String> {
-        let (mut named, mut positional) = (HashMap::new(), Vec::new());
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if switches.contains(&a.as_str()) {
-                named.insert(a.clone(), String::new());
-            } else if a.starts_with('-') {
-                let v = it.next().ok_or(format!("{a} needs a value"))?;
-                named.insert(a.clone(), v.clone());
-            } else {
-                positional.push(a.clone());
-            }
-        }
-        Ok(Flags(named, positional))
-    }
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.0.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("{name}: {v:?} is not valid")),
-        }
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-    fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
 }
 
 fn write_out(path: Option<&str>, text: &str) -> Result<(), String> {
@@ -79,108 +211,102 @@ fn write_out(path: Option<&str>, text: &str) -> Result<(), String> {
     }
 }
 
-fn hub_address(url: &str) -> Result<(String, u16), String> {
-    let e = edgefilter::config::parse_mqtt_url(url, edgefilter::config::Trust::SystemRoots)?;
-    if e.tls.is_some() {
-        return Err("--hub: the perf tool speaks plain MQTT (mqtt://): run it next to the hub".into());
-    }
-    Ok((e.host, e.port))
-}
-
-async fn run(args: &[String]) -> Result<i32, String> {
-    let Some((command, rest)) = args.split_first() else {
-        eprint!("{USAGE}");
-        return Ok(2);
-    };
-    match command.as_str() {
-        "generate" => {
-            let f = Flags::parse(rest, &[])?;
-            let g = Generate {
-                count: f.get("--count", 1000)?,
-                rate: f.get("--rate", 10.0)?,
-                alert_ratio: f
-                    .str("--alert-ratio")
-                    .map(|v| v.parse::<f64>().map_err(|_| format!("--alert-ratio: {v:?}")))
-                    .transpose()?,
-                size: f.str("--size").map(|v| v.parse::<usize>().map_err(|_| format!("--size: {v:?}"))).transpose()?,
-                seed: f.get("--seed", 1)?,
-            };
+async fn run(command: Command) -> Result<i32, String> {
+    match command {
+        Command::Generate(a) => {
+            let g = Generate { count: a.count, rate: a.rate, alert_ratio: a.alert_ratio, size: a.size, seed: a.seed };
             let text: String = trace::generate(&g).iter().map(|m| m.to_line() + "\n").collect();
-            write_out(f.str("-o"), &text)?;
+            write_out(a.output.as_deref(), &text)?;
             Ok(0)
         }
-        "record" => {
-            let f = Flags::parse(rest, &[])?;
-            let (host, port) = hub_address(f.str("--hub").ok_or("record needs --hub")?)?;
-            let topic = f.str("--topic").ok_or("record needs --topic")?;
-            let seconds: f64 = f.get("--seconds", 10.0)?;
-            let count: usize = f.get("--count", usize::MAX)?;
-            let messages = record(&host, port, topic, Duration::from_secs_f64(seconds), count).await?;
+        Command::Record(a) => {
+            let hub = a.hub.hub()?;
+            let seconds = Duration::from_secs_f64(a.seconds);
+            let messages = record(&hub, &a.topic, seconds, a.count.unwrap_or(usize::MAX)).await?;
             eprintln!("recorded {} messages", messages.len());
-            write_out(f.str("-o"), &messages.iter().map(|m| m.to_line() + "\n").collect::<String>())?;
+            write_out(a.output.as_deref(), &messages.iter().map(|m| m.to_line() + "\n").collect::<String>())?;
             Ok(0)
         }
-        "replay" => {
-            let f = Flags::parse(rest, &["--max"])?;
-            let path = f.1.first().ok_or("replay needs a TRACE file")?;
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        Command::Replay(a) => {
+            let path = a.trace.display().to_string();
+            let text = std::fs::read_to_string(&a.trace).map_err(|e| format!("{path}: {e}"))?;
             let messages = trace::read(&text).map_err(|e| format!("{path}: {e}"))?;
-            let (host, port) = hub_address(f.str("--hub").ok_or("replay needs --hub mqtt://HOST:PORT")?)?;
-            let pace = if f.has("--max") {
-                Pace::Max
-            } else if f.has("--rate") {
-                Pace::Rate(f.get("--rate", 100.0)?)
-            } else {
-                Pace::Trace(f.get("--speed", 1.0)?)
+            let pace = match (a.max, a.rate, a.speed) {
+                (true, _, _) => Pace::Max,
+                (_, Some(rate), _) => Pace::Rate(rate),
+                (_, _, speed) => Pace::Trace(speed.unwrap_or(1.0)),
             };
             let options = ReplayOptions {
-                host,
-                port,
-                target: ModuleId::new(
-                    f.get("--device", "local-device".to_string())?,
-                    f.get("--module", "edgefilter".to_string())?,
-                ),
+                hub: a.hub.hub()?,
+                target: a.target.id(),
                 pace,
-                threshold: f.get("--threshold", 25.0)?,
-                settle: Duration::from_secs_f64(f.get("--settle", 5.0)?),
-                deadline: Duration::from_secs_f64(f.get("--deadline", 600.0)?),
-                pid: f.str("--pid").map(|p| p.parse().map_err(|_| format!("--pid: {p:?}"))).transpose()?,
+                threshold: a.threshold,
+                settle: Duration::from_secs_f64(a.settle),
+                deadline: Duration::from_secs_f64(a.deadline),
+                pid: a.pid,
                 progress: true,
             };
             let report = replay(&messages, &options).await.map_err(|e| e.to_string())?;
-            finish(&report, &f, "replay")
+            finish(&report, &a.out, "replay")
         }
-        "bench" => {
-            let f = Flags::parse(rest, &[])?;
-            bench(f.get("--count", 20_000)?, f.get("--warmup", 2_000)?).await
+        Command::Passthrough(a) => {
+            let hub = a.hub.hub()?;
+            tokio::select! {
+                r = pass_through(hub, a.target.id()) => r.map(|()| 0),
+                _ = tokio::signal::ctrl_c() => Ok(0),
+                _ = terminated() => Ok(0),
+            }
         }
-        "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            Ok(0)
-        }
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        Command::Compare(a) => compare(&a),
+        Command::Bench(a) => bench(a.count, a.warmup).await,
     }
 }
 
-fn finish(report: &Report, f: &Flags, title: &str) -> Result<i32, String> {
+/// Resolves on SIGTERM.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn finish(report: &Report, out: &ReportFiles, title: &str) -> Result<i32, String> {
     println!("{}", report.summary());
-    if let Some(p) = f.str("--json") {
-        std::fs::write(p, serde_json::to_string_pretty(&report.to_json()).unwrap_or_default())
-            .map_err(|e| format!("{p}: {e}"))?;
+    let write = |p: &PathBuf, text: String| std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()));
+    if let Some(p) = &out.json {
+        write(p, serde_json::to_string_pretty(&report.to_json()).unwrap_or_default())?;
     }
-    if let Some(p) = f.str("--hgrm") {
-        std::fs::write(p, output::hgrm(&report.latency_us)).map_err(|e| format!("{p}: {e}"))?;
+    if let Some(p) = &out.hgrm {
+        write(p, output::hgrm(&report.latency_us))?;
     }
-    if let Some(p) = f.str("--svg") {
-        std::fs::write(p, output::svg(&report.latency_us, &report.rate_over_time, title))
-            .map_err(|e| format!("{p}: {e}"))?;
+    if let Some(p) = &out.svg {
+        write(p, output::svg(&[output::Run::of(title, report)], title))?;
     }
     Ok(if report.complete() { 0 } else { 1 })
 }
 
+/// `compare A B`: the differences between two reports, and one plot of both.
+fn compare(a: &CompareArgs) -> Result<i32, String> {
+    let read = |p: &PathBuf| -> Result<serde_json::Value, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a replay report: {e}", p.display()))
+    };
+    let (ja, jb) = (read(&a.a)?, read(&a.b)?);
+    let (la, lb) = (a.a.display().to_string(), a.b.display().to_string());
+    print!("{}", output::compare_table(&ja, &jb, &la, &lb)?);
+    if let Some(p) = &a.svg {
+        let runs = [output::Run::from_json(&la, &ja)?, output::Run::from_json(&lb, &jb)?];
+        std::fs::write(p, output::svg(&runs, &format!("{la} against {lb}")))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(0)
+}
+
 /// Captures the messages on `topic` with their timing.
-async fn record(host: &str, port: u16, topic: &str, seconds: Duration, count: usize) -> Result<Vec<Message>, String> {
-    let mut options = rumqttc::MqttOptions::new(format!("perf-record-{}", std::process::id()), host, port);
+async fn record(hub: &Hub, topic: &str, seconds: Duration, count: usize) -> Result<Vec<Message>, String> {
+    let mut options = hub.mqtt_options(&format!("perf-record-{}", std::process::id()));
     options.set_max_packet_size(300_000, 300_000);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     client.subscribe(topic, rumqttc::QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
@@ -191,7 +317,7 @@ async fn record(host: &str, port: u16, topic: &str, seconds: Duration, count: us
     while out.len() < count {
         let event = match tokio::time::timeout_at(end, eventloop.poll()).await {
             Err(_) => break,
-            Ok(Err(e)) => return Err(format!("cannot record from {host}:{port}: {e}")),
+            Ok(Err(e)) => return Err(format!("cannot record from {hub:?}: {e}")),
             Ok(Ok(e)) => e,
         };
         if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event {
@@ -214,9 +340,10 @@ async fn record(host: &str, port: u16, topic: &str, seconds: Duration, count: us
     Ok(out)
 }
 
-/// A minimal pass-through in the module's place: every input straight to `output1`.
-async fn pass_through(port: u16, target: ModuleId) {
-    let mut options = rumqttc::MqttOptions::new("perf-pass-through", "127.0.0.1", port);
+/// A plain client in the module's place: every input straight to `output1` at QoS 1, each
+/// publish on its own, as a straightforward rumqttc client (or an SDK module) would do it.
+async fn pass_through(hub: Hub, target: ModuleId) -> Result<(), String> {
+    let mut options = hub.mqtt_options("perf-pass-through");
     options.set_max_packet_size(300_000, 300_000).set_inflight(1000);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
     let inputs = target.inputs_filter();
@@ -234,7 +361,10 @@ async fn pass_through(port: u16, target: ModuleId) {
                 });
             }
             Ok(_) => {}
-            Err(_) => return,
+            Err(e) => {
+                eprintln!("passthrough: {e}; reconnecting");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -259,8 +389,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         trace::generate(&Generate { count: count + warmup, rate: 1000.0, alert_ratio: Some(1.0), size: None, seed: 3 });
     let (warm, measured) = trace.split_at(warmup as usize);
     let options = ReplayOptions {
-        host: "127.0.0.1".into(),
-        port,
+        hub: Hub::local(port),
         target: target.clone(),
         pace: Pace::Max,
         threshold: 25.0,
@@ -282,7 +411,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
     let _ = stop.send(());
     let _ = module.await;
 
-    let baseline_task = tokio::spawn(pass_through(port, target.clone()));
+    let baseline_task = tokio::spawn(pass_through(Hub::local(port), target.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     replay(warm, &options).await.map_err(|e| e.to_string())?;
     eprintln!("baseline: {count} messages through a pass-through in the module's place");
