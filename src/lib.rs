@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod config;
 pub mod delivery;
 pub mod filter;
+pub mod gather;
 pub mod hub;
 pub mod local;
 pub mod logging;

@@ -12,9 +12,10 @@
 //!    the hub has confirmed its alert, in arrival order ([`Delivery::ready`]);
 //! 4. write the whole batch, alerts and acknowledgements, in one system call ([`Link::flush`]).
 //!    Acknowledgements with no alert to ride along wait while confirmations are on their way
-//!    ([`acks_flush`]), and after a turn that brought only confirmations reading pauses briefly
-//!    ([`read_pause`]): under full load the hub confirms a batch a few alerts at a time, and
-//!    answering each trickle would cost more system calls than the messages themselves.
+//!    ([`acks_flush`]);
+//! 5. when input arrives faster than a few messages per pause, leave the connection unread for a
+//!    bounded time so that the next turn reads a batch, not one message ([`Gather`]): a live
+//!    stream arrives one message per publish, and waking for each costs more than the message.
 //!
 //! Memory stays bounded when the hub is slower than the module: at most `max_unconfirmed` alerts
 //! await confirmation; input beyond that is held back (still read, because confirmations arrive
@@ -45,6 +46,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::config::{Config, Credentials, Trust};
 use crate::delivery::Delivery;
 use crate::filter::{self, Decision, Reason};
+use crate::gather::Gather;
 use crate::mqtt::{ConnectOptions, Link, LinkError};
 use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
 use crate::stats::{record_us, Stats};
@@ -196,23 +198,6 @@ pub fn acks_flush(settings: &Settings, alerts_unconfirmed: usize, waited: Durati
     alerts_unconfirmed == 0 || waited >= settings.batch_interval()
 }
 
-/// How long to leave the connection unread after a turn that brought only confirmations. Under
-/// full load the hub confirms a written batch a few alerts at a time, and waking for each trickle
-/// costs two system calls that carry almost nothing; pausing lets a whole batch of confirmations
-/// (and new input) gather for one read. Only while a full batch of alerts (`BatchSize`) awaits
-/// confirmation: below that the rest of a batch is in the next read and the hub may be waiting
-/// for the module's acknowledgements before it sends more. A fifth of `BatchIntervalMs` (measured:
-/// 0.06–0.08 system calls per message, against 0.09–0.10 with a tenth, at the same throughput), so
-/// an alert still goes out well within its interval, and 5 ms at most: long enough for a batch of
-/// confirmations to gather, short enough that the hub never waits long on the module.
-pub fn read_pause(settings: &Settings, inputs: u64, alerts_unconfirmed: usize) -> Option<Duration> {
-    (inputs == 0 && alerts_unconfirmed >= settings.batch_size as usize && settings.batch_interval_ms > 0)
-        .then(|| (settings.batch_interval() / 5).min(READ_PAUSE_MAX))
-}
-
-/// The longest [`read_pause`].
-const READ_PAUSE_MAX: Duration = Duration::from_millis(5);
-
 /// What ended a connection.
 enum End {
     /// Stop: the drain finished or timed out.
@@ -285,6 +270,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         acks_held: 0,
         acks_since: None,
         read_after: None,
+        gather: Gather::new(),
         deferred: VecDeque::new(),
         overload_warned: None,
         left_unacknowledged: 0,
@@ -343,6 +329,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                     // registering it costs one more). Nothing else on this thread needs it.
                     if let Some(at) = shell.read_after.take() {
                         std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                        link.paused();
                     }
                 }
                 let twin_retry = shell.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT);
@@ -393,6 +380,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                     }
                     _ = sleep_until(shell.read_after.unwrap_or_else(Instant::now)), if shell.read_after.is_some() => {
                         shell.read_after = None;
+                        link.paused();
                         Ok(None)
                     }
                     _ = std::future::ready(()), if shell.resumable() => shell.batch(&mut link).map(|()| None),
@@ -490,8 +478,9 @@ struct Shell<'a> {
     /// Input acknowledgements queued since the last write, and since when (see [`acks_flush`]).
     acks_held: usize,
     acks_since: Option<Instant>,
-    /// Reading waits until then ([`read_pause`]).
+    /// Reading waits until then, for input to gather ([`Gather`]).
     read_after: Option<Instant>,
+    gather: Gather,
     /// Publishes held back while too many alerts await confirmation, with when they arrived.
     deferred: VecDeque<(Publish, Instant)>,
     /// When holding back was last logged.
@@ -516,6 +505,7 @@ impl Shell<'_> {
         self.acks_held = 0;
         self.acks_since = None;
         self.read_after = None;
+        self.gather.reset();
         self.deferred.clear();
         self.left_unacknowledged = 0;
         let n = self.stats.connections.fetch_add(1, Relaxed);
@@ -590,8 +580,9 @@ impl Shell<'_> {
             if batch_closes(&settings, self.unflushed.len(), started.elapsed())
                 || !link.read_ready(&mut self.packets, READ_BATCH)?
             {
-                let pause = read_pause(&settings, turn_inputs, self.delivery.alerts_pending());
-                self.read_after = pause.map(|d| Instant::now() + d);
+                let now = Instant::now();
+                let pause = self.gather.turn(now.into_std(), turn_inputs as usize, self.delivery.inputs_pending(), &settings);
+                self.read_after = pause.map(|d| now + d);
                 return Ok(());
             }
         }

@@ -8,23 +8,28 @@
 //! packets are encoded into an outgoing buffer ([`Link::queue`]) and written when the caller says
 //! ([`Link::flush`]); reads decode every complete packet in the buffer ([`Link::read_batch`]).
 //! Payloads are slices of the read buffer (`Bytes`), never copied.
+//!
+//! TLS is rustls's `ClientConnection` driven here rather than through tokio-rustls (which does
+//! the handshake only): a read is one `recv` of up to 64 KiB, whatever number of TLS records it
+//! holds, all decrypted in memory; a flush is every queued packet sealed into as few records as
+//! fit (16 KiB each) and one `send`. tokio-rustls reads 4 KiB per system call and wakes once per
+//! record. A short read means the socket is drained (new data raises a new edge-triggered event),
+//! so the socket is not read again just to see `EAGAIN`; after a pause the caller asks for
+//! [`Link::read_ready`], which reads without waiting for the event loop to report readiness.
 
+use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::FutureExt as _;
 use rumqttc::mqttbytes::{self, v4::Packet};
-use rumqttc::tokio_rustls::{client::TlsStream, TlsConnector};
+use rumqttc::tokio_rustls::TlsConnector;
 use rumqttc::{ConnectReturnCode, Login};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 64 * 1024;
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Why a connection failed or ended.
 #[derive(Debug)]
@@ -68,11 +73,21 @@ pub struct ConnectOptions {
 
 /// One live connection.
 pub struct Link {
-    io: Box<dyn Io>,
+    tcp: TcpStream,
+    /// The TLS session, when there is one.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// MQTT bytes read (decrypted), not yet decoded.
     rx: BytesMut,
+    /// MQTT bytes queued to send.
     tx: BytesMut,
+    /// What one `recv` reads into.
+    wire: Vec<u8>,
+    /// TLS records sealed for one `send`.
+    sealed: Vec<u8>,
     /// The largest packet read; the module never writes more than edgeHub accepts.
     max_packet: usize,
+    /// The last read drained the socket: wait for the event loop before reading again.
+    drained: bool,
 }
 
 /// The largest packet the module writes (edgeHub's limit).
@@ -103,18 +118,27 @@ impl Link {
     ) -> Result<(Link, bool), LinkError> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let io: Box<dyn Io> = match tls {
-            None => Box::new(tcp),
+        let (tcp, tls) = match tls {
+            None => (tcp, None),
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from(host.to_string())
                     .map_err(|e| LinkError::Tls(format!("{host:?} is not a valid server name: {e}")))?;
-                let stream: TlsStream<TcpStream> =
+                let stream =
                     TlsConnector::from(config).connect(name, tcp).await.map_err(|e| LinkError::Tls(e.to_string()))?;
-                Box::new(stream)
+                let (tcp, session) = stream.into_inner();
+                (tcp, Some(Box::new(session)))
             }
         };
-        let mut link =
-            Link { io, rx: BytesMut::with_capacity(READ_CHUNK), tx: BytesMut::with_capacity(READ_CHUNK), max_packet };
+        let mut link = Link {
+            tcp,
+            tls,
+            rx: BytesMut::with_capacity(READ_CHUNK),
+            tx: BytesMut::with_capacity(READ_CHUNK),
+            wire: vec![0; READ_CHUNK],
+            sealed: Vec::new(),
+            max_packet,
+            drained: false,
+        };
         let mut connect = rumqttc::Connect::new(options.client_id.clone());
         connect.keep_alive = options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
         connect.clean_session = options.clean_session;
@@ -142,12 +166,29 @@ impl Link {
         self.tx.len()
     }
 
-    /// Writes everything queued: one system call for the whole batch, as a rule.
+    /// Writes everything queued: one system call for the whole batch, as a rule (sealed into
+    /// TLS records first on a TLS connection).
     pub async fn flush(&mut self) -> Result<(), LinkError> {
-        if !self.tx.is_empty() {
-            self.io.write_all(&self.tx).await?;
-            self.io.flush().await?;
-            self.tx.clear();
+        match self.tls.as_deref_mut() {
+            None => {
+                if !self.tx.is_empty() {
+                    self.tcp.write_all(&self.tx).await?;
+                    self.tx.clear();
+                }
+            }
+            Some(session) => {
+                if !self.tx.is_empty() {
+                    session.writer().write_all(&self.tx)?;
+                    self.tx.clear();
+                }
+                self.sealed.clear();
+                while session.wants_write() {
+                    session.write_tls(&mut self.sealed)?;
+                }
+                if !self.sealed.is_empty() {
+                    self.tcp.write_all(&self.sealed).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -160,27 +201,65 @@ impl Link {
             if !out.is_empty() {
                 return Ok(());
             }
-            self.rx.reserve(READ_CHUNK);
-            if self.io.read_buf(&mut self.rx).await? == 0 {
-                return Err(LinkError::Closed);
+            if self.drained {
+                self.tcp.readable().await?;
             }
+            self.receive()?;
         }
     }
 
-    /// Reads and decodes what is ready now, without waiting: false when nothing was.
+    /// Decodes what was read, and reads more unless the last read drained the socket, without
+    /// waiting: false when nothing new was.
     pub fn read_ready(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<bool, LinkError> {
         let before = out.len();
         self.decode(out, max)?;
-        if out.len() == before && out.len() < max {
-            self.rx.reserve(READ_CHUNK);
-            match self.io.read_buf(&mut self.rx).now_or_never() {
-                Some(Ok(0)) => return Err(LinkError::Closed),
-                Some(Ok(_)) => self.decode(out, max)?,
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
-            }
+        if out.len() == before && out.len() < max && !self.drained {
+            self.receive()?;
+            self.decode(out, max)?;
         }
         Ok(out.len() > before)
+    }
+
+    /// After a pause: whatever arrived meanwhile is there to read, so the next read goes to the
+    /// socket at once instead of waiting for the event loop to say so.
+    pub fn paused(&mut self) {
+        self.drained = false;
+    }
+
+    /// One `recv` into the read buffer (decrypted on a TLS connection). A short read marks the
+    /// socket drained and clears the event loop's readiness for it, so the next read waits for
+    /// a new event instead of making a system call to learn that nothing is there.
+    fn receive(&mut self) -> Result<(), LinkError> {
+        let n = match (&*socket2::SockRef::from(&self.tcp)).read(&mut self.wire) {
+            Ok(0) => return Err(LinkError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        self.drained = n < self.wire.len();
+        if self.drained {
+            let _ = self.tcp.try_io(Interest::READABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+        }
+        let Some(session) = self.tls.as_deref_mut() else {
+            self.rx.extend_from_slice(&self.wire[..n]);
+            return Ok(());
+        };
+        let mut records = &self.wire[..n];
+        while !records.is_empty() {
+            session.read_tls(&mut records)?;
+            let state = session.process_new_packets().map_err(|e| LinkError::Tls(e.to_string()))?;
+            let plain = state.plaintext_bytes_to_read();
+            if plain > 0 {
+                let at = self.rx.len();
+                self.rx.resize(at + plain, 0);
+                session.reader().read_exact(&mut self.rx[at..])?;
+            }
+            if state.peer_has_closed() {
+                return Err(LinkError::Closed);
+            }
+        }
+        Ok(())
     }
 
     fn decode(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<(), LinkError> {
