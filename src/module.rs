@@ -581,7 +581,8 @@ impl Shell<'_> {
                 || !link.read_ready(&mut self.packets, READ_BATCH)?
             {
                 let now = Instant::now();
-                let pause = self.gather.turn(now.into_std(), turn_inputs as usize, self.delivery.inputs_pending(), &settings);
+                let pause =
+                    self.gather.turn(now.into_std(), turn_inputs as usize, self.delivery.inputs_pending(), &settings);
                 self.read_after = pause.map(|d| now + d);
                 return Ok(());
             }

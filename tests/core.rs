@@ -260,16 +260,83 @@ fn acknowledgements_alone_wait_for_confirmations_in_flight_or_the_interval() {
     assert!(acks_flush(&immediate, 500, Duration::ZERO), "BatchIntervalMs 0: at once");
 }
 
+/// Drives a [`Gather`] with a simulated clock: `turns` turns of `per_turn` inputs each, the next
+/// turn `gap` after the previous one plus whatever pause it asked for; returns the last answer.
+fn gathered(
+    g: &mut edgefilter::gather::Gather,
+    s: &Settings,
+    turns: usize,
+    per_turn: usize,
+    owed: impl Fn(usize) -> usize,
+    gap: Duration,
+) -> Option<Duration> {
+    let mut now = std::time::Instant::now();
+    let mut last = None;
+    for i in 0..turns {
+        last = g.turn(now, per_turn, owed(i), s);
+        now += gap + last.unwrap_or_default();
+    }
+    last
+}
+
 #[test]
-fn reading_pauses_only_after_confirmations_with_a_full_batch_unconfirmed() {
-    use edgefilter::module::read_pause;
-    let s = Settings { batch_size: 100, batch_interval_ms: 10, ..Settings::default() };
-    assert_eq!(read_pause(&s, 0, 100), Some(Duration::from_millis(2)), "a fifth of BatchIntervalMs");
-    assert_eq!(read_pause(&s, 0, 99), None, "less than a batch unconfirmed: the hub may wait for us");
-    assert_eq!(read_pause(&s, 1, 5000), None, "input is flowing: read on");
-    assert_eq!(read_pause(&Settings { batch_interval_ms: 0, ..s }, 0, 5000), None, "BatchIntervalMs 0: never");
-    let slow = Settings { batch_interval_ms: 60_000, ..s };
-    assert_eq!(read_pause(&slow, 0, 100), Some(Duration::from_millis(5)), "5 ms at most");
+fn light_load_is_never_held_back() {
+    use edgefilter::gather::Gather;
+    let s = Settings::default();
+    // 200 msg/s, one message a turn: at most one message would gather in the 5 ms budget.
+    let mut g = Gather::new();
+    assert_eq!(gathered(&mut g, &s, 100, 1, |_| 1, Duration::from_millis(5)), None);
+    // 500 msg/s: still fewer than 4 messages per budget.
+    let mut g = Gather::new();
+    assert_eq!(gathered(&mut g, &s, 100, 1, |_| 1, Duration::from_millis(2)), None);
+    assert!((g.rate() - 500.0).abs() < 50.0, "measured {}", g.rate());
+}
+
+#[test]
+fn a_fast_stream_gathers_within_half_the_batch_interval() {
+    use edgefilter::gather::{Gather, MAX_PAUSE};
+    let s = Settings::default(); // BatchIntervalMs 10, BatchSize 100
+                                 // 10,000 msg/s arriving one at a time, 100 µs apart; a hub with a wide window (owed grows).
+    let mut g = Gather::new();
+    let mut now = std::time::Instant::now();
+    let mut pause = None;
+    let mut owed = 0;
+    for _ in 0..200 {
+        let inputs = (pause.unwrap_or(Duration::from_micros(100)).as_micros() / 100).max(1) as usize;
+        owed = owed.max(inputs) + usize::from(owed < 1000);
+        pause = g.turn(now, inputs, owed, &s);
+        now += pause.unwrap_or(Duration::from_micros(100));
+    }
+    let pause = pause.expect("a 10,000 msg/s stream gathers");
+    assert!(pause <= MAX_PAUSE && pause >= Duration::from_millis(1), "{pause:?}");
+    // A tighter budget is respected.
+    let tight = Settings { batch_interval_ms: 2, ..s };
+    let mut g = Gather::new();
+    let p = gathered(&mut g, &tight, 200, 10, |i| i + 10, Duration::from_micros(1000));
+    assert!(p.is_some_and(|p| p <= Duration::from_millis(1)), "{p:?}");
+    // BatchIntervalMs 0: never.
+    let mut g = Gather::new();
+    assert_eq!(
+        gathered(&mut g, &Settings { batch_interval_ms: 0, ..s }, 200, 50, |i| i + 50, Duration::from_micros(100)),
+        None
+    );
+}
+
+#[test]
+fn a_hub_stopped_at_its_window_shortens_the_pause() {
+    use edgefilter::gather::Gather;
+    let s = Settings::default();
+    let mut g = Gather::new();
+    // Gather up first with a wide window…
+    let grown = gathered(&mut g, &s, 100, 20, |i| 20 + i, Duration::from_micros(500)).unwrap();
+    // …then every read owes exactly the most ever owed: the hub is waiting for acknowledgements.
+    let mut now = std::time::Instant::now();
+    let mut pause = Some(grown);
+    for _ in 0..4 {
+        now += pause.unwrap_or_default();
+        pause = g.turn(now, 20, 119, &s);
+    }
+    assert!(pause.is_none_or(|p| p <= grown / 8), "{grown:?} -> {pause:?}");
 }
 
 #[test]

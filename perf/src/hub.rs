@@ -49,9 +49,8 @@ impl Hub {
             (false, Some(_)) => return Err(format!("--ca is for mqtts:// hubs, not {url}")),
             (false, None) => None,
             (true, ca) => {
-                let pem = ca
-                    .map(|p| std::fs::read(p).map_err(|err| format!("--ca {}: {err}", p.display())))
-                    .transpose()?;
+                let pem =
+                    ca.map(|p| std::fs::read(p).map_err(|err| format!("--ca {}: {err}", p.display()))).transpose()?;
                 Some(edgefilter::module::tls_config(pem.as_deref())?)
             }
         };

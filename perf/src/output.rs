@@ -57,19 +57,20 @@ pub struct Run {
 
 impl Run {
     pub fn of(label: &str, report: &crate::Report) -> Run {
-        Run { label: label.into(), percentiles: percentiles(&report.latency_us), per_second: report.rate_over_time.clone() }
+        Run {
+            label: label.into(),
+            percentiles: percentiles(&report.latency_us),
+            per_second: report.rate_over_time.clone(),
+        }
     }
 
     /// From a report's JSON (`replay --json`).
     pub fn from_json(label: &str, j: &serde_json::Value) -> Result<Run, String> {
         let curve = j["latencyPercentilesMs"].as_array().ok_or(format!("{label}: no latencyPercentilesMs"))?;
-        let percentiles = curve
-            .iter()
-            .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
-            .collect();
-        let per_second = j["alertsPerSecond"].as_array().map_or_else(Vec::new, |a| {
-            a.iter().filter_map(serde_json::Value::as_u64).collect()
-        });
+        let percentiles = curve.iter().filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?))).collect();
+        let per_second = j["alertsPerSecond"]
+            .as_array()
+            .map_or_else(Vec::new, |a| a.iter().filter_map(serde_json::Value::as_u64).collect());
         Ok(Run { label: label.into(), percentiles, per_second })
     }
 }
@@ -129,18 +130,31 @@ pub fn svg(runs: &[Run], title: &str) -> String {
             })
             .collect();
         let c = COLOURS[i % COLOURS.len()];
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
+        let _ =
+            writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
     }
     for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
         let x = left + i as f64 / max_nines * pw;
-        let anchor = if i == 0 { "start" } else if i == 5 { "end" } else { "middle" };
+        let anchor = if i == 0 {
+            "start"
+        } else if i == 5 {
+            "end"
+        } else {
+            "middle"
+        };
         let _ = writeln!(s, "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{label}</text>", y0 + ph + 16.0);
     }
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>", left + pw / 2.0, y0 + ph + 32.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>",
+        left + pw / 2.0,
+        y0 + ph + 32.0
+    );
     let mut e = lo;
     while e <= hi {
         let y = y0 + ph - (e - lo) / (hi - lo) * ph;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 6.0, y + 4.0, 10f64.powf(e));
+        let _ =
+            writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 6.0, y + 4.0, 10f64.powf(e));
         e += 1.0;
     }
     let _ = writeln!(
@@ -160,10 +174,13 @@ pub fn svg(runs: &[Run], title: &str) -> String {
             .per_second
             .iter()
             .enumerate()
-            .map(|(t, c)| format!("{:.1},{:.1}", left + (t as f64 + 0.5) / seconds * pw, y1 + rh - *c as f64 / top * rh))
+            .map(|(t, c)| {
+                format!("{:.1},{:.1}", left + (t as f64 + 0.5) / seconds * pw, y1 + rh - *c as f64 / top * rh)
+            })
             .collect();
         let c = COLOURS[i % COLOURS.len()];
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
+        let _ =
+            writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
     }
     for (v, y) in [(0.0, y1 + rh), (top, y1)] {
         let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>", left - 6.0, y + 4.0);
@@ -176,7 +193,11 @@ pub fn svg(runs: &[Run], title: &str) -> String {
     for k in 0..=4 {
         let t = seconds * f64::from(k) / 4.0;
         let x = left + f64::from(k) / 4.0 * pw;
-        let anchor = match k { 0 => "start", 4 => "end", _ => "middle" };
+        let anchor = match k {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
         let _ = writeln!(s, "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{t:.0}</text>", y1 + rh + 16.0);
     }
     let _ = writeln!(
