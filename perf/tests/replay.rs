@@ -5,6 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use edgefilter::topic::ModuleId;
 use edgefilter_perf::trace::{self, Generate};
 use edgefilter_perf::{replay, Pace, ReplayOptions};
@@ -25,8 +29,7 @@ async fn hub(target: &ModuleId, key: Vec<u8>) -> u16 {
 
 fn options(port: u16, target: &ModuleId, pace: Pace) -> ReplayOptions {
     ReplayOptions {
-        host: "127.0.0.1".into(),
-        port,
+        hub: edgefilter_perf::Hub::local(port),
         target: target.clone(),
         pace,
         threshold: 25.0,
@@ -73,7 +76,8 @@ async fn generate_replay_report_through_the_module() {
     let json = report.to_json();
     assert_eq!(json["alerts"]["received"], expected);
     assert!(edgefilter_perf::output::hgrm(&report.latency_us).contains("Percentile"));
-    assert!(edgefilter_perf::output::svg(&report.latency_us, &report.rate_over_time, "t").starts_with("<svg"));
+    let svg = edgefilter_perf::output::svg(&[edgefilter_perf::output::Run::of("t", &report)], "t");
+    assert!(svg.starts_with("<svg") && svg.contains("seconds into the run") && svg.contains("latency (ms, log scale)"));
     let _ = stop.send(());
     module.await.unwrap().unwrap();
 }
@@ -147,4 +151,52 @@ async fn an_unreachable_hub_and_a_bad_trace_fail_fast() {
     let err = trace::read("{\"t\":0,\"body\":\"{}\"}\nnot json\n").unwrap_err();
     assert!(err.starts_with("line 2: not JSON"), "{err}");
     assert!(trace::read("{\"t\":-1,\"body\":\"x\"}").unwrap_err().contains("\"t\""));
+}
+
+/// A pass-through peer with a persistent session, so that it gets what the broker queued for it
+/// while it was down.
+async fn persistent_pass_through(port: u16, target: ModuleId) {
+    let mut options = rumqttc::MqttOptions::new("persistent-peer", "127.0.0.1", port);
+    options.set_max_packet_size(300_000, 300_000).set_clean_session(false);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+    loop {
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => {
+                client.subscribe(target.inputs_filter(), rumqttc::QoS::AtLeastOnce).await.unwrap();
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
+                let bag = p.topic.splitn(7, '/').nth(6).unwrap_or("").to_string();
+                let topic = target.events_topic(&format!("%24.on=output1&{bag}"));
+                client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, p.payload.to_vec()).unwrap();
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_replay_loses_none_of_the_publishers_messages() {
+    // mosquitto with persistence, restarted while the replay publishes: every message the
+    // publisher had not seen acknowledged is sent again after it reconnects.
+    let mut broker = common::Broker::start("max_queued_messages 0");
+    let target = ModuleId::new("dev", "edgefilter");
+    let peer = tokio::spawn(persistent_pass_through(broker.port, target.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = trace::generate(&Generate { count: 1500, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 5 });
+    let mut o = options(broker.port, &target, Pace::Rate(500.0));
+    o.settle = Duration::from_secs(15);
+    let replay = tokio::spawn(async move { replay(&messages, &o).await });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let restarted = tokio::task::spawn_blocking(move || {
+        broker.restart(Duration::from_millis(700));
+        broker
+    });
+    let report = replay.await.unwrap().unwrap();
+    let _broker = restarted.await.unwrap();
+    assert!(report.publisher_reconnects >= 1, "the publisher reconnected: {}", report.summary());
+    assert_eq!(report.sent, 1500);
+    assert_eq!(report.missing, 0, "{}", report.summary());
+    assert_eq!(report.received, 1500);
+    peer.abort();
 }
