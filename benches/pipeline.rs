@@ -14,7 +14,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgefilter::delivery::Delivery;
 use edgefilter::filter::{self, Decision};
-use edgefilter::topic::{classify, Inbound, ModuleId};
+use edgefilter::mqtt::{read_publish, write_publish};
+use edgefilter::topic::{self, classify, write_output_topic, BagScratch, Inbound, ModuleId};
 use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
 use rumqttc::mqttbytes::QoS;
 
@@ -39,27 +40,49 @@ fn wire(n: usize) -> BytesMut {
 }
 
 /// The module's per-message path over a batch read from the socket; returns bytes written.
-fn path(id: &ModuleId, mut rx: BytesMut, delivery: &mut Delivery<Bytes>, tx: &mut BytesMut) -> usize {
+fn path(
+    id: &ModuleId,
+    mut rx: BytesMut,
+    delivery: &mut Delivery<Bytes>,
+    tx: &mut BytesMut,
+    scratch: &mut Scratch,
+) -> usize {
     tx.clear();
-    while let Ok(Packet::Publish(p)) = Packet::read(&mut rx, 1 << 20) {
-        if let Ok(Inbound::Input { input, properties }) = classify(id, &p.topic) {
-            if input == filter::INPUT && filter::decide(&p.payload, 25.0) == Decision::Alert {
-                let props = filter::alert_properties(properties);
-                let topic = id.events_topic(&props.to_output_bag(filter::OUTPUT));
-                let mut alert = Publish::from_bytes(topic, QoS::AtLeastOnce, p.payload.clone());
-                alert.pkid = delivery.alerted(p.pkid, p.payload.clone());
-                let pkid = alert.pkid;
-                Packet::Publish(alert).write(tx, 1 << 20).unwrap();
+    while let Ok(Some(p)) = read_publish(&mut rx, 1 << 20) {
+        if let Ok(Inbound::Input { input, bag }) = classify(id, p.topic()) {
+            if topic::input_is(input, filter::INPUT) && filter::decide(&p.payload, 25.0) == Decision::Alert {
+                if scratch.topics.capacity() - scratch.topics.len() < 1024 {
+                    scratch.topics = BytesMut::with_capacity(64 * 1024);
+                }
+                write_output_topic(
+                    &mut scratch.topics,
+                    id,
+                    bag,
+                    filter::OUTPUT,
+                    filter::ALERT_PROPERTY,
+                    &mut scratch.bag,
+                )
+                .unwrap();
+                let topic = scratch.topics.split().freeze();
+                let pkid = delivery.alerted(p.pkid, p.payload.clone());
+                write_publish(tx, &topic, pkid, &p.payload, false).unwrap();
                 delivery.confirmed(pkid); // the hub's PUBACK, as if it came back at once
             } else {
                 delivery.dropped(p.pkid);
             }
         }
     }
-    for pkid in delivery.ready() {
+    while let Some(pkid) = delivery.next_ready() {
         Packet::PubAck(PubAck::new(pkid)).write(tx, 16).unwrap();
     }
     tx.len()
+}
+
+/// What the module keeps between messages: the topic arena and the bag scratch.
+#[derive(Default)]
+struct Scratch {
+    topics: BytesMut,
+    bag: BagScratch,
 }
 
 fn bench_path(c: &mut Criterion) {
@@ -70,8 +93,9 @@ fn bench_path(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         let mut delivery = Delivery::new();
         let mut tx = BytesMut::with_capacity(1 << 16);
+        let mut scratch = Scratch::default();
         g.bench_with_input(BenchmarkId::new("alert", n), &input, |b, input| {
-            b.iter(|| path(&id, black_box(input.clone()), &mut delivery, &mut tx))
+            b.iter(|| path(&id, black_box(input.clone()), &mut delivery, &mut tx, &mut scratch))
         });
     }
     g.finish();

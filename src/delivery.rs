@@ -12,9 +12,13 @@
 //! reconnect their identifiers mean nothing and the hub redelivers them, so pending input
 //! acknowledgements are forgotten then. Alerts are never forgotten here.
 //!
+//! Unconfirmed alerts wait in a queue in the order they were sent, which is the order a hub
+//! confirms them in (MQTT 3.1.1 §4.6): a confirmation takes its alert out and the queue's front
+//! moves past what is done, so steady traffic allocates nothing here.
+//!
 //! Pure state, no I/O: the MQTT shell feeds it events and does what it says.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 #[derive(Debug)]
 struct Input {
@@ -27,10 +31,11 @@ struct Input {
 #[derive(Debug)]
 pub struct Delivery<A> {
     inputs: VecDeque<Input>,
-    /// Unconfirmed alerts by packet id, with the order they were sent in.
-    alerts: BTreeMap<u64, (u16, A)>,
-    order_of: std::collections::HashMap<u16, u64>,
-    next_order: u64,
+    /// Alerts in the order they were sent, from order `first_order` on; `None` once confirmed.
+    alerts: VecDeque<Option<(u16, A)>>,
+    first_order: u64,
+    /// The order of each unconfirmed alert, by packet id.
+    order_of: HashMap<u16, u64>,
     /// Packet ids held by other requests (SUBSCRIBE) until their acknowledgement.
     others: HashSet<u16>,
     last_pkid: u16,
@@ -46,9 +51,9 @@ impl<A> Delivery<A> {
     pub fn new() -> Self {
         Delivery {
             inputs: VecDeque::new(),
-            alerts: BTreeMap::new(),
-            order_of: std::collections::HashMap::new(),
-            next_order: 0,
+            alerts: VecDeque::new(),
+            first_order: 0,
+            order_of: HashMap::new(),
             others: HashSet::new(),
             last_pkid: 0,
         }
@@ -86,9 +91,8 @@ impl<A> Delivery<A> {
     /// A decided input with its alert; returns the alert's packet id.
     pub fn alerted(&mut self, pkid: u16, alert: A) -> u16 {
         let alert_pkid = self.allocate();
-        let order = self.next_order;
-        self.next_order += 1;
-        self.alerts.insert(order, (alert_pkid, alert));
+        let order = self.first_order + self.alerts.len() as u64;
+        self.alerts.push_back(Some((alert_pkid, alert)));
         self.order_of.insert(alert_pkid, order);
         if pkid != 0 {
             self.inputs.push_back(Input { pkid, alert: Some(alert_pkid) });
@@ -99,26 +103,32 @@ impl<A> Delivery<A> {
     /// The hub acknowledged the publish with this packet id: the alert, if it was one.
     pub fn confirmed(&mut self, pkid: u16) -> Option<A> {
         let order = self.order_of.remove(&pkid)?;
-        self.alerts.remove(&order).map(|(_, a)| a)
+        let alert = self.alerts.get_mut((order - self.first_order) as usize)?.take().map(|(_, a)| a);
+        while self.alerts.front().is_some_and(Option::is_none) {
+            self.alerts.pop_front();
+            self.first_order += 1;
+        }
+        alert
     }
 
     /// The unconfirmed alert with this packet id.
     pub fn alert_mut(&mut self, pkid: u16) -> Option<&mut A> {
         let order = self.order_of.get(&pkid)?;
-        self.alerts.get_mut(order).map(|(_, a)| a)
+        self.alerts.get_mut((order - self.first_order) as usize)?.as_mut().map(|(_, a)| a)
     }
 
-    /// Input packet ids that may now be acknowledged, in arrival order.
-    pub fn ready(&mut self) -> Vec<u16> {
-        let mut out = Vec::new();
-        while let Some(front) = self.inputs.front() {
-            if front.alert.is_some_and(|id| self.order_of.contains_key(&id)) {
-                break;
-            }
-            out.push(front.pkid);
-            self.inputs.pop_front();
+    /// The next input packet id that may now be acknowledged, in arrival order.
+    pub fn next_ready(&mut self) -> Option<u16> {
+        let front = self.inputs.front()?;
+        if front.alert.is_some_and(|id| self.order_of.contains_key(&id)) {
+            return None;
         }
-        out
+        self.inputs.pop_front().map(|i| i.pkid)
+    }
+
+    /// Every input packet id that may now be acknowledged, in arrival order.
+    pub fn ready(&mut self) -> Vec<u16> {
+        std::iter::from_fn(|| self.next_ready()).collect()
     }
 
     /// A new connection: pending input acknowledgements are forgotten (the hub redelivers), the
@@ -127,7 +137,7 @@ impl<A> Delivery<A> {
     pub fn reconnected(&mut self) -> impl Iterator<Item = (u16, &mut A)> {
         self.inputs.clear();
         self.others.clear();
-        self.alerts.values_mut().map(|(pkid, a)| (*pkid, a))
+        self.alerts.iter_mut().flatten().map(|(pkid, a)| (*pkid, &mut *a))
     }
 
     /// Input acknowledgements still owed.
@@ -137,6 +147,6 @@ impl<A> Delivery<A> {
 
     /// Alerts not yet confirmed by the hub.
     pub fn alerts_pending(&self) -> usize {
-        self.alerts.len()
+        self.order_of.len()
     }
 }

@@ -89,15 +89,20 @@ pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
     }
 }
 
+/// The application property an alert carries (replacing one of the same key).
+pub const ALERT_PROPERTY: (&str, &str) = ("MessageType", "Alert");
+/// The application property naming why a malformed message went to the dead-letter output.
+pub const DEAD_LETTER_PROPERTY: &str = "FilterError";
+
 /// The properties of a malformed message sent to the dead-letter output: its own, plus
 /// `FilterError` naming the reason.
 pub fn dead_letter_properties(mut properties: Properties, reason: Reason) -> Properties {
-    properties.set("FilterError", reason.name());
+    properties.set(DEAD_LETTER_PROPERTY, reason.name());
     properties
 }
 
 /// The properties of the alert made from a message with `properties`.
 pub fn alert_properties(mut properties: Properties) -> Properties {
-    properties.set("MessageType", "Alert");
+    properties.set(ALERT_PROPERTY.0, ALERT_PROPERTY.1);
     properties
 }

@@ -67,7 +67,7 @@ impl Gather {
     /// After a turn that read `inputs` input messages, at `now`, leaving `owed` input
     /// acknowledgements owed to the hub: how long to leave the connection unread, if at all.
     pub fn turn(&mut self, now: Instant, inputs: usize, owed: usize, settings: &Settings) -> Option<Duration> {
-        let Some(last) = self.last_turn.replace(now) else { return None };
+        let last = self.last_turn.replace(now)?;
         let elapsed = now.saturating_duration_since(last).as_secs_f64().max(1e-6);
         let measured = inputs as f64 / elapsed;
         self.rate = if self.rate == 0.0 { measured } else { 0.7 * self.rate + 0.3 * measured };

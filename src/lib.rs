@@ -16,6 +16,7 @@ pub mod local;
 pub mod logging;
 pub mod module;
 pub mod mqtt;
+pub mod retry;
 pub mod sas;
 pub mod scan;
 pub mod sensor;

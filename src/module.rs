@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use log::{debug, error, info, warn};
 use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeFilter};
 use rumqttc::mqttbytes::QoS;
@@ -47,7 +48,7 @@ use crate::config::{Config, Credentials, Trust};
 use crate::delivery::Delivery;
 use crate::filter::{self, Decision, Reason};
 use crate::gather::Gather;
-use crate::mqtt::{ConnectOptions, Link, LinkError};
+use crate::mqtt::{ConnectOptions, Link, LinkError, Message, Received};
 use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
 use crate::stats::{record_us, Stats};
 use crate::topic::{self, Inbound};
@@ -78,6 +79,8 @@ const PUBACK_LEN: usize = 4;
 const OVERLOAD_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Packets decoded per read at most.
 const READ_BATCH: usize = 1024;
+/// The size of each new arena that alert topics are written into.
+const TOPIC_ARENA: usize = 64 * 1024;
 
 /// The MQTT username edgeHub expects from a module (contract §1).
 pub fn username(hub_hostname: &str, id: &topic::ModuleId) -> String {
@@ -139,12 +142,33 @@ pub fn tls_config(pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Strin
             }
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// ring's cipher suites, ChaCha20-Poly1305 first where the CPU has no AES instructions (32-bit
+/// ARM: measured in docs/performance.md, "TLS cipher suites"); AES-GCM first elsewhere, as ring
+/// orders them. The server picks; OpenSSL-based servers follow the client's order by default.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if cfg!(target_arch = "arm") {
+        provider.cipher_suites.sort_by_key(|s| !is_chacha(s.suite()));
+    }
+    provider
+}
+
+fn is_chacha(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    )
 }
 
 /// Signs a fresh token valid for the configured lifetime; returns it with its expiry.
@@ -267,6 +291,8 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         draining: false,
         unflushed: Vec::new(),
         packets: Vec::with_capacity(READ_BATCH),
+        topics: BytesMut::new(),
+        bag: topic::BagScratch::default(),
         acks_held: 0,
         acks_since: None,
         read_after: None,
@@ -278,7 +304,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
     let margin = renewal_margin(config.token_ttl);
     let mut renew_at = Instant::now() + config.token_ttl - margin;
     let mut drain_deadline: Option<Instant> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut retry = crate::retry::Retry::default();
     let mut next_report = Instant::now() + Duration::from_secs(u64::from(shell.settings().report_interval_secs));
     'connections: loop {
         if shell.draining && shell.delivery.alerts_pending() == 0 {
@@ -288,29 +314,43 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         let attempt = Link::connect(host, port, tls.clone(), &connect, MAX_INCOMING_PACKET_SIZE, CONNECT_TIMEOUT);
         let connected = tokio::select! {
             r = attempt => r,
-            _ = &mut shutdown, if !shell.draining => break 'connections,
+            _ = &mut shutdown, if !shell.draining => {
+                stopped_offline(&shell);
+                break 'connections;
+            }
             _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break 'connections,
         };
         let (mut link, session_present) = match connected {
             Ok(c) => c,
             Err(e) => {
-                match &e {
-                    LinkError::Refused(code) => {
-                        error!("edgeHub refused the connection ({code:?}): check the module identity and its key")
-                    }
-                    other => {
-                        warn!("cannot connect to {host}:{port}: {other}; retrying in {:.1} s", backoff.as_secs_f64())
+                let refused = matches!(e, LinkError::Refused(_));
+                let next = retry.failed(std::time::Instant::now(), refused);
+                if let Some(attempts) = next.log {
+                    let every = next.delay.as_secs_f64();
+                    match &e {
+                        LinkError::Refused(code) => error!(
+                            "edgeHub refused the connection ({code:?}): check the module identity and its key; retrying in {every:.1} s"
+                        ),
+                        other if attempts <= 1 => {
+                            warn!("cannot connect to {host}:{port}: {other}; retrying every {every:.1} s")
+                        }
+                        other => warn!(
+                            "cannot connect to {host}:{port} for {:.0} s ({attempts} attempts since the last line): {other}; retrying every {every:.1} s",
+                            next.down_for.as_secs_f64()
+                        ),
                     }
                 }
                 tokio::select! {
-                    _ = sleep(jitter(backoff)) => {}
-                    _ = &mut shutdown, if !shell.draining => break 'connections,
+                    _ = sleep(jitter(next.delay)) => {}
+                    _ = &mut shutdown, if !shell.draining => {
+                        stopped_offline(&shell);
+                        break 'connections;
+                    }
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        retry.connected();
         if let Err(e) = shell.connected(&mut link, session_present) {
             warn!("connection lost: {e}");
             continue;
@@ -439,6 +479,14 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
     Ok(())
 }
 
+/// A stop asked for while no connection is up: what is not confirmed stays with the hub.
+fn stopped_offline(shell: &Shell) {
+    info!(
+        "stop requested while not connected: {} alerts unconfirmed; the hub redelivers their inputs",
+        shell.delivery.alerts_pending()
+    );
+}
+
 /// ±20% around `d`, from the clock's nanoseconds: reconnecting modules should not stampede.
 fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
@@ -447,7 +495,8 @@ fn jitter(d: Duration) -> Duration {
 
 /// An alert held until the hub confirms it.
 struct Held {
-    topic: String,
+    /// The alert's topic and body: slices of the topic arena and of the read buffer.
+    topic: Bytes,
     payload: Bytes,
     /// When its input arrived.
     received: Instant,
@@ -474,7 +523,12 @@ struct Shell<'a> {
     /// Alerts queued since the last flush.
     unflushed: Vec<u16>,
     /// The read batch (reused).
-    packets: Vec<Packet>,
+    packets: Vec<Received>,
+    /// Where alert topics are written: each alert's topic is a slice of it, so that building one
+    /// allocates only when the arena is renewed (every [`TOPIC_ARENA`] bytes).
+    topics: BytesMut,
+    /// Room for reading a property bag (reused).
+    bag: topic::BagScratch,
     /// Input acknowledgements queued since the last write, and since when (see [`acks_flush`]).
     acks_held: usize,
     acks_since: Option<Instant>,
@@ -482,7 +536,7 @@ struct Shell<'a> {
     read_after: Option<Instant>,
     gather: Gather,
     /// Publishes held back while too many alerts await confirmation, with when they arrived.
-    deferred: VecDeque<(Publish, Instant)>,
+    deferred: VecDeque<(Message, Instant)>,
     /// When holding back was last logged.
     overload_warned: Option<Instant>,
     /// Publishes neither handled nor held back on this connection (see [`Shell::hold_back`]).
@@ -509,7 +563,11 @@ impl Shell<'_> {
         self.deferred.clear();
         self.left_unacknowledged = 0;
         let n = self.stats.connections.fetch_add(1, Relaxed);
-        info!("connected to edgeHub (session present: {session_present}){}", if n > 0 { ", resuming" } else { "" });
+        let tls = link.tls_description().map_or_else(String::new, |t| format!(", {t}"));
+        info!(
+            "connected to edgeHub (session present: {session_present}{tls}){}",
+            if n > 0 { ", resuming" } else { "" }
+        );
         let id = &self.config.identity.module;
         let mut subscribe = Subscribe::new_many([
             SubscribeFilter::new(id.inputs_filter(), QoS::AtLeastOnce),
@@ -521,11 +579,8 @@ impl Shell<'_> {
         let now = Instant::now();
         let mut resent = 0;
         for (pkid, held) in self.delivery.reconnected() {
-            let mut p = Publish::from_bytes(held.topic.clone(), QoS::AtLeastOnce, held.payload.clone());
-            p.pkid = pkid;
-            p.dup = true;
             held.written = Some(now);
-            link.queue(Packet::Publish(p))?;
+            link.queue_publish(&held.topic, pkid, &held.payload, true)?;
             resent += 1;
         }
         if resent > 0 {
@@ -590,13 +645,16 @@ impl Shell<'_> {
     }
 
     /// One packet; true when it was an input message.
-    fn packet(&mut self, link: &mut Link, packet: &Packet, received: Instant) -> Result<bool, LinkError> {
-        match packet {
-            Packet::Publish(p) if self.holding_back() => {
+    fn packet(&mut self, link: &mut Link, packet: &Received, received: Instant) -> Result<bool, LinkError> {
+        let packet = match packet {
+            Received::Publish(p) if self.holding_back() => {
                 self.hold_back(p, received);
-                Ok(false)
+                return Ok(false);
             }
-            Packet::Publish(p) => self.publish(link, p, received),
+            Received::Publish(p) => return self.publish(link, p, received),
+            Received::Other(packet) => packet,
+        };
+        match packet {
             Packet::PubAck(ack) => {
                 if let Some(held) = self.delivery.confirmed(ack.pkid) {
                     self.stats.alerts_confirmed.fetch_add(1, Relaxed);
@@ -633,7 +691,7 @@ impl Shell<'_> {
     /// every later one on this connection, since acknowledgements keep arrival order) is left
     /// unacknowledged; once everything before it is done the module reconnects and the hub
     /// redelivers it ([`Shell::left_for_redelivery`]).
-    fn hold_back(&mut self, publish: &Publish, received: Instant) {
+    fn hold_back(&mut self, publish: &Message, received: Instant) {
         self.stats.overloaded.fetch_add(1, Relaxed);
         if self.left_unacknowledged > 0 || self.deferred.len() >= self.config.max_unconfirmed {
             if self.left_unacknowledged == 0 {
@@ -694,15 +752,15 @@ impl Shell<'_> {
     }
 
     /// One incoming publish, top to bottom; true when it was an input message.
-    fn publish(&mut self, link: &mut Link, publish: &Publish, received: Instant) -> Result<bool, LinkError> {
+    fn publish(&mut self, link: &mut Link, publish: &Message, received: Instant) -> Result<bool, LinkError> {
         let id = &self.config.identity.module;
-        match topic::classify(id, &publish.topic) {
-            Ok(Inbound::Input { input, properties }) => {
+        match topic::classify(id, publish.topic()) {
+            Ok(Inbound::Input { input, bag }) => {
                 if self.draining {
                     return Ok(false); // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                let decision = if input == filter::INPUT {
+                let decision = if topic::input_is(input, filter::INPUT) {
                     filter::decide(&publish.payload, self.reader.get().temperature_threshold)
                 } else {
                     Decision::Drop(Reason::UnknownInput)
@@ -710,32 +768,24 @@ impl Shell<'_> {
                 // Malformed messages go to the dead-letter output when one is set; the rest of
                 // the drops are acknowledged and counted.
                 let dead_letter = match decision {
-                    Decision::Drop(reason @ Reason::Malformed(_)) => {
-                        self.reader.get().dead_letter_output.get().map(|o| (o.to_string(), reason))
-                    }
+                    Decision::Drop(Reason::Malformed(_)) => Some(self.reader.get().dead_letter_output),
                     _ => None,
                 };
-                match (decision, dead_letter) {
+                match (decision, dead_letter.as_ref().and_then(|o| o.get())) {
                     (Decision::Alert, _) => {
-                        let properties = filter::alert_properties(properties);
                         self.stats.alerts.fetch_add(1, Relaxed);
-                        self.forward(
-                            link,
-                            publish,
-                            id.events_topic(&properties.to_output_bag(filter::OUTPUT)),
-                            received,
-                        )?;
+                        self.forward(link, publish, bag, filter::OUTPUT, filter::ALERT_PROPERTY, received)?;
                     }
-                    (Decision::Drop(reason), Some((output, _))) => {
-                        debug!("dead-lettered a message on {input} to {output}: {}", reason.name());
+                    (Decision::Drop(reason), Some(output)) => {
+                        debug!("dead-lettered a message on {} to {output}: {}", topic::unquote(input), reason.name());
                         self.stats.drop(reason);
                         self.stats.dead_lettered.fetch_add(1, Relaxed);
-                        let properties = filter::dead_letter_properties(properties, reason);
-                        self.forward(link, publish, id.events_topic(&properties.to_output_bag(&output)), received)?;
+                        let property = (filter::DEAD_LETTER_PROPERTY, reason.name());
+                        self.forward(link, publish, bag, output, property, received)?;
                     }
                     (Decision::Drop(reason), None) => {
                         if reason != Reason::BelowThreshold {
-                            debug!("dropped a message on {input}: {}", reason.name());
+                            debug!("dropped a message on {}: {}", topic::unquote(input), reason.name());
                         }
                         self.stats.drop(reason);
                         self.delivery.dropped(publish.pkid);
@@ -755,12 +805,12 @@ impl Shell<'_> {
                 Ok(false)
             }
             Ok(Inbound::Other) => {
-                debug!("ignored a message on {}", publish.topic);
+                debug!("ignored a message on {}", publish.topic());
                 self.delivery.dropped(publish.pkid);
                 Ok(false)
             }
             Err(e) => {
-                warn!("dropped a message with an unreadable topic ({}): {}", e.name(), publish.topic);
+                warn!("dropped a message with an unreadable topic ({}): {}", e.name(), publish.topic());
                 self.stats.received.fetch_add(1, Relaxed);
                 self.stats.drop(Reason::BadPropertyBag);
                 self.delivery.dropped(publish.pkid);
@@ -769,14 +819,35 @@ impl Shell<'_> {
         }
     }
 
-    /// Sends an input's body on to `topic` (an alert, or a dead letter), at least once: the
-    /// input is acknowledged once the hub confirms this publish.
-    fn forward(&mut self, link: &mut Link, input: &Publish, topic: String, received: Instant) -> Result<(), LinkError> {
-        let held = Held { topic: topic.clone(), payload: input.payload.clone(), received, written: None };
-        let mut out = Publish::from_bytes(topic, QoS::AtLeastOnce, input.payload.clone());
-        out.pkid = self.delivery.alerted(input.pkid, held);
-        self.unflushed.push(out.pkid);
-        link.queue(Packet::Publish(out))
+    /// Sends an input's body on to `output` with its properties and `property` (an alert, or a
+    /// dead letter), at least once: the input is acknowledged once the hub confirms this publish.
+    /// The topic is written into the arena and the body is the input's buffer: nothing is copied
+    /// but into the outgoing buffer, and nothing allocated.
+    fn forward(
+        &mut self,
+        link: &mut Link,
+        input: &Message,
+        bag: &str,
+        output: &str,
+        property: (&str, &str),
+        received: Instant,
+    ) -> Result<(), LinkError> {
+        if self.topics.capacity() - self.topics.len() < 1024 {
+            self.topics = BytesMut::with_capacity(TOPIC_ARENA);
+        }
+        let id = &self.config.identity.module;
+        // classify checked the bag, so this cannot fail; a dropped input would still be
+        // acknowledged, never lost.
+        if topic::write_output_topic(&mut self.topics, id, bag, output, property, &mut self.bag).is_err() {
+            self.delivery.dropped(input.pkid);
+            return Ok(());
+        }
+        let topic = self.topics.split().freeze();
+        let held = Held { topic, payload: input.payload.clone(), received, written: None };
+        let pkid = self.delivery.alerted(input.pkid, held);
+        self.unflushed.push(pkid);
+        let held = self.delivery.alert_mut(pkid).expect("just held");
+        link.queue_publish(&held.topic, pkid, &held.payload, false)
     }
 
     fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {
@@ -861,7 +932,7 @@ impl Shell<'_> {
 
     /// Queues the input acknowledgements that are due.
     fn due_acks(&mut self, link: &mut Link) {
-        for pkid in self.delivery.ready() {
+        while let Some(pkid) = self.delivery.next_ready() {
             // Encoding a PUBACK cannot fail; the error path exists for oversized publishes.
             let _ = link.queue(Packet::PubAck(PubAck::new(pkid)));
             self.acks_held += 1;

@@ -21,8 +21,8 @@ use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::{self, v4::Packet};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use rumqttc::mqttbytes::{self, v4::Packet, QoS};
 use rumqttc::tokio_rustls::TlsConnector;
 use rumqttc::{ConnectReturnCode, Login};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -30,6 +30,98 @@ use tokio::net::TcpStream;
 
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// An incoming PUBLISH, read without copying or allocating: its topic and payload are slices of
+/// the read buffer. The topic is valid UTF-8 (checked when it was read).
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub pkid: u16,
+    pub qos: QoS,
+    topic: Bytes,
+    pub payload: Bytes,
+}
+
+impl Message {
+    pub fn topic(&self) -> &str {
+        // SAFETY: `read_publish` only makes a `Message` whose topic is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.topic) }
+    }
+}
+
+/// A packet read from the hub: a PUBLISH as a [`Message`], anything else as rumqttc decodes it.
+#[derive(Debug)]
+pub enum Received {
+    Publish(Message),
+    Other(Packet),
+}
+
+/// Decodes one PUBLISH from the front of `rx` (whose first byte says PUBLISH): None until the
+/// whole packet is there. MQTT 3.1.1 §3.3.
+pub fn read_publish(rx: &mut BytesMut, max_packet: usize) -> Result<Option<Message>, LinkError> {
+    let flags = rx[0] & 0x0F;
+    let (mut remaining, mut header) = (0usize, 1usize);
+    loop {
+        let Some(&b) = rx.get(header) else { return Ok(None) };
+        remaining |= usize::from(b & 0x7F) << (7 * (header - 1));
+        header += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if header > 4 {
+            return Err(LinkError::Protocol("malformed remaining length".into()));
+        }
+    }
+    if remaining > max_packet {
+        return Err(LinkError::Protocol(format!("a {remaining}-byte packet is over the {max_packet}-byte limit")));
+    }
+    if rx.len() < header + remaining {
+        return Ok(None);
+    }
+    let qos = match (flags >> 1) & 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return Err(LinkError::Protocol("PUBLISH with QoS 3".into())),
+    };
+    let mut packet = rx.split_to(header + remaining).freeze();
+    packet.advance(header);
+    let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    if packet.len() < 2 || packet.len() < 2 + usize::from(u16::from_be_bytes([packet[0], packet[1]])) + id_len {
+        return Err(LinkError::Protocol("PUBLISH shorter than its topic".into()));
+    }
+    let topic_len = usize::from(packet.get_u16());
+    let topic = packet.split_to(topic_len);
+    if std::str::from_utf8(&topic).is_err() {
+        return Err(LinkError::Protocol("PUBLISH topic is not UTF-8".into()));
+    }
+    let pkid = if qos == QoS::AtMostOnce { 0 } else { packet.get_u16() };
+    Ok(Some(Message { pkid, qos, topic, payload: packet }))
+}
+
+/// Encodes a QoS 1 PUBLISH of `payload` to `topic` into `tx`, without making a packet first
+/// (MQTT 3.1.1 §3.3; `dup` when it is sent again).
+pub fn write_publish(tx: &mut BytesMut, topic: &[u8], pkid: u16, payload: &[u8], dup: bool) -> Result<(), LinkError> {
+    let remaining = 2 + topic.len() + 2 + payload.len();
+    if remaining > MAX_OUTGOING || topic.len() > usize::from(u16::MAX) {
+        return Err(LinkError::Protocol(format!("a {remaining}-byte publish is over the hub's limit")));
+    }
+    tx.reserve(5 + remaining);
+    tx.put_u8(0x32 | if dup { 0x08 } else { 0 });
+    let mut length = remaining;
+    loop {
+        let byte = (length & 0x7F) as u8;
+        length >>= 7;
+        tx.put_u8(if length > 0 { byte | 0x80 } else { byte });
+        if length == 0 {
+            break;
+        }
+    }
+    tx.put_u16(topic.len() as u16);
+    tx.put_slice(topic);
+    tx.put_u16(pkid);
+    tx.put_slice(payload);
+    Ok(())
+}
 
 /// Why a connection failed or ended.
 #[derive(Debug)]
@@ -150,15 +242,30 @@ impl Link {
         let mut first = Vec::with_capacity(1);
         link.read_batch(&mut first, 1).await?;
         match first.pop() {
-            Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => Ok((link, ack.session_present)),
-            Some(Packet::ConnAck(ack)) => Err(LinkError::Refused(ack.code)),
+            Some(Received::Other(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                Ok((link, ack.session_present))
+            }
+            Some(Received::Other(Packet::ConnAck(ack))) => Err(LinkError::Refused(ack.code)),
             other => Err(LinkError::Protocol(format!("expected CONNACK, got {other:?}"))),
         }
+    }
+
+    /// The TLS version and cipher suite negotiated, on a TLS connection.
+    pub fn tls_description(&self) -> Option<String> {
+        let session = self.tls.as_deref()?;
+        let version = session.protocol_version().map_or_else(|| "TLS".into(), |v| format!("{v:?}"));
+        let suite = session.negotiated_cipher_suite().map_or_else(String::new, |s| format!(" {:?}", s.suite()));
+        Some(format!("{version}{suite}"))
     }
 
     /// Encodes a packet into the outgoing buffer.
     pub fn queue(&mut self, packet: Packet) -> Result<(), LinkError> {
         packet.write(&mut self.tx, MAX_OUTGOING).map(drop).map_err(|e| LinkError::Protocol(format!("{e:?}")))
+    }
+
+    /// Encodes a QoS 1 PUBLISH into the outgoing buffer ([`write_publish`]).
+    pub fn queue_publish(&mut self, topic: &[u8], pkid: u16, payload: &[u8], dup: bool) -> Result<(), LinkError> {
+        write_publish(&mut self.tx, topic, pkid, payload, dup)
     }
 
     /// Bytes waiting to be written.
@@ -195,7 +302,7 @@ impl Link {
 
     /// Waits for at least one packet, then decodes every complete packet read so far (at most
     /// `max`) into `out`. Cancel-safe: nothing read is lost if the future is dropped.
-    pub async fn read_batch(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<(), LinkError> {
+    pub async fn read_batch(&mut self, out: &mut Vec<Received>, max: usize) -> Result<(), LinkError> {
         loop {
             self.decode(out, max)?;
             if !out.is_empty() {
@@ -210,7 +317,7 @@ impl Link {
 
     /// Decodes what was read, and reads more unless the last read drained the socket, without
     /// waiting: false when nothing new was.
-    pub fn read_ready(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<bool, LinkError> {
+    pub fn read_ready(&mut self, out: &mut Vec<Received>, max: usize) -> Result<bool, LinkError> {
         let before = out.len();
         self.decode(out, max)?;
         if out.len() == before && out.len() < max && !self.drained {
@@ -262,10 +369,17 @@ impl Link {
         Ok(())
     }
 
-    fn decode(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<(), LinkError> {
+    fn decode(&mut self, out: &mut Vec<Received>, max: usize) -> Result<(), LinkError> {
         while out.len() < max {
+            if self.rx.first().is_some_and(|b| b >> 4 == 3) {
+                match read_publish(&mut self.rx, self.max_packet)? {
+                    Some(m) => out.push(Received::Publish(m)),
+                    None => break,
+                }
+                continue;
+            }
             match Packet::read(&mut self.rx, self.max_packet) {
-                Ok(p) => out.push(p),
+                Ok(p) => out.push(Received::Other(p)),
                 Err(mqttbytes::Error::InsufficientBytes(_)) => break,
                 Err(e) => return Err(LinkError::Protocol(format!("{e:?}"))),
             }

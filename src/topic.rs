@@ -78,13 +78,13 @@ pub fn twin_desired_patch(version: u64) -> String {
     format!("{TWIN_DESIRED_PREFIX}?$version={version}")
 }
 
-/// A topic a module receives, classified. Lives on the stack for one message: boxing the large
-/// variant would cost an allocation per message on the hot path.
-#[allow(clippy::large_enum_variant)]
+/// A topic a module receives, classified. Borrows from the topic: classifying allocates nothing.
 #[derive(Debug, PartialEq)]
 pub enum Inbound<'a> {
-    /// A message on one of the module's inputs.
-    Input { input: String, properties: Properties },
+    /// A message on one of the module's inputs: the input's name and the property bag, both as
+    /// they are on the wire (URL-encoded; the bag checked to be readable, see
+    /// [`Properties::from_bag`] and [`write_output_topic`] to read it).
+    Input { input: &'a str, bag: &'a str },
     /// A response to a twin request: status and request id.
     TwinResponse { status: u16, rid: &'a str },
     /// A desired-properties patch.
@@ -133,8 +133,151 @@ pub fn classify<'a>(id: &ModuleId, topic: &'a str) -> Result<Inbound<'a>, TopicE
         return Ok(Inbound::Other);
     };
     let (input, bag) = rest.split_once('/').unwrap_or((rest, ""));
-    let properties = Properties::from_bag(bag)?;
-    Ok(Inbound::Input { input: unquote(input), properties })
+    check_bag(bag)?;
+    Ok(Inbound::Input { input, bag })
+}
+
+/// Whether an input name as on the wire (URL-encoded) is `name`; allocates only for a name with
+/// escapes in it.
+pub fn input_is(raw: &str, name: &str) -> bool {
+    if raw.contains('%') {
+        unquote(raw) == name
+    } else {
+        raw == name
+    }
+}
+
+/// Fails as [`parse_bag`] does on a bag it cannot read, without decoding it.
+fn check_bag(bag: &str) -> Result<(), TopicError> {
+    let bag = bag.strip_suffix('/').unwrap_or(bag);
+    if bag.is_empty() || bag.split('&').all(|kv| kv.contains('=')) {
+        Ok(())
+    } else {
+        Err(TopicError::BagEntryWithoutValue)
+    }
+}
+
+/// What [`write_output_topic`] keeps between messages, so that once it has grown, building a
+/// topic allocates nothing.
+#[derive(Debug, Default)]
+pub struct BagScratch {
+    /// Every decoded key and value of the bag, one after another.
+    text: String,
+    /// Decoding room for one component with escapes.
+    bytes: Vec<u8>,
+    /// Application properties: key and value as ranges of `text`, in bag order.
+    application: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// The order to write them in.
+    order: Vec<usize>,
+}
+
+/// The system properties an outbound bag carries after `$.on`, in the Python SDK's order.
+const OUTBOUND_SYSTEM: [&str; 6] = ["$.mid", "$.cid", "$.uid", "$.ct", "$.ce", "$.exp"];
+
+/// Appends to `out` the topic of a message forwarded to `output` from an input with property bag
+/// `bag` (as on the wire), with application property `set` set (replacing the first of that
+/// key): byte for byte `id.events_topic(&p.to_output_bag(output))` where `p` is
+/// [`Properties::from_bag`] of `bag` after [`Properties::set`], without allocating.
+pub fn write_output_topic(
+    out: &mut bytes::BytesMut,
+    id: &ModuleId,
+    bag: &str,
+    output: &str,
+    set: (&str, &str),
+    scratch: &mut BagScratch,
+) -> Result<(), TopicError> {
+    let BagScratch { text, bytes, application, order } = scratch;
+    text.clear();
+    application.clear();
+    let mut system: [Option<std::ops::Range<usize>>; 6] = Default::default();
+    let bag = bag.strip_suffix('/').unwrap_or(bag);
+    if !bag.is_empty() {
+        for kv in bag.split('&') {
+            let (k, v) = kv.split_once('=').ok_or(TopicError::BagEntryWithoutValue)?;
+            let key = unquote_into(text, bytes, k);
+            let value = unquote_into(text, bytes, v);
+            let name = &text[key.clone()];
+            if let Some(slot) = OUTBOUND_SYSTEM.iter().position(|s| *s == name) {
+                system[slot] = Some(value);
+            } else if !(name == "$.cdid" || name == "$.cmid" || HOP_PROPERTIES.contains(&name)) {
+                application.push((key, value));
+            }
+        }
+    }
+    let start = text.len();
+    text.push_str(set.1);
+    let set_value = start..text.len();
+    match application.iter_mut().find(|(k, _)| text[k.clone()] == *set.0) {
+        Some(entry) => entry.1 = set_value,
+        None => {
+            text.push_str(set.0);
+            application.push((set_value.end..text.len(), set_value));
+        }
+    }
+    order.clear();
+    order.extend(0..application.len());
+    // Sorted by key, keeping bag order among equal keys (as a stable sort does).
+    order.sort_unstable_by(|a, b| text[application[*a].0.clone()].cmp(&text[application[*b].0.clone()]).then(a.cmp(b)));
+
+    for part in ["devices/", &id.device_id, "/modules/", &id.module_id, "/messages/events/"] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    quote_bytes(out, "$.on");
+    out.extend_from_slice(b"=");
+    quote_bytes(out, output);
+    for (name, value) in OUTBOUND_SYSTEM.iter().zip(&system) {
+        if let Some(v) = value {
+            out.extend_from_slice(b"&");
+            quote_bytes(out, name);
+            out.extend_from_slice(b"=");
+            quote_bytes(out, &text[v.clone()]);
+        }
+    }
+    for i in order.iter() {
+        let (k, v) = &application[*i];
+        out.extend_from_slice(b"&");
+        quote_bytes(out, &text[k.clone()]);
+        out.extend_from_slice(b"=");
+        quote_bytes(out, &text[v.clone()]);
+    }
+    Ok(())
+}
+
+/// [`unquote`] of `s` appended to `text`; returns where it went.
+fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Range<usize> {
+    let start = text.len();
+    if !s.contains('%') {
+        text.push_str(s);
+        return start..text.len();
+    }
+    bytes.clear();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                bytes.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        bytes.push(b[i]);
+        i += 1;
+    }
+    text.push_str(&String::from_utf8_lossy(bytes));
+    start..text.len()
+}
+
+/// [`quote`] of `s`, appended to `out`.
+fn quote_bytes(out: &mut bytes::BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~') {
+            out.extend_from_slice(&[b]);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
 }
 
 /// The value of `key` in a `?k=v&…` query (the part after the last `/` of a twin topic).

@@ -7,7 +7,10 @@ use edgefilter::hub::twin::Twin;
 use edgefilter::hub::{filter_matches, parse_module_username};
 use edgefilter::module::{renewal_margin, username};
 use edgefilter::settings::{apply_desired, from_env, reported, Settings, Source};
-use edgefilter::topic::{classify, encode_bag, parse_bag, quote, unquote, Inbound, ModuleId, Properties, TopicError};
+use edgefilter::topic::{
+    classify, encode_bag, parse_bag, quote, unquote, write_output_topic, BagScratch, Inbound, ModuleId, Properties,
+    TopicError,
+};
 use edgefilter::{config, filter, sas};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -28,8 +31,9 @@ fn obj(v: Value) -> Map<String, Value> {
 #[test]
 fn edgehub_test_topic_is_read_like_the_python_sdk() {
     let topic = "devices/Device1/modules/Module1/inputs/input1/Foo=Bar&Prop2=Value2&Prop3=Value3&%24.ce=utf-8&%24.ct=application%2Fjson&%24.schema=schema1&%24.to=foo&%24.uid=user1&%24.cid=1234&%24.mid=m1&%24.cdid=fromDevice1&%24.cmid=fromModule1&%24.sub=testComponent";
-    let Ok(Inbound::Input { input, properties: p }) = classify(&id(), topic) else { panic!("not an input") };
+    let Ok(Inbound::Input { input, bag }) = classify(&id(), topic) else { panic!("not an input") };
     assert_eq!(input, "input1");
+    let p = Properties::from_bag(bag).unwrap();
     assert_eq!(
         p.application,
         vec![("Foo".into(), "Bar".into()), ("Prop2".into(), "Value2".into()), ("Prop3".into(), "Value3".into())]
@@ -47,11 +51,11 @@ fn edgehub_test_topic_is_read_like_the_python_sdk() {
 fn input_topics_without_bag_and_other_topics() {
     assert_eq!(
         classify(&id(), "devices/Device1/modules/Module1/inputs/input1"),
-        Ok(Inbound::Input { input: "input1".into(), properties: Properties::default() })
+        Ok(Inbound::Input { input: "input1", bag: "" })
     );
     assert_eq!(
         classify(&id(), "devices/Device1/modules/Module1/inputs/input1/"),
-        Ok(Inbound::Input { input: "input1".into(), properties: Properties::default() })
+        Ok(Inbound::Input { input: "input1", bag: "" })
     );
     assert_eq!(classify(&id(), "devices/Device1/modules/Other/inputs/input1"), Ok(Inbound::Other));
     assert_eq!(classify(&id(), "$iothub/methods/POST/reset/?$rid=1"), Ok(Inbound::Other));
@@ -79,6 +83,93 @@ fn alert_bag_is_in_python_order_with_message_type() {
 fn message_type_replaces_an_existing_one() {
     let p = filter::alert_properties(Properties::from_bag("MessageType=Normal").unwrap());
     assert_eq!(p.application, vec![("MessageType".to_string(), "Alert".to_string())]);
+}
+
+/// The reference: what the output topic is by the readable path (parse, set, encode).
+fn reference_topic(bag: &str, output: &str, set: (&str, &str)) -> Result<String, TopicError> {
+    let mut p = Properties::from_bag(bag)?;
+    p.set(set.0, set.1);
+    Ok(id().events_topic(&p.to_output_bag(output)))
+}
+
+fn written_topic(bag: &str, output: &str, set: (&str, &str), scratch: &mut BagScratch) -> Result<String, TopicError> {
+    let mut out = bytes::BytesMut::new();
+    write_output_topic(&mut out, &id(), bag, output, set, scratch)?;
+    Ok(String::from_utf8(out.to_vec()).unwrap())
+}
+
+#[test]
+fn the_output_topic_is_written_as_the_readable_path_builds_it() {
+    let mut scratch = BagScratch::default();
+    for bag in [
+        "",
+        "/",
+        "z=1&a=x%20y&%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=m1&%24.cdid=d&%24.cmid=s&%24.to=t",
+        "MessageType=Normal&MessageType=Other&a=1",
+        "b=2&a=1&b=1&%24.mid=first&%24.mid=second",
+        "%FF=%C3%A9&k=%zz&%24.exp=2026&iothub-ack=full&%24.on=x&%24.schema=s&%24.sub=c",
+        "sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor",
+        "a=1&b",
+    ] {
+        for (output, set) in [(filter::OUTPUT, filter::ALERT_PROPERTY), ("deadLetters", ("FilterError", "invalid_json"))] {
+            assert_eq!(written_topic(bag, output, set, &mut scratch), reference_topic(bag, output, set), "bag {bag:?}");
+        }
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_bag_is_written_as_the_readable_path_builds_it(
+        pairs in proptest::collection::vec(
+            (proptest::sample::select(vec!["MessageType", "%24.mid", "%24.ct", "%24.cdid", "%24.to", "a", "A", "z%20z", "%FF", "%", "k%2", "\u{e9}", "$.uid", "", "%24.exp"]),
+             "[a-zA-Z0-9%=/ .~_$-]{0,8}"),
+            0..8),
+        raw in "[a-z%&=/]{0,12}",
+    ) {
+        let mut scratch = BagScratch::default();
+        let bag = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        for bag in [bag.as_str(), raw.as_str()] {
+            proptest::prop_assert_eq!(
+                written_topic(bag, filter::OUTPUT, filter::ALERT_PROPERTY, &mut scratch),
+                reference_topic(bag, filter::OUTPUT, filter::ALERT_PROPERTY)
+            );
+        }
+    }
+}
+
+#[test]
+fn publish_codec_agrees_with_rumqttc() {
+    use edgefilter::mqtt::{read_publish, write_publish};
+    use rumqttc::mqttbytes::{v4::Packet, v4::Publish, QoS};
+    // Written here, read by rumqttc.
+    for (body_len, dup) in [(0usize, false), (129, false), (300, true), (20_000, false), (200_000, true)] {
+        let body = vec![b'x'; body_len];
+        let mut tx = bytes::BytesMut::new();
+        write_publish(&mut tx, b"devices/d/modules/m/messages/events/%24.on=output1", 513, &body, dup).unwrap();
+        let Ok(Packet::Publish(p)) = Packet::read(&mut tx, 1 << 20) else { panic!("not a publish") };
+        assert_eq!(
+            (p.topic.as_str(), p.pkid, p.qos, p.dup, p.payload.len()),
+            ("devices/d/modules/m/messages/events/%24.on=output1", 513, QoS::AtLeastOnce, dup, body_len)
+        );
+        assert!(tx.is_empty());
+    }
+    // Written by rumqttc (QoS 0 and 1), read here; a partial packet waits; a bad topic is refused.
+    for (qos, len) in [(QoS::AtMostOnce, 5usize), (QoS::AtLeastOnce, 129), (QoS::AtLeastOnce, 70_000)] {
+        let mut p = Publish::new("devices/d/modules/m/inputs/input1/a=1", qos, vec![7u8; len]);
+        p.pkid = if qos == QoS::AtMostOnce { 0 } else { 42 };
+        let mut rx = bytes::BytesMut::new();
+        Packet::Publish(p.clone()).write(&mut rx, 1 << 20).unwrap();
+        let whole = rx.clone();
+        let mut part = bytes::BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(read_publish(&mut part, 1 << 20).unwrap().is_none(), "incomplete");
+        let m = read_publish(&mut rx, 1 << 20).unwrap().unwrap();
+        assert_eq!((m.topic(), m.pkid, m.qos, m.payload.len()), (p.topic.as_str(), p.pkid, qos, len));
+        assert!(rx.is_empty());
+        let mut small = whole.clone();
+        assert!(read_publish(&mut small, 20).is_err(), "over the packet limit");
+    }
+    let mut bad = bytes::BytesMut::from(&[0x30u8, 4, 0, 2, 0xFF, 0xFE][..]);
+    assert!(read_publish(&mut bad, 1 << 20).is_err(), "a topic that is not UTF-8");
 }
 
 #[test]
@@ -719,4 +810,43 @@ fn workload_responses_are_checked() {
     assert!(parse_trust_bundle(br#"{"certificate":""}"#).is_err());
     assert_eq!(parse_uri("http://127.0.0.1:15580"), Ok(WorkloadUri::Http { host: "127.0.0.1".into(), port: 15580 }));
     assert!(parse_uri("unix://relative.sock").is_err());
+}
+
+// ---- reconnecting ----
+
+#[test]
+fn an_unreachable_hub_is_tried_often_enough_to_resume_within_half_a_second() {
+    use edgefilter::retry::{Retry, FAST, FAST_FOR, LOG_EVERY, STEADY};
+    let mut r = Retry::default();
+    let start = std::time::Instant::now();
+    let mut now = start;
+    let mut attempts_after_fast = 0;
+    let mut lines = 0;
+    while now - start < Duration::from_secs(70) {
+        let next = r.failed(now, false);
+        assert!(next.delay * 6 / 5 < Duration::from_millis(500), "even jittered, the next try is within 0.5 s");
+        assert_eq!(next.delay, if now - start < FAST_FOR { FAST } else { STEADY });
+        lines += usize::from(next.log.is_some());
+        if now - start >= Duration::from_secs(10) && now - start < Duration::from_secs(70) {
+            attempts_after_fast += 1;
+        }
+        now += next.delay;
+    }
+    assert_eq!(attempts_after_fast, 200, "200 attempts a minute after the first ten seconds");
+    assert!(lines <= (70 / LOG_EVERY.as_secs() + 1) as usize, "{lines} log lines in 70 s");
+    // After a connection, a new outage starts fast again and is logged at once.
+    r.connected();
+    let next = r.failed(now, false);
+    assert_eq!((next.delay, next.log), (FAST, Some(1)));
+}
+
+#[test]
+fn a_hub_that_refuses_the_module_is_asked_less_and_less_often() {
+    use edgefilter::retry::{Retry, REFUSED_MAX, REFUSED_MIN};
+    let mut r = Retry::default();
+    let now = std::time::Instant::now();
+    let delays: Vec<Duration> = (0..10).map(|_| r.failed(now, true).delay).collect();
+    assert_eq!(delays[0], REFUSED_MIN);
+    assert_eq!(delays[1], REFUSED_MIN * 2);
+    assert_eq!(*delays.last().unwrap(), REFUSED_MAX);
 }

@@ -237,7 +237,11 @@ async fn sigterm_mid_batch_loses_nothing() {
     terminate(&first);
     let out = first.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stop requested"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stop requested"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     collect(&mut seen, &mut duplicates, early);
     collect(&mut seen, &mut duplicates, upstream.drain(Duration::from_millis(500)).await);
     assert!(seen.len() < N as usize, "stopped mid-stream ({} of {N} done)", seen.len());

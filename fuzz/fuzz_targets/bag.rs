@@ -1,8 +1,9 @@
-//! Topics and property bags: any input topic is classified without a panic, and any bag that
-//! parses encodes back to pairs that parse to the same pairs.
+//! Topics and property bags: any input topic is classified without a panic, any bag that parses
+//! encodes back to pairs that parse to the same pairs, and the module's allocation-free output
+//! topic is byte for byte the one the readable path builds.
 #![no_main]
 
-use edgefilter::topic::{classify, encode_bag, parse_bag, ModuleId};
+use edgefilter::topic::{classify, encode_bag, parse_bag, write_output_topic, BagScratch, ModuleId, Properties};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,4 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let bag = encode_bag(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         assert_eq!(parse_bag(&bag).expect("an encoded bag parses"), pairs);
     }
+    let mut written = bytes::BytesMut::new();
+    let fast = write_output_topic(&mut written, &id, text, "output1", ("MessageType", "Alert"), &mut BagScratch::default());
+    let reference = Properties::from_bag(text).map(|mut p| {
+        p.set("MessageType", "Alert");
+        id.events_topic(&p.to_output_bag("output1"))
+    });
+    assert_eq!(fast.map(|()| String::from_utf8(written.to_vec()).unwrap()), reference);
 });

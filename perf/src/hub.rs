@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgefilter::mqtt::{ConnectOptions, Link};
+use edgefilter::mqtt::{ConnectOptions, Link, Received};
 use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 use tokio::time::Instant;
@@ -80,7 +80,7 @@ pub struct Publisher {
     last_pkid: u16,
     /// How many publishes may await their PUBACK.
     window: usize,
-    packets: Vec<Packet>,
+    packets: Vec<Received>,
     /// Connections made after the first.
     pub reconnects: u64,
     /// Publishes sent again after a reconnection.
@@ -187,7 +187,7 @@ impl Publisher {
                 Err(_) => break false,
             }
             for p in packets.drain(..) {
-                if let Packet::PubAck(ack) = p {
+                if let Received::Other(Packet::PubAck(ack)) = p {
                     self.acknowledged(ack.pkid);
                 }
             }
@@ -203,7 +203,7 @@ impl Publisher {
             None => Ok(Err(edgefilter::mqtt::LinkError::Closed)),
         };
         for p in packets.drain(..) {
-            if let Packet::PubAck(ack) = p {
+            if let Received::Other(Packet::PubAck(ack)) = p {
                 self.acknowledged(ack.pkid);
             }
         }

@@ -213,7 +213,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     };
     let mut rss_over_time = Vec::new();
     let mut sent = 0u64;
-    let mut last_progress = Instant::now();
+    let mut last_sample = Instant::now();
+    let mut progress = output::Progress::new(messages.len() as u64, expected_count, o.progress);
     for (i, m) in messages.iter().enumerate() {
         let at = start + due[i];
         if Instant::now() >= hard_stop {
@@ -237,16 +238,13 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         let body = Bytes::from(m.body.clone().into_bytes());
         publisher.publish(topic, body, hard_stop.into()).await?;
         sent += 1;
-        let tick = last_progress.elapsed() >= Duration::from_secs(1);
-        if tick {
-            last_progress = Instant::now();
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            last_sample = Instant::now();
             if let Some(rss) = o.pid.and_then(proc_rss_kb) {
                 rss_over_time.push(rss);
             }
         }
-        if o.progress && tick {
-            eprint!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
-        }
+        progress.update(sent, tally.seen.len() as u64);
     }
     publisher.finish(hard_stop.into()).await?;
     let sent_at = Instant::now();
@@ -265,9 +263,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), alerts.recv()).await {
         tally.record(p, Instant::now());
     }
-    if o.progress {
-        eprintln!("\r{}", output::progress_bar(sent, messages.len() as u64, tally.seen.len() as u64, expected_count));
-    }
+    progress.finish(sent, tally.seen.len() as u64);
     // Leave no subscription behind in the persistent session: the hub would queue for it forever.
     let _ = subscriber.unsubscribe(events).await;
     let _ = subscriber.disconnect().await;

@@ -1,20 +1,68 @@
 //! Report files: the HdrHistogram percentile distribution (`.hgrm`, the format HdrHistogram's
-//! plotters read), an SVG plot of latency by percentile and of alert rate over time, and the
-//! progress bar.
+//! plotters read), an SVG plot of latency by percentile and of alert rate over time (one run, or
+//! several side by side), the table `compare` prints, and the replay's progress.
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-/// `[#####.....] sent 5000/10000, alerts 2400/5000`
-pub fn progress_bar(sent: u64, total: u64, alerts: u64, expected: u64) -> String {
-    let width: u64 = 30;
-    let filled = (sent * width).checked_div(total).unwrap_or(width) as usize;
-    format!(
-        "[{}{}] sent {sent}/{total}, alerts {alerts}/{expected}",
-        "#".repeat(filled.min(width as usize)),
-        ".".repeat((width as usize).saturating_sub(filled))
-    )
+/// A replay's progress on standard error: a live bar on a terminal (indicatif), and on anything
+/// else (a log, CI) one plain line every few seconds instead of a line redrawn with carriage
+/// returns.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    expected: u64,
+    last_line: std::time::Instant,
+    enabled: bool,
+}
+
+/// How often a plain progress line is written when standard error is not a terminal.
+const LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Progress {
+    pub fn new(total: u64, expected: u64, enabled: bool) -> Progress {
+        use std::io::IsTerminal as _;
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} sent {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress { bar, total, expected, last_line: std::time::Instant::now(), enabled }
+    }
+
+    pub fn update(&mut self, sent: u64, alerts: u64) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(sent);
+                bar.set_message(format!("alerts {alerts}/{}", self.expected));
+            }
+            None if self.enabled && self.last_line.elapsed() >= LINE_EVERY => {
+                self.last_line = std::time::Instant::now();
+                eprintln!("{}", self.line(sent, alerts));
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(&mut self, sent: u64, alerts: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.set_position(sent);
+            bar.finish_and_clear();
+        }
+        if self.enabled {
+            eprintln!("{}", self.line(sent, alerts));
+        }
+    }
+
+    fn line(&self, sent: u64, alerts: u64) -> String {
+        format!("sent {sent}/{}, alerts {alerts}/{}", self.total, self.expected)
+    }
 }
 
 /// The percentile distribution in HdrHistogram's text format, values in milliseconds.
