@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7
 EDGEFILTER_ARM_BINARY="$PWD/dist/armv7/edgefilter" cargo test --workspace
 hadolint Dockerfile.amd64 Dockerfile.arm32v7

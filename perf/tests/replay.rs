@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[allow(dead_code)]
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
