@@ -5,6 +5,7 @@
 # tools/arm-insn-count; each figure is a run of N messages less a run of the same length with none.
 #   scripts/arm-streaming-insns.sh [N] [RATE]    (default 4000 messages at 2000 msg/s)
 #   EDGEFILTER_ARM_BINARY=...                    the binary (default dist/armv7/edgefilter, built if missing)
+#   TLS13_CIPHERS=TLS_AES_128_GCM_SHA256 ...     what mosquitto allows (its ciphers_tls1.3), to measure one suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,8 +21,10 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 make_certificates "$work"
 tls_port=$(free_port)
 tcp_port=$(free_port)
+suites=()
+[ -n "${TLS13_CIPHERS:-}" ] && suites=("ciphers_tls1.3 $TLS13_CIPHERS")
 write_mosquitto_conf "$work/m.conf" "$tls_port" "max_inflight_messages 100" \
-  "cafile $work/ca.pem" "certfile $work/server.pem" "keyfile $work/server.key" \
+  "cafile $work/ca.pem" "certfile $work/server.pem" "keyfile $work/server.key" "${suites[@]}" \
   "listener $tcp_port 127.0.0.1"
 "$MOSQUITTO" -c "$work/m.conf" > "$work/mosquitto.log" 2>&1 &
 sleep 0.5
@@ -34,7 +37,7 @@ run() {
   local url=$1 m=$2 ca=()
   [ "${url#mqtts}" != "$url" ] && ca=(--ca "$work/ca.pem")
   EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_MQTT_URL="$url" \
-  EdgeModuleCACertificateFile="$work/ca.pem" EDGEFILTER_METRICS_ADDR=off RuntimeLogLevel=warning \
+  EdgeModuleCACertificateFile="$work/ca.pem" EDGEFILTER_METRICS_ADDR=off RuntimeLogLevel=info \
     "$count" --atomic "$bin" > "$work/out" 2>&1 &
   local pid=$!
   sleep 3
@@ -46,6 +49,7 @@ run() {
   fi
   kill -TERM $pid
   wait $pid || true
+  grep -o 'TLSv1_[23] [A-Z0-9_]*' "$work/out" | head -1 > "$work/suite" || true
   sed -n 's/^arm-insns: //p' "$work/out"
 }
 printf '%-6s %12s %12s %10s\n' link idle replay insns/msg
@@ -53,6 +57,6 @@ for transport in tls tcp; do
   if [ $transport = tls ]; then url="mqtts://localhost:$tls_port"; else url="mqtt://127.0.0.1:$tcp_port"; fi
   zero=$(run "$url" 0)
   full=$(run "$url" "$n")
-  printf '%-6s %12s %12s %10s\n' "$transport" "$zero" "$full" "$(( (full - zero) / n ))"
+  printf '%-6s %12s %12s %10s  %s\n' "$transport" "$zero" "$full" "$(( (full - zero) / n ))" "$(cat "$work/suite")"
 done
 echo "binary: $bin ($(stat -c %s "$bin") bytes); $n messages at $rate msg/s, half of them alerts"

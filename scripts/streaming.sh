@@ -78,7 +78,7 @@ measure() {
   local stat=$!
   sleep 0.2
   "$perf_tool" replay "$work/trace.jsonl" --hub "$url" "${tls[@]}" --device dev --module filter "${pace[@]}" \
-    --threshold="$threshold" --settle 20 --json "$work/report.json" > "$work/replay.txt" 2> /dev/null || echo "streaming: replay of $subject at $rate incomplete" >&2
+    --threshold="$threshold" --settle 20 --json "$work/report.json" > "$work/replay.txt" 2> /dev/null || { echo "streaming: replay of $subject at $rate incomplete:" >&2; sed -n 2p "$work/replay.txt" >&2; }
   kill -INT $stat
   wait $stat || true
   read -r u1 s1 < <(ticks "$pid")

@@ -150,15 +150,28 @@ pub fn tls_config(pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Strin
     Ok(Arc::new(config))
 }
 
-/// ring's cipher suites, ChaCha20-Poly1305 first where the CPU has no AES instructions (32-bit
-/// ARM: measured in docs/performance.md, "TLS cipher suites"); AES-GCM first elsewhere, as ring
-/// orders them. The server picks; OpenSSL-based servers follow the client's order by default.
+/// ring's cipher suites; on 32-bit ARM, which has no AES instructions, only ChaCha20-Poly1305
+/// and AES-128-GCM, in that order. Measured on armv7 (docs/performance.md, "TLS cipher suites"):
+/// AES-256-GCM, which ring offers first and OpenSSL-based servers prefer, costs the most there.
+/// Leaving it out matters more than the order: mosquitto (and OpenSSL servers set to their own
+/// preference) choose by the server's order, which puts ChaCha20-Poly1305 before AES-128-GCM.
 pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     if cfg!(target_arch = "arm") {
+        provider.cipher_suites.retain(|s| is_chacha(s.suite()) || is_aes128(s.suite()));
         provider.cipher_suites.sort_by_key(|s| !is_chacha(s.suite()));
     }
     provider
+}
+
+fn is_aes128(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 fn is_chacha(suite: rustls::CipherSuite) -> bool {
