@@ -21,36 +21,50 @@ const USAGE: &str = "\
 edgefilter: the IoT Edge temperature filter module
 
 USAGE:
-    edgefilter [--mqtt-url URL]      run as a module (identity from EdgeHubConnectionString)
+    edgefilter [--mqtt-url URL]      run as a module (identity from IOTEDGE_* or EdgeHubConnectionString)
     edgefilter local [OPTIONS]       run the embedded hub, a simulated sensor and the module
+    edgefilter --help | --version
 
-LOCAL OPTIONS:
-    --port N           the hub's port on 127.0.0.1 (default 1884; 0 picks a free one)
-    --interval-ms N    time between sensor messages (default 1000)
-    --messages N       stop the sensor after N messages (default: never)
-    --twin FILE        the filter's initial desired properties (a JSON object)
-    --metrics ADDR     where the module serves /metrics (default 127.0.0.1:9600; off: nowhere)
+OPTIONS:
+    --mqtt-url URL     mqtt://host:port or mqtts://host:port: where to connect instead of the gateway
 
 ENVIRONMENT:
-    EdgeHubConnectionString      HostName=…;GatewayHostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…
+    EdgeHubConnectionString      HostName=...;GatewayHostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...
     EdgeModuleCACertificateFile  the CA that edgeHub's certificate chains to
-    EDGEFILTER_MQTT_URL          mqtt://host:port or mqtts://host:port: where to connect instead
+    EDGEFILTER_MQTT_URL          as --mqtt-url
     EDGEFILTER_TOKEN_TTL_SECS    SAS token lifetime (default 3600)
     EDGEFILTER_METRICS_ADDR      where /metrics is served (default 0.0.0.0:9600; off: nowhere)
+    EDGEFILTER_MAX_UNCONFIRMED   most alerts awaiting the hub's confirmation (default 1000)
     IOTEDGE_*                    set by IoT Edge: identity and the workload API (take precedence)
-    TemperatureThreshold, BatchSize, BatchIntervalMs, ReportIntervalSecs
-                                 settings when the twin sets none (defaults 25, 100, 10, 60)
+    TemperatureThreshold, BatchSize, BatchIntervalMs, ReportIntervalSecs, DeadLetterOutput
+                                 settings when the twin sets none (defaults 25, 100, 10, 60, none)
     RuntimeLogLevel / RUST_LOG   log level (info)
+";
+
+const LOCAL_USAGE: &str = "\
+edgefilter local: the embedded hub, a simulated SimulatedTemperatureSensor and the module, on 127.0.0.1
+
+USAGE:
+    edgefilter local [OPTIONS]
+
+OPTIONS:
+    --port N           the hub's port (default 1884; 0 picks a free one)
+    --interval-ms N    time between sensor messages (default 1000)
+    --messages N       stop the sensor after N messages (default: never; 0: no sensor)
+    --twin FILE        the filter's initial desired properties (a JSON object)
+    --metrics ADDR     where the module serves /metrics (default 127.0.0.1:9600; off: nowhere)
+    -h, --help         this help
+
+Type TemperatureThreshold=40 and Enter while it runs to change the module twin.
 ";
 
 fn main() {
     let env = |name: &str| std::env::var(name).ok();
     logging::init(env);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match run(&args) {
+    let code = match run() {
         Ok(()) => 0,
         Err(Failure::Usage(msg)) => {
-            eprintln!("edgefilter: {msg}\n\n{USAGE}");
+            eprintln!("edgefilter: {msg}\nTry 'edgefilter --help'.");
             2
         }
         Err(Failure::Config(msg)) => {
@@ -71,45 +85,66 @@ enum Failure {
     Runtime(String),
 }
 
-fn run(args: &[String]) -> Result<(), Failure> {
-    let mut args = args.iter().map(String::as_str);
-    let mode = args.clone().next();
-    if matches!(mode, Some("-h" | "--help" | "help")) {
-        print!("{USAGE}");
-        return Ok(());
+impl From<lexopt::Error> for Failure {
+    fn from(e: lexopt::Error) -> Self {
+        Failure::Usage(e.to_string())
     }
-    if matches!(mode, Some("-V" | "--version")) {
-        println!("edgefilter {}", env!("CARGO_PKG_VERSION"));
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
-    if mode == Some("local") {
-        args.next();
-        let options = local_options(args)?;
-        return runtime.block_on(local::run(options, shutdown_signal())).map_err(Failure::Runtime);
-    }
-    let mut mqtt_url = None;
-    while let Some(arg) = args.next() {
-        match arg {
-            "--mqtt-url" => {
-                mqtt_url = Some(args.next().ok_or_else(|| Failure::Usage("--mqtt-url needs a URL".into()))?)
-            }
-            other => return Err(Failure::Usage(format!("unknown argument {other:?}"))),
-        }
-    }
-    let mut config =
-        config::resolve(|n| std::env::var(n).ok(), mqtt_url).map_err(|e| Failure::Config(e.to_string()))?;
-    // The runtime is the module's alone (plus its metrics endpoint).
-    config.dedicated_thread = true;
-    runtime
-        .block_on(module::run(config, std::sync::Arc::new(Stats::default()), shutdown_signal()))
-        .map_err(Failure::Runtime)
 }
 
-fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::LocalOptions, Failure> {
+/// What the command line asks for.
+enum Mode {
+    Help(&'static str),
+    Version,
+    Module { mqtt_url: Option<String> },
+    Local(local::LocalOptions),
+}
+
+fn run() -> Result<(), Failure> {
+    let mode = parse(lexopt::Parser::from_env())?;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))
+    };
+    match mode {
+        Mode::Help(text) => print!("{text}"),
+        Mode::Version => println!("edgefilter {}", env!("CARGO_PKG_VERSION")),
+        Mode::Local(options) => {
+            return runtime()?.block_on(local::run(options, shutdown_signal())).map_err(Failure::Runtime)
+        }
+        Mode::Module { mqtt_url } => {
+            let mut config = config::resolve(|n| std::env::var(n).ok(), mqtt_url.as_deref())
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            // The runtime is the module's alone (plus its metrics endpoint).
+            config.dedicated_thread = true;
+            return runtime()?
+                .block_on(module::run(config, std::sync::Arc::new(Stats::default()), shutdown_signal()))
+                .map_err(Failure::Runtime);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the command line; unknown arguments and bad values are refused, naming them.
+fn parse(mut args: lexopt::Parser) -> Result<Mode, Failure> {
+    use lexopt::prelude::*;
+    let mut mqtt_url = None;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Mode::Help(USAGE)),
+            Short('V') | Long("version") => return Ok(Mode::Version),
+            Long("mqtt-url") => mqtt_url = Some(args.value()?.string()?),
+            Value(v) if v == "local" && mqtt_url.is_none() => return local_options(args),
+            Value(v) if v == "help" => return Ok(Mode::Help(USAGE)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    Ok(Mode::Module { mqtt_url })
+}
+
+fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
+    use lexopt::prelude::*;
     let settings = settings::from_env(|n| std::env::var(n).ok()).map_err(Failure::Config)?;
     let mut options = local::LocalOptions {
         port: 1884,
@@ -119,38 +154,34 @@ fn local_options<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<local::L
         settings,
         metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9600))),
     };
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| Failure::Usage(format!("{name} needs a value")));
-        let number = |name: &str, v: &str| {
-            v.parse::<u64>().map_err(|_| Failure::Usage(format!("{name}: {v:?} is not a whole number")))
-        };
+    while let Some(arg) = args.next()? {
         match arg {
-            "--port" => {
-                let v = value("--port")?;
-                options.port =
-                    u16::try_from(number("--port", v)?).map_err(|_| Failure::Usage("--port: too large".into()))?;
+            Short('h') | Long("help") => return Ok(Mode::Help(LOCAL_USAGE)),
+            Long("port") => options.port = number(&mut args, "--port")?,
+            Long("interval-ms") => {
+                options.interval = Duration::from_millis(number::<u64>(&mut args, "--interval-ms")?.max(1))
             }
-            "--interval-ms" => {
-                let v = value("--interval-ms")?;
-                options.interval = Duration::from_millis(number("--interval-ms", v)?.max(1));
-            }
-            "--messages" => {
-                let v = value("--messages")?;
-                options.messages = Some(number("--messages", v)?);
-            }
-            "--twin" => options.twin_file = Some(value("--twin")?.into()),
-            "--metrics" => {
-                let v = value("--metrics")?;
+            Long("messages") => options.messages = Some(number(&mut args, "--messages")?),
+            Long("twin") => options.twin_file = Some(args.value()?.into()),
+            Long("metrics") => {
+                let v = args.value()?.string()?;
                 options.metrics_addr = if v == "off" {
                     None
                 } else {
                     Some(v.parse().map_err(|_| Failure::Usage(format!("--metrics: {v:?} is not host:port or off")))?)
                 };
             }
-            other => return Err(Failure::Usage(format!("unknown argument {other:?}"))),
+            other => return Err(other.unexpected().into()),
         }
     }
-    Ok(options)
+    Ok(Mode::Local(options))
+}
+
+/// The whole number after option `name`, or why not.
+fn number<T: std::str::FromStr>(args: &mut lexopt::Parser, name: &str) -> Result<T, Failure> {
+    use lexopt::ValueExt as _;
+    let v = args.value()?.string()?;
+    v.parse().map_err(|_| Failure::Usage(format!("{name}: {v:?} is not a whole number in range")))
 }
 
 /// Resolves on SIGTERM (what `docker stop` and edgeAgent send) or Ctrl-C.

@@ -194,8 +194,30 @@ fn configuration_errors_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.starts_with(want), "{err}");
     }
-    let out = edgefilter().args(["--bogus"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    // Unknown options and bad values are refused with exit code 2, naming them.
+    for (args, named) in [
+        (&["--bogus"][..], "--bogus"),
+        (&["local", "--rat", "5"], "--rat"),
+        (&["local", "--port", "abc"], "--port"),
+        (&["local", "--port", "70000"], "--port"),
+        (&["local", "--metrics", "nowhere"], "--metrics"),
+        (&["local", "--port"], "--port"),
+        (&["extra"], "extra"),
+    ] {
+        let out = edgefilter().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Help for each command, and the version, on standard output ending with a newline.
+    for args in [&["--help"][..], &["local", "--help"], &["--version"]] {
+        let out = edgefilter().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stdout.ends_with(b"\n") && out.stdout.len() > 10, "{args:?}");
+    }
 }
 
 #[test]
