@@ -147,14 +147,32 @@ pub fn input_is(raw: &str, name: &str) -> bool {
     }
 }
 
-/// Fails as [`parse_bag`] does on a bag it cannot read, without decoding it.
+/// Fails as [`parse_bag`] does on a bag it cannot read (an entry without `=`), without decoding
+/// it: one pass over the bytes.
 fn check_bag(bag: &str) -> Result<(), TopicError> {
-    let bag = bag.strip_suffix('/').unwrap_or(bag);
-    if bag.is_empty() || bag.split('&').all(|kv| kv.contains('=')) {
+    let bag = bag.strip_suffix('/').unwrap_or(bag).as_bytes();
+    let mut has_value = false;
+    for &b in bag {
+        match b {
+            b'=' => has_value = true,
+            b'&' if !has_value => return Err(TopicError::BagEntryWithoutValue),
+            b'&' => has_value = false,
+            _ => {}
+        }
+    }
+    if bag.is_empty() || has_value {
         Ok(())
     } else {
         Err(TopicError::BagEntryWithoutValue)
     }
+}
+
+/// The `&`-separated entries of a bag, split at their first `=`: byte searches, no `char` work.
+fn bag_entries(bag: &str) -> impl Iterator<Item = Option<(&str, &str)>> {
+    bag.split(|c| c == '&').map(|kv| {
+        let at = kv.as_bytes().iter().position(|&b| b == b'=')?;
+        Some((&kv[..at], &kv[at + 1..]))
+    })
 }
 
 /// What [`write_output_topic`] keeps between messages, so that once it has grown, building a
@@ -192,8 +210,8 @@ pub fn write_output_topic(
     let mut system: [Option<std::ops::Range<usize>>; 6] = Default::default();
     let bag = bag.strip_suffix('/').unwrap_or(bag);
     if !bag.is_empty() {
-        for kv in bag.split('&') {
-            let (k, v) = kv.split_once('=').ok_or(TopicError::BagEntryWithoutValue)?;
+        for entry in bag_entries(bag) {
+            let (k, v) = entry.ok_or(TopicError::BagEntryWithoutValue)?;
             let key = unquote_into(text, bytes, k);
             let value = unquote_into(text, bytes, v);
             let name = &text[key.clone()];
@@ -246,7 +264,7 @@ pub fn write_output_topic(
 /// [`unquote`] of `s` appended to `text`; returns where it went.
 fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Range<usize> {
     let start = text.len();
-    if !s.contains('%') {
+    if !s.as_bytes().contains(&b'%') {
         text.push_str(s);
         return start..text.len();
     }
@@ -268,15 +286,17 @@ fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Ra
     start..text.len()
 }
 
-/// [`quote`] of `s`, appended to `out`.
+/// [`quote`] of `s`, appended to `out`: runs of unreserved bytes copied whole.
 fn quote_bytes(out: &mut bytes::BytesMut, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~') {
-            out.extend_from_slice(&[b]);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~');
+    let mut rest = s.as_bytes();
+    while !rest.is_empty() {
+        let run = rest.iter().position(|&b| !unreserved(b)).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else { break };
+        out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        rest = &rest[run + 1..];
     }
 }
 
