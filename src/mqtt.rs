@@ -55,10 +55,11 @@ pub enum Received {
     Other(Packet),
 }
 
-/// Decodes one PUBLISH from the front of `rx` (whose first byte says PUBLISH): None until the
+/// Decodes one PUBLISH from the front of `rx` (whose first byte must say PUBLISH): None until the
 /// whole packet is there. MQTT 3.1.1 §3.3.
 pub fn read_publish(rx: &mut BytesMut, max_packet: usize) -> Result<Option<Message>, LinkError> {
-    let flags = rx[0] & 0x0F;
+    let Some(&first) = rx.first() else { return Ok(None) };
+    let flags = first & 0x0F;
     let (mut remaining, mut header) = (0usize, 1usize);
     loop {
         let Some(&b) = rx.get(header) else { return Ok(None) };

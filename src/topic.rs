@@ -167,35 +167,72 @@ fn check_bag(bag: &str) -> Result<(), TopicError> {
     }
 }
 
-/// The `&`-separated entries of a bag, split at their first `=`: byte searches, no `char` work.
+/// The `&`-separated entries of a bag, split at their first `=` (None for an entry without
+/// one): byte searches, no `char` decoding.
 fn bag_entries(bag: &str) -> impl Iterator<Item = Option<(&str, &str)>> {
-    bag.split(|c| c == '&').map(|kv| {
-        let at = kv.as_bytes().iter().position(|&b| b == b'=')?;
-        Some((&kv[..at], &kv[at + 1..]))
+    let mut rest = Some(bag);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let entry = match r.as_bytes().iter().position(|&b| b == b'&') {
+            Some(at) => {
+                rest = Some(&r[at + 1..]);
+                &r[..at]
+            }
+            None => {
+                rest = None;
+                r
+            }
+        };
+        Some(entry.as_bytes().iter().position(|&b| b == b'=').map(|at| (&entry[..at], &entry[at + 1..])))
     })
+}
+
+/// What an inbound bag's key is to an outbound bag: one of [`OUTBOUND_SYSTEM`], a property
+/// that is not forwarded, or an application property.
+fn outbound_role(name: &str) -> Option<Option<usize>> {
+    // Every system and hop property but three starts with `$`.
+    if !name.starts_with('$') && !matches!(name, "ack" | "iothub-ack" | "iothub-operation") {
+        return Some(None);
+    }
+    if let Some(slot) = OUTBOUND_SYSTEM.iter().position(|s| *s == name) {
+        return Some(Some(slot));
+    }
+    if name == "$.cdid" || name == "$.cmid" || HOP_PROPERTIES.contains(&name) {
+        return None;
+    }
+    Some(None)
 }
 
 /// What [`write_output_topic`] keeps between messages, so that once it has grown, building a
 /// topic allocates nothing.
 #[derive(Debug, Default)]
 pub struct BagScratch {
-    /// Every decoded key and value of the bag, one after another.
-    text: String,
+    /// The decoded keys, one after another.
+    keys: String,
     /// Decoding room for one component with escapes.
     bytes: Vec<u8>,
-    /// Application properties: key and value as ranges of `text`, in bag order.
-    application: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// Application properties: decoded key (a range of `keys`) and the value as on the wire (a
+    /// range of the bag; `None` for the property being set).
+    application: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)>,
     /// The order to write them in.
     order: Vec<usize>,
+    /// The topic being written.
+    out: Vec<u8>,
 }
 
-/// The system properties an outbound bag carries after `$.on`, in the Python SDK's order.
+/// The system properties an outbound bag carries after `$.on`, in the Python SDK's order…
 const OUTBOUND_SYSTEM: [&str; 6] = ["$.mid", "$.cid", "$.uid", "$.ct", "$.ce", "$.exp"];
+/// …and as they are written there ([`quote`]d, between `&` and `=`).
+const OUTBOUND_SYSTEM_QUOTED: [&str; 6] = ["&%24.mid=", "&%24.cid=", "&%24.uid=", "&%24.ct=", "&%24.ce=", "&%24.exp="];
 
 /// Appends to `out` the topic of a message forwarded to `output` from an input with property bag
 /// `bag` (as on the wire), with application property `set` set (replacing the first of that
 /// key): byte for byte `id.events_topic(&p.to_output_bag(output))` where `p` is
 /// [`Properties::from_bag`] of `bag` after [`Properties::set`], without allocating.
+///
+/// Only keys are decoded (to classify and sort them). A value is copied as it came when it is
+/// already in the form [`quote`] writes, which is what edgeHub sends; any other value is decoded
+/// and quoted again, as the readable path does with every one.
 pub fn write_output_topic(
     out: &mut bytes::BytesMut,
     id: &ModuleId,
@@ -204,70 +241,119 @@ pub fn write_output_topic(
     set: (&str, &str),
     scratch: &mut BagScratch,
 ) -> Result<(), TopicError> {
-    let BagScratch { text, bytes, application, order } = scratch;
-    text.clear();
+    let BagScratch { keys, bytes, application, order, out: topic } = scratch;
+    keys.clear();
     application.clear();
     let mut system: [Option<std::ops::Range<usize>>; 6] = Default::default();
     let bag = bag.strip_suffix('/').unwrap_or(bag);
+    let base = bag.as_ptr() as usize;
     if !bag.is_empty() {
         for entry in bag_entries(bag) {
             let (k, v) = entry.ok_or(TopicError::BagEntryWithoutValue)?;
-            let key = unquote_into(text, bytes, k);
-            let value = unquote_into(text, bytes, v);
-            let name = &text[key.clone()];
-            if let Some(slot) = OUTBOUND_SYSTEM.iter().position(|s| *s == name) {
-                system[slot] = Some(value);
-            } else if !(name == "$.cdid" || name == "$.cmid" || HOP_PROPERTIES.contains(&name)) {
-                application.push((key, value));
+            let value = v.as_ptr() as usize - base..v.as_ptr() as usize - base + v.len();
+            let key = unquote_into(keys, bytes, k);
+            match outbound_role(&keys[key.clone()]) {
+                Some(Some(slot)) => system[slot] = Some(value),
+                Some(None) => application.push((key, Some(value))),
+                None => {}
             }
         }
     }
-    let start = text.len();
-    text.push_str(set.1);
-    let set_value = start..text.len();
-    match application.iter_mut().find(|(k, _)| text[k.clone()] == *set.0) {
-        Some(entry) => entry.1 = set_value,
+    match application.iter_mut().find(|(k, _)| keys[k.clone()] == *set.0) {
+        Some(entry) => entry.1 = None,
         None => {
-            text.push_str(set.0);
-            application.push((set_value.end..text.len(), set_value));
+            let start = keys.len();
+            keys.push_str(set.0);
+            application.push((start..keys.len(), None));
         }
     }
     order.clear();
-    order.extend(0..application.len());
-    // Sorted by key, keeping bag order among equal keys (as a stable sort does).
-    order.sort_unstable_by(|a, b| text[application[*a].0.clone()].cmp(&text[application[*b].0.clone()]).then(a.cmp(b)));
-
-    for part in ["devices/", &id.device_id, "/modules/", &id.module_id, "/messages/events/"] {
-        out.extend_from_slice(part.as_bytes());
+    // Sorted by key, keeping bag order among equal keys, as a stable sort does: an insertion sort,
+    // as a bag holds a handful of properties.
+    let key = |i: usize| &keys.as_bytes()[application[i].0.clone()];
+    for i in 0..application.len() {
+        let at = order.iter().rposition(|&j| key(j) <= key(i)).map_or(0, |p| p + 1);
+        order.insert(at, i);
     }
-    quote_bytes(out, "$.on");
-    out.extend_from_slice(b"=");
-    quote_bytes(out, output);
-    for (name, value) in OUTBOUND_SYSTEM.iter().zip(&system) {
+
+    topic.clear();
+    for part in ["devices/", &id.device_id, "/modules/", &id.module_id, "/messages/events/%24.on="] {
+        topic.extend_from_slice(part.as_bytes());
+    }
+    quote_into_vec(topic, output);
+    for (name, value) in OUTBOUND_SYSTEM_QUOTED.iter().zip(&system) {
         if let Some(v) = value {
-            out.extend_from_slice(b"&");
-            quote_bytes(out, name);
-            out.extend_from_slice(b"=");
-            quote_bytes(out, &text[v.clone()]);
+            topic.extend_from_slice(name.as_bytes());
+            requote(topic, bytes, &bag[v.clone()]);
         }
     }
     for i in order.iter() {
         let (k, v) = &application[*i];
-        out.extend_from_slice(b"&");
-        quote_bytes(out, &text[k.clone()]);
-        out.extend_from_slice(b"=");
-        quote_bytes(out, &text[v.clone()]);
+        topic.push(b'&');
+        quote_into_vec(topic, &keys[k.clone()]);
+        topic.push(b'=');
+        match v {
+            Some(v) => requote(topic, bytes, &bag[v.clone()]),
+            None => quote_into_vec(topic, set.1),
+        }
     }
+    out.extend_from_slice(topic);
     Ok(())
 }
 
-/// [`unquote`] of `s` appended to `text`; returns where it went.
-fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Range<usize> {
-    let start = text.len();
-    if !s.as_bytes().contains(&b'%') {
-        text.push_str(s);
-        return start..text.len();
+/// `quote(unquote(raw))` appended to `out`: `raw` itself when it is already what [`quote`] writes
+/// (only unreserved bytes and upper-case escapes of reserved ASCII bytes), else decoded and
+/// quoted again.
+fn requote(out: &mut Vec<u8>, bytes: &mut Vec<u8>, raw: &str) {
+    if is_quoted(raw.as_bytes()) {
+        out.extend_from_slice(raw.as_bytes());
+    } else {
+        decode_into(bytes, raw);
+        quote_into_vec(out, &String::from_utf8_lossy(bytes));
     }
+}
+
+/// Whether `raw` is exactly what [`quote`] writes for some string.
+fn is_quoted(raw: &[u8]) -> bool {
+    let upper_hex = |b: u8| matches!(b, b'0'..=b'9' | b'A'..=b'F');
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if unreserved(b) {
+            i += 1;
+        } else if b == b'%' && i + 2 < raw.len() && upper_hex(raw[i + 1]) && upper_hex(raw[i + 2]) {
+            let v = hex(raw[i + 1]).unwrap_or(0) << 4 | hex(raw[i + 2]).unwrap_or(0);
+            if v >= 0x80 || unreserved(v) {
+                return false;
+            }
+            i += 3;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// The bytes [`quote`] leaves as they are.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~')
+}
+
+/// [`quote`] of `s`, appended to `out`: runs of unreserved bytes copied whole.
+fn quote_into_vec(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut rest = s.as_bytes();
+    while !rest.is_empty() {
+        let run = rest.iter().position(|&b| !unreserved(b)).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else { break };
+        out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        rest = &rest[run + 1..];
+    }
+}
+
+/// The bytes `s` stands for, `%XX` escapes decoded as [`unquote`] does, into `bytes`.
+fn decode_into(bytes: &mut Vec<u8>, s: &str) {
     bytes.clear();
     let b = s.as_bytes();
     let mut i = 0;
@@ -282,22 +368,21 @@ fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Ra
         bytes.push(b[i]);
         i += 1;
     }
-    text.push_str(&String::from_utf8_lossy(bytes));
-    start..text.len()
 }
 
-/// [`quote`] of `s`, appended to `out`: runs of unreserved bytes copied whole.
-fn quote_bytes(out: &mut bytes::BytesMut, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~');
-    let mut rest = s.as_bytes();
-    while !rest.is_empty() {
-        let run = rest.iter().position(|&b| !unreserved(b)).unwrap_or(rest.len());
-        out.extend_from_slice(&rest[..run]);
-        let Some(&b) = rest.get(run) else { break };
-        out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        rest = &rest[run + 1..];
+/// [`unquote`] of `s` appended to `text`; returns where it went.
+fn unquote_into(text: &mut String, bytes: &mut Vec<u8>, s: &str) -> std::ops::Range<usize> {
+    let start = text.len();
+    if s.as_bytes().contains(&b'%') {
+        decode_into(bytes, s);
+        match std::str::from_utf8(bytes) {
+            Ok(decoded) => text.push_str(decoded),
+            Err(_) => text.push_str(&String::from_utf8_lossy(bytes)),
+        }
+    } else {
+        text.push_str(s);
     }
+    start..text.len()
 }
 
 /// The value of `key` in a `?k=v&…` query (the part after the last `/` of a twin topic).
