@@ -40,10 +40,8 @@ for down in "${downs[@]}"; do
   kill -TERM $broker; wait $broker 2>/dev/null || true
   stopped=$(date +%s.%N)
   sleep "$down"
-  "$MOSQUITTO" -c "$work/m.conf" > /dev/null 2>&1 &
-  broker=$!
-  # When the broker accepts connections again.
-  ready=$(python3 - "$port" <<'EOF'
+  # When the broker accepts connections again: a probe started before the broker is.
+  python3 - "$port" > "$work/ready" <<'EOF' &
 import socket, sys, time
 while True:
     s = socket.socket()
@@ -52,11 +50,16 @@ while True:
         print(f"{time.time():.6f}")
         break
     except OSError:
-        time.sleep(0.002)
+        time.sleep(0.001)
     finally:
         s.close()
 EOF
-)
+  probe=$!
+  sleep 0.2
+  "$MOSQUITTO" -c "$work/m.conf" > /dev/null 2>&1 &
+  broker=$!
+  wait $probe
+  ready=$(cat "$work/ready")
   wait $replay || true
   kill -TERM $module; wait $module 2>/dev/null || true
   kill -TERM $broker; wait $broker 2>/dev/null || true

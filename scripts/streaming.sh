@@ -50,7 +50,9 @@ module_env=(EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_MQTT_URL
 start() {
   case $1 in
     edgefilter) env "${module_env[@]}" "$bin" >> "$work/module.log" 2>&1 & ;;
-    passthrough) "$perf_tool" passthrough --hub "$url" "${tls[@]}" --device dev --module filter >> "$work/pt.log" 2>&1 & ;;
+    # Its own module id, so that the module's persistent session does not queue the
+    # pass-through's load for the module's next run.
+    passthrough) "$perf_tool" passthrough --hub "$url" "${tls[@]}" --device dev --module passthrough >> "$work/pt.log" 2>&1 & ;;
   esac
   echo $!
 }
@@ -65,8 +67,8 @@ printf '%-11s %-8s %7s %8s %8s %9s %9s %9s %8s %8s %8s %8s\n' subject rate msgs 
 # measure SUBJECT RATE: one row. The pass-through forwards every message, so for it every
 # message is an expected alert.
 measure() {
-  local subject=$1 rate=$2 n pace pid a0 a1 u0 s0 u1 s1 threshold=25
-  [ "$subject" = passthrough ] && threshold=-1000000
+  local subject=$1 rate=$2 n pace pid a0 a1 u0 s0 u1 s1 threshold=25 module=filter
+  [ "$subject" = passthrough ] && threshold=-1000000 module=passthrough
   if [ "$rate" = max ]; then n=$((20000 * secs / 5)); pace=(--max); else n=$((rate * secs)); pace=(--rate "$rate"); fi
   [ "$n" -lt 200 ] && n=200
   "$perf_tool" generate --count "$n" --rate 1000 --alert-ratio 0.5 -o "$work/trace.jsonl"
@@ -77,7 +79,7 @@ measure() {
   perf stat -x, -e task-clock,raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.txt" &
   local stat=$!
   sleep 0.2
-  "$perf_tool" replay "$work/trace.jsonl" --hub "$url" "${tls[@]}" --device dev --module filter "${pace[@]}" \
+  "$perf_tool" replay "$work/trace.jsonl" --hub "$url" "${tls[@]}" --device dev --module "$module" "${pace[@]}" \
     --threshold="$threshold" --settle 20 --json "$work/report.json" > "$work/replay.txt" 2> /dev/null || { echo "streaming: replay of $subject at $rate incomplete:" >&2; sed -n 2p "$work/replay.txt" >&2; }
   kill -INT $stat
   wait $stat || true

@@ -89,6 +89,8 @@ pub struct Publisher {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_millis(100);
+/// Unacknowledged publishes past which every publish also reads the acknowledgements that came.
+const ACK_LOOK_AT: usize = 32;
 
 impl Publisher {
     /// Connects as `client_id` with a persistent session; fails within `within` when the hub
@@ -132,7 +134,16 @@ impl Publisher {
         self.unacked.insert(order, publish.clone());
         let sent = match self.link.as_mut() {
             Some(link) => match link.queue(Packet::Publish(publish)) {
-                Ok(()) => link.flush().await.is_ok() && self.take_ready_acks(),
+                Ok(()) => {
+                    let written = link.flush().await.is_ok();
+                    // Look for acknowledgements once a few publishes await them, even when the
+                    // last read found the socket drained: what is unconfirmed when a connection
+                    // ends is sent again, and each of those is a duplicate downstream.
+                    if self.unacked.len() >= ACK_LOOK_AT {
+                        link.paused();
+                    }
+                    written && self.take_ready_acks()
+                }
                 Err(_) => false,
             },
             None => false,
