@@ -9,8 +9,14 @@ fn main() -> Result<(), lexopt::Error> {
         (1884u16, 1000u64, None::<u64>, None::<std::path::PathBuf>, "127.0.0.1:9600".to_string());
     while let Some(arg) = args.next()? {
         match arg {
-            Short('h') | Long("help") => return Ok(println!("usage: edgefilter [--mqtt-url URL] [local [OPTIONS]]")),
-            Short('V') | Long("version") => return Ok(println!("edgefilter 0.1.0")),
+            Short('h') | Long("help") => {
+                println!("usage: edgefilter [--mqtt-url URL] [local [OPTIONS]]");
+                return Ok(());
+            }
+            Short('V') | Long("version") => {
+                println!("edgefilter 0.1.0");
+                return Ok(());
+            }
             Long("mqtt-url") => mqtt_url = Some(args.value()?.string()?),
             Value(v) if v == "local" => local = Some(()),
             Long("port") if local.is_some() => port = args.value()?.parse()?,
