@@ -198,11 +198,18 @@ pub fn svg(runs: &[Run], title: &str) -> String {
         left + pw / 2.0,
         y0 + ph + 32.0
     );
+    // 1, 2 and 5 of each decade.
     let mut e = lo;
     while e <= hi {
-        let y = y0 + ph - (e - lo) / (hi - lo) * ph;
-        let _ =
-            writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 6.0, y + 4.0, 10f64.powf(e));
+        for m in [1.0f64, 2.0, 5.0] {
+            let v = m * 10f64.powf(e);
+            let pos = (v.log10() - lo) / (hi - lo);
+            if pos > 1.0 + 1e-9 {
+                break;
+            }
+            let y = y0 + ph - pos * ph;
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>", left - 6.0, y + 4.0);
+        }
         e += 1.0;
     }
     let _ = writeln!(

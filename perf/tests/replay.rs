@@ -199,3 +199,54 @@ async fn a_broker_restart_mid_replay_loses_none_of_the_publishers_messages() {
     assert_eq!(report.received, 1500);
     peer.abort();
 }
+
+#[test]
+fn the_command_line_refuses_what_it_does_not_know() {
+    let perf = || std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter-perf"));
+    for args in [
+        &["replay", "t.jsonl", "--hub", "mqtt://127.0.0.1:1", "--rat", "500"][..],
+        &["generate", "--count", "many"],
+        &["replay", "t.jsonl", "--hub", "mqtt://127.0.0.1:1", "--rate", "5", "--max"],
+        &["frobnicate"],
+    ] {
+        let out = perf().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("error:"), "{args:?}: {err}");
+    }
+    assert!(String::from_utf8_lossy(
+        &perf().args(["replay", "x", "--hub", "h", "--rat", "5"]).output().unwrap().stderr
+    )
+    .contains("--rat"));
+    for args in [&["--help"][..], &["replay", "--help"], &["compare", "--help"], &["--version"]] {
+        let out = perf().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stdout.ends_with(b"\n"));
+    }
+}
+
+#[test]
+fn compare_puts_two_runs_side_by_side() {
+    let run = |p50: f64, rate: f64| {
+        serde_json::json!({"sent": 100, "achievedRate": rate,
+            "alerts": {"missing": 0, "duplicated": 1},
+            "latencyMs": {"p50": p50, "p90": p50 * 2.0, "p99": p50 * 3.0, "p99.9": p50 * 4.0, "max": p50 * 5.0},
+            "module": {"cpuSeconds": 1.0, "peakRssKb": 5000},
+            "latencyPercentilesMs": [[0.0, p50 / 2.0], [0.5, p50], [0.99, p50 * 3.0]],
+            "alertsPerSecond": [10, 50, 40]})
+    };
+    let (a, b) = (run(2.0, 100.0), run(1.0, 200.0));
+    let table = edgefilter_perf::output::compare_table(&a, &b, "runs/before.json", "runs/after.json").unwrap();
+    assert!(table.contains("before.json") && table.contains("after.json"), "{table}");
+    let p50 = table.lines().find(|l| l.starts_with("latency p50 ms")).unwrap();
+    assert!(p50.contains("2.00") && p50.contains("1.00") && p50.ends_with("0.50x"), "{p50}");
+    assert!(table.lines().any(|l| l.starts_with("achieved msg/s") && l.ends_with("2.00x")), "{table}");
+    assert!(edgefilter_perf::output::compare_table(&serde_json::json!({}), &b, "x", "y").is_err());
+    let runs = [
+        edgefilter_perf::output::Run::from_json("before", &a).unwrap(),
+        edgefilter_perf::output::Run::from_json("after", &b).unwrap(),
+    ];
+    let svg = edgefilter_perf::output::svg(&runs, "before against after");
+    assert!(svg.contains(">before<") && svg.contains(">after<"), "a legend names both runs");
+    assert_eq!(svg.matches("<polyline").count(), 4, "two curves in each panel");
+}
