@@ -69,6 +69,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a twin response before asking again.
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the hub to close a connection the module disconnected, before reconnecting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How soon a failed token renewal is tried again.
@@ -484,6 +486,11 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                 }
             }
         };
+        // A reconnection the module asked for (token renewal, redelivery): let the hub finish
+        // with the old connection, so that the acknowledgements written with the DISCONNECT count.
+        if let End::Reconnect = end {
+            link.closed_by_hub(CLOSE_TIMEOUT).await;
+        }
         if let End::Stop = end {
             // Say goodbye so the hub does not wait for the keep-alive.
             if link.queue(Packet::Disconnect).is_ok() {

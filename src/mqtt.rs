@@ -181,6 +181,8 @@ pub struct Link {
     max_packet: usize,
     /// The last read drained the socket: wait for the event loop before reading again.
     drained: bool,
+    /// A DISCONNECT was queued.
+    disconnecting: bool,
 }
 
 /// The largest packet the module writes (edgeHub's limit).
@@ -231,6 +233,7 @@ impl Link {
             sealed: Vec::new(),
             max_packet,
             drained: false,
+            disconnecting: false,
         };
         let mut connect = rumqttc::Connect::new(options.client_id.clone());
         connect.keep_alive = options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
@@ -261,6 +264,7 @@ impl Link {
 
     /// Encodes a packet into the outgoing buffer.
     pub fn queue(&mut self, packet: Packet) -> Result<(), LinkError> {
+        self.disconnecting |= matches!(packet, Packet::Disconnect);
         packet.write(&mut self.tx, MAX_OUTGOING).map(drop).map_err(|e| LinkError::Protocol(format!("{e:?}")))
     }
 
@@ -326,6 +330,29 @@ impl Link {
             self.decode(out, max)?;
         }
         Ok(out.len() > before)
+    }
+
+    /// After the module sent DISCONNECT to reconnect at once: waits (up to `within`) for the hub
+    /// to close the connection, discarding what it still sends. A hub that sees the new
+    /// connection first takes the session over and drops the old connection's unread packets,
+    /// the last acknowledgements among them (seen with mosquitto: their messages were delivered
+    /// again, hundreds of duplicates per redelivery round). Does nothing without a DISCONNECT.
+    pub async fn closed_by_hub(&mut self, within: Duration) {
+        if !self.disconnecting {
+            return;
+        }
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                self.rx.clear();
+                if self.drained && self.tcp.readable().await.is_err() {
+                    return;
+                }
+                if self.receive().is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// After a pause: whatever arrived meanwhile is there to read, so the next read goes to the

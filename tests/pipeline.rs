@@ -366,3 +366,41 @@ async fn the_network_cut_and_restored_mid_stream_loses_nothing() {
     eprintln!("network cut mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
     module.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_rounds_repeat_no_alert() {
+    // A backlog far beyond what the module holds (mosquitto sends a resumed session's whole queue
+    // at once): the module leaves the rest unacknowledged and reconnects for the hub to redeliver
+    // it, round after round. Its acknowledgements go with its DISCONNECT, and it waits for the hub
+    // to close the old connection before opening the next; otherwise the hub takes the session
+    // over first, drops them, and delivers those messages again.
+    let broker = Broker::start("max_queued_messages 0");
+    let mut upstream =
+        Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
+    const N: u64 = 3000;
+    let env = [("EDGEFILTER_MAX_UNCONFIRMED", "200".to_string())];
+    queue_while_offline(&broker, N, &env).await;
+    let module = RunningModule::on(broker.port, &env);
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    while seen.len() < N as usize {
+        let Some(p) = upstream.next(Duration::from_secs(20)).await else { break };
+        if !seen.insert(sequence(&p)) {
+            duplicates += 1;
+        }
+    }
+    for p in upstream.drain(Duration::from_millis(500)).await {
+        if !seen.insert(sequence(&p)) {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        N as usize,
+        "every alert arrives (duplicates so far: {duplicates}, connections: {})",
+        module.stats.connections.load(Relaxed)
+    );
+    assert!(module.stats.connections.load(Relaxed) >= 3, "the backlog took several redelivery rounds");
+    assert_eq!(duplicates, 0, "no alert repeated across redelivery rounds");
+    module.stop().await.unwrap();
+}
