@@ -531,20 +531,8 @@ pub fn unquote(s: &str) -> String {
     if !s.contains('%') {
         return s.to_string();
     }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
+    let mut out = Vec::with_capacity(s.len());
+    decode_into(&mut out, s);
     String::from_utf8_lossy(&out).into_owned()
 }
 

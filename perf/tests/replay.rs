@@ -82,10 +82,11 @@ async fn generate_replay_report_through_the_module() {
 }
 
 /// Stands in for a faulty module: forwards inputs to output1, but drops every `drop_every`-th
-/// and sends every `dup_every`-th twice.
-async fn faulty_peer(port: u16, target: ModuleId, drop_every: u64, dup_every: u64) {
+/// and sends every `dup_every`-th twice. `persistent`: with a persistent session, so that it gets
+/// what the broker queued for it while it was down.
+async fn faulty_peer(port: u16, target: ModuleId, drop_every: u64, dup_every: u64, persistent: bool) {
     let mut options = rumqttc::MqttOptions::new("faulty", "127.0.0.1", port);
-    options.set_max_packet_size(300_000, 300_000);
+    options.set_max_packet_size(300_000, 300_000).set_clean_session(!persistent);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
     loop {
         match eventloop.poll().await {
@@ -124,7 +125,7 @@ async fn faulty_peer(port: u16, target: ModuleId, drop_every: u64, dup_every: u6
 async fn a_lossy_duplicating_peer_is_reported_as_such() {
     let target = ModuleId::new("dev", "edgefilter");
     let port = hub(&target, vec![2u8; 32]).await;
-    let peer = tokio::spawn(faulty_peer(port, target.clone(), 10, 7));
+    let peer = tokio::spawn(faulty_peer(port, target.clone(), 10, 7, false));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let messages = trace::generate(&Generate { count: 200, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 4 });
     let report = replay(&messages, &options(port, &target, Pace::Rate(400.0))).await.unwrap();
@@ -152,35 +153,13 @@ async fn an_unreachable_hub_and_a_bad_trace_fail_fast() {
     assert!(trace::read("{\"t\":-1,\"body\":\"x\"}").unwrap_err().contains("\"t\""));
 }
 
-/// A pass-through peer with a persistent session, so that it gets what the broker queued for it
-/// while it was down.
-async fn persistent_pass_through(port: u16, target: ModuleId) {
-    let mut options = rumqttc::MqttOptions::new("persistent-peer", "127.0.0.1", port);
-    options.set_max_packet_size(300_000, 300_000).set_clean_session(false);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
-    loop {
-        match eventloop.poll().await {
-            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => {
-                client.subscribe(target.inputs_filter(), rumqttc::QoS::AtLeastOnce).await.unwrap();
-            }
-            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
-                let bag = p.topic.splitn(7, '/').nth(6).unwrap_or("").to_string();
-                let topic = target.events_topic(&format!("%24.on=output1&{bag}"));
-                client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, p.payload.to_vec()).unwrap();
-            }
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_replay_loses_none_of_the_publishers_messages() {
     // mosquitto with persistence, restarted while the replay publishes: every message the
     // publisher had not seen acknowledged is sent again after it reconnects.
     let mut broker = common::Broker::start("max_queued_messages 0");
     let target = ModuleId::new("dev", "edgefilter");
-    let peer = tokio::spawn(persistent_pass_through(broker.port, target.clone()));
+    let peer = tokio::spawn(faulty_peer(broker.port, target.clone(), u64::MAX, u64::MAX, true));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let messages = trace::generate(&Generate { count: 1500, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 5 });
     let mut o = options(broker.port, &target, Pace::Rate(500.0));
