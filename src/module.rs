@@ -921,11 +921,10 @@ impl Shell<'_> {
             return Ok(());
         }
         let topic = self.topics.split().freeze();
-        let held = Held { topic, payload: input.payload.clone(), received, written: None };
+        let held = Held { topic: topic.clone(), payload: input.payload.clone(), received, written: None };
         let pkid = self.delivery.alerted(input.pkid, held);
         self.unflushed.push(pkid);
-        let held = self.delivery.alert_mut(pkid).expect("just held");
-        link.queue_publish(&held.topic, pkid, &held.payload, false)
+        link.queue_publish(&topic, pkid, &input.payload, false)
     }
 
     fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {
