@@ -183,6 +183,9 @@ pub struct Link {
     drained: bool,
     /// A DISCONNECT was queued.
     disconnecting: bool,
+    /// Runs right after each `recv`: lets a test put data on the wire at the worst moment.
+    #[cfg(test)]
+    after_read: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The largest packet the module writes (edgeHub's limit).
@@ -234,6 +237,8 @@ impl Link {
             max_packet,
             drained: false,
             disconnecting: false,
+            #[cfg(test)]
+            after_read: None,
         };
         let mut connect = rumqttc::Connect::new(options.client_id.clone());
         connect.keep_alive = options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
@@ -364,8 +369,39 @@ impl Link {
     /// One `recv` into the read buffer (decrypted on a TLS connection). A short read marks the
     /// socket drained and clears the event loop's readiness for it, so the next read waits for
     /// a new event instead of making a system call to learn that nothing is there.
+    ///
+    /// The read is made inside `try_io`: tokio then clears only the readiness it saw before the
+    /// read. Clearing after the read (as this did) also cleared the event for data that arrived
+    /// between the two, and the module slept on a socket with a message in it until the next
+    /// packet came (on a multi-threaded runtime, where another thread records events meanwhile).
     fn receive(&mut self) -> Result<(), LinkError> {
-        let n = match (&*socket2::SockRef::from(&self.tcp)).read(&mut self.wire) {
+        let (tcp, wire) = (&self.tcp, &mut self.wire);
+        let read = |wire: &mut Vec<u8>| {
+            let n = (&*socket2::SockRef::from(tcp)).read(wire);
+            #[cfg(test)]
+            if let Some(hook) = self.after_read.as_ref() {
+                hook();
+            }
+            n
+        };
+        let (mut called, mut short) = (false, None);
+        let attempt = tcp.try_io(Interest::READABLE, || {
+            called = true;
+            match read(wire)? {
+                n if n > 0 && n < wire.len() => {
+                    short = Some(n);
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            }
+        });
+        let outcome = match (attempt, short) {
+            (_, Some(n)) => Ok(n),
+            // Not reported readable yet (after a pause, say): read anyway, nothing to clear.
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock && !called => read(wire),
+            (attempt, None) => attempt,
+        };
+        let n = match outcome {
             Ok(0) => return Err(LinkError::Closed),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -373,9 +409,6 @@ impl Link {
             Err(e) => return Err(e.into()),
         };
         self.drained = n < self.wire.len();
-        if self.drained {
-            let _ = self.tcp.try_io(Interest::READABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
-        }
         let Some(session) = self.tls.as_deref_mut() else {
             self.rx.extend_from_slice(&self.wire[..n]);
             return Ok(());
@@ -413,5 +446,67 @@ impl Link {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A hub that accepts one connection and answers its CONNECT; returns its end of the socket.
+    fn hub() -> (u16, std::thread::JoinHandle<std::net::TcpStream>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut connect = [0u8; 256];
+            let _ = (&socket).read(&mut connect).unwrap();
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).unwrap();
+            socket
+        });
+        (port, accept)
+    }
+
+    const PINGRESP: [u8; 2] = [0xD0, 0x00];
+
+    /// Data that arrives right after a short read (before its readiness is cleared) is read
+    /// without waiting for more. Before the fix the link slept until the next packet; here the
+    /// next packet never comes, so the read timed out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_packet_arriving_just_after_a_short_read_is_not_slept_on() {
+        let (port, accept) = hub();
+        let options = ConnectOptions {
+            client_id: "race".into(),
+            username: String::new(),
+            password: String::new(),
+            keep_alive: Duration::from_secs(600),
+            clean_session: true,
+        };
+        let (mut link, _) =
+            Link::connect("127.0.0.1", port, None, &options, 1024, Duration::from_secs(5)).await.unwrap();
+        let hub = Arc::new(accept.join().unwrap());
+        let armed = Arc::new(AtomicBool::new(false));
+        let (late, fire) = (hub.clone(), armed.clone());
+        link.after_read = Some(Box::new(move || {
+            if fire.swap(false, Ordering::SeqCst) {
+                (&*late).write_all(&PINGRESP).unwrap();
+                // Time for the event loop (on the other worker) to record the new data.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+        for round in 0..20 {
+            armed.store(true, Ordering::SeqCst);
+            (&*hub).write_all(&PINGRESP).unwrap();
+            let mut out = Vec::new();
+            let mut packets = 0;
+            while packets < 2 {
+                tokio::time::timeout(Duration::from_secs(3), link.read_batch(&mut out, 16))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the second packet was on the wire, unread"))
+                    .unwrap();
+                packets += out.drain(..).count();
+            }
+        }
     }
 }
