@@ -3,6 +3,8 @@
 #   scripts/setup.sh          everything the tests need: mosquitto and its clients (the real broker
 #                             the tests talk to), the armv7 cross toolchain, qemu, strace, the target
 #   scripts/setup.sh build    only what a release build needs (the Dockerfiles' build stage)
+#   scripts/setup.sh images   what scripts/images.sh needs: podman, buildah and runc, debootstrap
+#                             (the stand-in base image), mosquitto and qemu (running the images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-test}
@@ -17,6 +19,18 @@ if [ "$mode" = test ]; then
   have qemu-arm || need+=(qemu-user)
   have strace || need+=(strace)
   have gcc || need+=(gcc)
+fi
+if [ "$mode" = images ]; then
+  have podman || need+=(podman)
+  have buildah || need+=(buildah)
+  have runc || need+=(runc)
+  have newuidmap || need+=(uidmap)
+  have debootstrap || need+=(debootstrap)
+  have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  have mosquitto_sub || need+=(mosquitto-clients)
+  have qemu-arm || need+=(qemu-user)
+  have curl || need+=(curl)
+  have file || need+=(file)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
