@@ -2,12 +2,13 @@
 # Runs a built image against a mosquitto on this machine, playing edgeHub's side with mosquitto's
 # clients (run by scripts/images.sh):
 #   scripts/image-run.sh amd64      podman run, the hub reached as edgeHub through DNS
-#   scripts/image-run.sh arm32v7    the image's program and glibc under qemu-arm (no binfmt here)
+#   scripts/image-run.sh arm32v7    the image's program and files under qemu-arm (no binfmt here)
 #
-# Checks, each or exit 1 with the module's log: it connects with a connection string and asks for
-# its twin; alerts flow (two of four messages, each with MessageType=Alert); a twin patch applies
-# (TemperatureThreshold 35, reported back, then only 40° alerts); the process runs as uid and gid
-# 10001; SIGTERM (`podman stop`) ends it with exit code 0 in under 5 s.
+# Checks, each or exit 1 with the module's log: the image's platform (linux amd64, linux arm v7);
+# it connects with a connection string and asks for its twin; alerts flow (two of four messages,
+# each with MessageType=Alert); a twin patch applies (TemperatureThreshold 35, reported back, then
+# only 40° alerts); the process runs as uid and gid 10001; SIGTERM (`podman stop`) ends it with
+# exit code 0 in under 5 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=${1:?usage: image-run.sh amd64|arm32v7}
@@ -60,9 +61,17 @@ wait_for() {
   fail "$what (not within $limit s)"
 }
 
+# The platform the image says it is for (its config's architecture and variant).
+platform=$(skopeo inspect --config "containers-storage:$image" \
+  | python3 -c 'import json, sys; c = json.load(sys.stdin); print(c["os"], c["architecture"], *filter(None, [c.get("variant")]))')
+expected="linux amd64"
+[ "$arch" = amd64 ] || expected="linux arm v7"
+[ "$platform" = "$expected" ] || fail "the image is for '$platform', not '$expected'"
+
 env=(EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_METRICS_ADDR="127.0.0.1:$metrics" RUST_LOG=info)
 if [ "$arch" = amd64 ]; then
-  # The hub by name, as IoT Edge names it, answered by a DNS server: the image's glibc looks it up.
+  # The hub by name, as IoT Edge names it, answered by a DNS server: the program's own glibc
+  # (linked in) looks it up.
   dns=127.0.0.153
   python3 scripts/dns-answer.py "$dns" >"$work/dns.log" 2>&1 &
   pids+=($!)
@@ -72,12 +81,12 @@ if [ "$arch" = amd64 ]; then
   podman run -d --name "$container" --network host --dns "$dns" "${args[@]}" "$image" >/dev/null
   pid=$(podman inspect --format '{{.State.Pid}}' "$container")
 else
-  # The image's files (its glibc, loader, CA roots, nsswitch.conf), the program run by qemu-arm
+  # The image's files (the program, CA roots, nsswitch.conf, passwd), the program run by qemu-arm
   # with them as its root for every path it opens that the image has.
   rootfs=$work/rootfs
   cp -a "$(podman image mount "$image")" "$rootfs"
   podman image unmount "$image" >/dev/null
-  file "$rootfs/usr/local/bin/edgefilter" | grep -q 'ELF 32-bit LSB.*ARM, EABI5.*interpreter /lib/ld-linux-armhf.so.3' \
+  file "$rootfs/usr/local/bin/edgefilter" | grep -q 'ELF 32-bit LSB executable, ARM, EABI5.*statically linked' \
     || fail "the image's program is not an armv7 ELF: $(file "$rootfs/usr/local/bin/edgefilter")"
   env+=(EDGEFILTER_MQTT_URL="mqtt://localhost:$port")
   env -i "${env[@]}" setpriv --reuid 10001 --regid 10001 --clear-groups \
@@ -131,4 +140,4 @@ took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
 awk -v t="$took" 'BEGIN { exit !(t < 5) }' || fail "SIGTERM took $took s"
 [ "$arch" != amd64 ] || grep -q 'dns: answered' "$work/dns.log" || fail "edgeHub was not looked up by DNS"
-echo "image-run $arch: ok: connected, alerts 1 3 6 with MessageType=Alert, twin patch applied, uid 10001, SIGTERM -> exit 0 in $took s"
+echo "image-run $arch: ok: $platform, connected, alerts 1 3 6 with MessageType=Alert, twin patch applied, uid 10001, SIGTERM -> exit 0 in $took s"

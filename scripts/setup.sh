@@ -23,6 +23,7 @@ fi
 if [ "$mode" = images ]; then
   have podman || need+=(podman)
   have buildah || need+=(buildah)
+  have skopeo || need+=(skopeo)
   have runc || need+=(runc)
   have newuidmap || need+=(uidmap)
   have debootstrap || need+=(debootstrap)
