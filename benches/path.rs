@@ -71,7 +71,7 @@ pub fn path(
         if scratch.topics.capacity() - scratch.topics.len() < 1024 {
             scratch.topics = BytesMut::with_capacity(64 * 1024);
         }
-        write_output_topic(&mut scratch.topics, id, bag, filter::OUTPUT, filter::ALERT_PROPERTY, &mut scratch.bag)
+        write_output_topic(&mut scratch.topics, id, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], &mut scratch.bag)
             .unwrap();
         let topic = scratch.topics.split().freeze();
         if stage == Stage::Topic {

@@ -46,8 +46,9 @@ type PkidSet = HashSet<u16, BuildHasherDefault<PkidHasher>>;
 #[derive(Debug)]
 struct Input {
     pkid: u16,
-    /// The packet id of the alert this input waits for, if any.
-    alert: Option<u16>,
+    /// The orders of the alerts this input waits for (several under alert rules: one per
+    /// matching rule; none when it was dropped).
+    alerts: std::ops::Range<u64>,
 }
 
 /// See the module docs. `A` is whatever the shell keeps of an alert until it is confirmed.
@@ -106,21 +107,35 @@ impl<A> Delivery<A> {
 
     /// A decided input that needs no alert (pkid 0: QoS 0, nothing to acknowledge).
     pub fn dropped(&mut self, pkid: u16) {
-        if pkid != 0 {
-            self.inputs.push_back(Input { pkid, alert: None });
-        }
+        self.decided(pkid, 0);
     }
 
     /// A decided input with its alert; returns the alert's packet id.
     pub fn alerted(&mut self, pkid: u16, alert: A) -> u16 {
+        let alert_pkid = self.send(alert);
+        self.decided(pkid, 1);
+        alert_pkid
+    }
+
+    /// An alert to send; returns its packet id. The input it comes from is then [`decided`]
+    /// with the number of alerts sent for it.
+    ///
+    /// [`decided`]: Delivery::decided
+    pub fn send(&mut self, alert: A) -> u16 {
         let alert_pkid = self.allocate();
         let order = self.first_order + self.alerts.len() as u64;
         self.alerts.push_back(Some((alert_pkid, alert)));
         self.order_of.insert(alert_pkid, order);
-        if pkid != 0 {
-            self.inputs.push_back(Input { pkid, alert: Some(alert_pkid) });
-        }
         alert_pkid
+    }
+
+    /// An input is decided, and the last `alerts` alerts sent are its own: it is acknowledged
+    /// once every one of them is confirmed (at once when there are none).
+    pub fn decided(&mut self, pkid: u16, alerts: usize) {
+        if pkid != 0 {
+            let end = self.first_order + self.alerts.len() as u64;
+            self.inputs.push_back(Input { pkid, alerts: end - alerts as u64..end });
+        }
     }
 
     /// The hub acknowledged the publish with this packet id: the alert, if it was one.
@@ -143,7 +158,11 @@ impl<A> Delivery<A> {
     /// The next input packet id that may now be acknowledged, in arrival order.
     pub fn next_ready(&mut self) -> Option<u16> {
         let front = self.inputs.front()?;
-        if front.alert.is_some_and(|id| self.order_of.contains_key(&id)) {
+        let unconfirmed = |order: u64| {
+            order >= self.first_order
+                && self.alerts.get((order - self.first_order) as usize).is_some_and(Option::is_some)
+        };
+        if front.alerts.clone().any(unconfirmed) {
             return None;
         }
         self.inputs.pop_front().map(|i| i.pkid)

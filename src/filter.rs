@@ -3,8 +3,12 @@
 //! The tutorial's rule, unchanged: a message on `input1` alerts when `machine.temperature` is
 //! strictly greater than `TemperatureThreshold`; the alert is the same body, the same properties
 //! plus `MessageType=Alert`, sent to `output1`. Everything else is dropped, with a reason.
+//!
+//! With alert rules in the twin ([`crate::rules`]), [`decide_rules`] says which rules a message
+//! matches: it is sent once per matching rule, to that rule's output with its properties.
 
-use crate::scan::{scan, Malformed, Missing, Scan};
+use crate::rules::{Rules, MAX_RULES};
+use crate::scan::{scan, scan_paths, Malformed, Missing, Scan};
 use crate::topic::Properties;
 
 /// The input the filter reads.
@@ -26,6 +30,8 @@ pub enum Decision {
 pub enum Reason {
     /// A valid temperature at or below the threshold: the normal case.
     BelowThreshold,
+    /// Under alert rules: a valid message that no rule matches (the normal case there).
+    NoRuleMatched,
     /// A message on another input than `input1`.
     UnknownInput,
     /// A topic whose property bag cannot be read.
@@ -42,6 +48,7 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::BelowThreshold => "below_threshold",
+            Reason::NoRuleMatched => "no_rule_matched",
             Reason::UnknownInput => "unknown_input",
             Reason::BadPropertyBag => "bad_property_bag",
             Reason::TooLarge => "too_large",
@@ -51,8 +58,9 @@ impl Reason {
     }
 
     /// Every reason, for metrics that list them all.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BelowThreshold,
+        Reason::NoRuleMatched,
         Reason::UnknownInput,
         Reason::BadPropertyBag,
         Reason::TooLarge,
@@ -86,6 +94,29 @@ pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
         Scan::Temperature(_) => Decision::Drop(Reason::BelowThreshold),
         Scan::Missing(m) => Decision::Drop(Reason::Missing(m)),
         Scan::Malformed(m) => Decision::Drop(Reason::Malformed(m)),
+    }
+}
+
+/// What happens to one message under alert rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Matched {
+    /// Forward once per rule whose bit is set (bit `i`: the `i`th rule in name order).
+    Rules(u16),
+    Drop(Reason),
+}
+
+/// Decides a body against a rule set: every rule's value found in one pass of the scanner.
+pub fn decide_rules(body: &[u8], rules: &Rules) -> Matched {
+    if body.len() > MAX_MESSAGE_SIZE {
+        return Matched::Drop(Reason::TooLarge);
+    }
+    let mut values = [None; MAX_RULES];
+    match scan_paths(body, &rules.matcher, &mut values) {
+        Err(m) => Matched::Drop(Reason::Malformed(m)),
+        Ok(()) => match rules.matches(&values) {
+            0 => Matched::Drop(Reason::NoRuleMatched),
+            mask => Matched::Rules(mask),
+        },
     }
 }
 

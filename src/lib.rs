@@ -17,6 +17,7 @@ pub mod logging;
 pub mod module;
 pub mod mqtt;
 pub mod retry;
+pub mod rules;
 pub mod sas;
 pub mod scan;
 pub mod sensor;

@@ -46,7 +46,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::config::{Config, Credentials, Trust};
 use crate::delivery::Delivery;
-use crate::filter::{self, Decision, Reason};
+use crate::filter::{self, Decision, Matched, Reason};
 use crate::gather::Gather;
 use crate::mqtt::{ConnectOptions, Link, LinkError, Message, Received};
 use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
@@ -292,7 +292,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         None => None,
     };
 
-    let cell = SettingsCell::new(config.settings);
+    let cell = SettingsCell::new(config.settings.clone());
     let mut shell = Shell {
         config: &config,
         stats: &stats,
@@ -623,7 +623,7 @@ struct Shell<'a> {
 
 impl Shell<'_> {
     fn settings(&mut self) -> Settings {
-        *self.reader.get()
+        self.reader.get().clone()
     }
 
     /// A (re)connection: forget the old connection's state, subscribe, resend unconfirmed alerts,
@@ -838,10 +838,34 @@ impl Shell<'_> {
                     return Ok(false); // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                let decision = if topic::input_is(input, filter::INPUT) {
-                    filter::decide(&publish.payload, self.reader.get().temperature_threshold)
-                } else {
-                    Decision::Drop(Reason::UnknownInput)
+                let rules = self.reader.get().rules.clone();
+                let decision = match (topic::input_is(input, filter::INPUT), rules) {
+                    (false, _) => Decision::Drop(Reason::UnknownInput),
+                    (true, None) => filter::decide(&publish.payload, self.reader.get().temperature_threshold),
+                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
+                        Matched::Rules(mask) => {
+                            // One copy per matching rule, in name order; the input is
+                            // acknowledged once every copy is confirmed.
+                            let mut sent = 0;
+                            for (i, rule) in rules.rules.iter().enumerate() {
+                                if mask & (1 << i) != 0 {
+                                    self.stats.alerts.fetch_add(1, Relaxed);
+                                    let output = rule.output.as_str();
+                                    sent += usize::from(self.send(
+                                        link,
+                                        publish,
+                                        bag,
+                                        output,
+                                        &rule.properties,
+                                        received,
+                                    )?);
+                                }
+                            }
+                            self.delivery.decided(publish.pkid, sent);
+                            return Ok(true);
+                        }
+                        Matched::Drop(reason) => Decision::Drop(reason),
+                    },
                 };
                 // Malformed messages go to the dead-letter output when one is set; the rest of
                 // the drops are acknowledged and counted.
@@ -849,26 +873,27 @@ impl Shell<'_> {
                     Decision::Drop(Reason::Malformed(_)) => Some(self.reader.get().dead_letter_output),
                     _ => None,
                 };
-                match (decision, dead_letter.as_ref().and_then(|o| o.get())) {
+                let sent = match (decision, dead_letter.as_ref().and_then(|o| o.get())) {
                     (Decision::Alert, _) => {
                         self.stats.alerts.fetch_add(1, Relaxed);
-                        self.forward(link, publish, bag, filter::OUTPUT, filter::ALERT_PROPERTY, received)?;
+                        self.send(link, publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received)?
                     }
                     (Decision::Drop(reason), Some(output)) => {
                         debug!("dead-lettered a message on {} to {output}: {}", topic::unquote(input), reason.name());
                         self.stats.drop(reason);
                         self.stats.dead_lettered.fetch_add(1, Relaxed);
                         let property = (filter::DEAD_LETTER_PROPERTY, reason.name());
-                        self.forward(link, publish, bag, output, property, received)?;
+                        self.send(link, publish, bag, output, &[property], received)?
                     }
                     (Decision::Drop(reason), None) => {
-                        if reason != Reason::BelowThreshold {
+                        if !matches!(reason, Reason::BelowThreshold | Reason::NoRuleMatched) {
                             debug!("dropped a message on {}: {}", topic::unquote(input), reason.name());
                         }
                         self.stats.drop(reason);
-                        self.delivery.dropped(publish.pkid);
+                        false
                     }
-                }
+                };
+                self.delivery.decided(publish.pkid, usize::from(sent));
                 Ok(true)
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
@@ -897,34 +922,35 @@ impl Shell<'_> {
         }
     }
 
-    /// Sends an input's body on to `output` with its properties and `property` (an alert, or a
-    /// dead letter), at least once: the input is acknowledged once the hub confirms this publish.
-    /// The topic is written into the arena and the body is the input's buffer: nothing is copied
-    /// but into the outgoing buffer, and nothing allocated.
-    fn forward(
+    /// Sends an input's body on to `output` with its properties and `set` (an alert, or a dead
+    /// letter), at least once: true when it was sent; the caller then says how many copies the
+    /// input waits for ([`Delivery::decided`]). The topic is written into the arena and the body
+    /// is the input's buffer: nothing is copied but into the outgoing buffer, and nothing
+    /// allocated.
+    fn send<K: AsRef<str>, V: AsRef<str>>(
         &mut self,
         link: &mut Link,
         input: &Message,
         bag: &str,
         output: &str,
-        property: (&str, &str),
+        set: &[(K, V)],
         received: Instant,
-    ) -> Result<(), LinkError> {
+    ) -> Result<bool, LinkError> {
         if self.topics.capacity() - self.topics.len() < 1024 {
             self.topics = BytesMut::with_capacity(TOPIC_ARENA);
         }
         let id = &self.config.identity.module;
-        // classify checked the bag, so this cannot fail; a dropped input would still be
-        // acknowledged, never lost.
-        if topic::write_output_topic(&mut self.topics, id, bag, output, property, &mut self.bag).is_err() {
-            self.delivery.dropped(input.pkid);
-            return Ok(());
+        // classify checked the bag, so this cannot fail; the input would still be acknowledged
+        // (with one copy fewer to wait for), never lost.
+        if topic::write_output_topic(&mut self.topics, id, bag, output, set, &mut self.bag).is_err() {
+            return Ok(false);
         }
         let topic = self.topics.split().freeze();
         let held = Held { topic: topic.clone(), payload: input.payload.clone(), received, written: None };
-        let pkid = self.delivery.alerted(input.pkid, held);
+        let pkid = self.delivery.send(held);
         self.unflushed.push(pkid);
-        link.queue_publish(&topic, pkid, &input.payload, false)
+        link.queue_publish(&topic, pkid, &input.payload, false)?;
+        Ok(true)
     }
 
     fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {
@@ -988,9 +1014,9 @@ impl Shell<'_> {
         self.stats.twin_updates.fetch_add(1, Relaxed);
         self.stats.twin_rejections.fetch_add(applied.rejected.len() as u64, Relaxed);
         self.desired_version = version.or(self.desired_version);
+        let reported = settings::reported(&applied.settings, current.rules.as_deref(), &applied.rejected);
         self.cell.publish(applied.settings);
         self.rejected = applied.rejected;
-        let reported = settings::reported(&applied.settings, &self.rejected);
         self.report_properties(link, reported)
     }
 
@@ -1050,5 +1076,5 @@ impl Shell<'_> {
 }
 
 fn setting_value(s: &Settings, name: &str) -> String {
-    settings::reported(s, &[]).get(name).map_or_else(String::new, ToString::to_string)
+    settings::reported(s, None, &[]).get(name).map_or_else(String::new, ToString::to_string)
 }

@@ -50,6 +50,8 @@
 //! instructions per message than serde_json; a DOM of any kind is the dominant cost for a
 //! 129-byte message of which one number matters.
 
+use crate::rules::{Matcher, MAX_RULES};
+
 /// What a body holds at `machine.temperature`, or why it holds nothing usable.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scan {
@@ -128,6 +130,29 @@ pub fn scan(doc: &[u8]) -> Scan {
         buf[len..len + Padded::ZEROS].fill(0);
         document(&Padded { buf, len })
     }))
+}
+
+/// Finds the number at every path of a rule set's matcher in `doc`, validating the whole
+/// document in the same one pass: `values[slot]` is the number at that slot's path, or None
+/// where the path leads nowhere or to something else. Malformed documents are refused as by
+/// [`scan`]. The last of duplicate keys wins, at every level of a path.
+pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
+    values.fill(None);
+    if doc.len() > Padded::MAX_LEN {
+        return paths_document(doc, matcher, values);
+    }
+    PADDED.with_borrow_mut(|buf| {
+        let len = doc.len();
+        buf[..len].copy_from_slice(doc);
+        buf[len..len + Padded::ZEROS].fill(0);
+        paths_document(&Padded { buf, len }, matcher, values)
+    })
+}
+
+/// [`scan_paths`] reading the document where it lies, as [`scan_in_place`] does.
+pub fn scan_paths_in_place(doc: &[u8], matcher: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
+    values.fill(None);
+    paths_document(doc, matcher, values)
 }
 
 /// What [`scan`] does for a document too long to copy: the same grammar, reading the document
@@ -357,6 +382,72 @@ fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
         return Err(Malformed::InvalidJson);
     }
     Ok(found)
+}
+
+fn paths_document<D: Doc + ?Sized>(doc: &D, m: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
+    let (pos, first) = ws(doc, 0);
+    let pos = if first == b'{' { paths_object(doc, pos + 1, m, 0, 1, values)? } else { value(doc, pos, first, 0)? };
+    if ws(doc, pos).0 != doc.len() {
+        return Err(Malformed::InvalidJson);
+    }
+    Ok(())
+}
+
+/// An object after its `{` (container number `depth`) at matcher node `node`: a member whose key
+/// is a child of the node clears that child's slots (a later duplicate replaces an earlier one)
+/// and records or descends; any other member is validated and skipped.
+fn paths_object<D: Doc + ?Sized>(
+    doc: &D,
+    pos: usize,
+    m: &Matcher,
+    node: usize,
+    depth: u32,
+    values: &mut [Option<f64>; MAX_RULES],
+) -> Result<usize> {
+    if depth >= DEPTH_LIMIT {
+        return Err(Malformed::TooDeep);
+    }
+    let (mut pos, first) = ws(doc, pos);
+    if first == b'}' {
+        return Ok(pos + 1);
+    }
+    loop {
+        let (at, first) = ws(doc, pos);
+        if first != b'"' {
+            return Err(Malformed::InvalidJson);
+        }
+        let (after_key, escaped) = string(doc, at + 1)?;
+        let raw = doc.bytes(at + 1..after_key - 1);
+        let child = m.nodes[node].children.iter().map(|&c| usize::from(c)).find(|&c| {
+            let key = &m.nodes[c].key;
+            if escaped {
+                unescaped_equals(raw, key)
+            } else {
+                **key == *raw
+            }
+        });
+        let (at, first) = colon(doc, after_key)?;
+        pos = match child {
+            None => value(doc, at, first, depth)?,
+            Some(c) => {
+                let n = &m.nodes[c];
+                values[usize::from(n.subtree.start)..usize::from(n.subtree.end)].fill(None);
+                match (first, n.slot) {
+                    (b'-' | b'0'..=b'9', Some(slot)) => {
+                        let (x, end) = temperature(doc, at, first)?;
+                        values[usize::from(slot)] = Some(x);
+                        end
+                    }
+                    (b'{', _) if !n.children.is_empty() => paths_object(doc, at + 1, m, c, depth + 1, values)?,
+                    _ => value(doc, at, first, depth)?,
+                }
+            }
+        };
+        match after_member(doc, pos, b'}')? {
+            (true, next) => pos = next,
+            (false, end) => return Ok(end),
+        }
+    }
 }
 
 /// The top-level object after its `{`: remembers the last `machine` member's verdict.

@@ -13,8 +13,10 @@
 
 use serde_json::{Map, Value};
 
+use crate::rules::{self, Rules};
+
 /// The effective settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// A message alerts when `machine.temperature` is strictly greater than this.
     pub temperature_threshold: f64,
@@ -27,6 +29,8 @@ pub struct Settings {
     /// Where malformed messages go, with a `FilterError` property, instead of being dropped
     /// (empty: nowhere).
     pub dead_letter_output: OutputName,
+    /// Alert rules from the twin (`Rules`); None: the tutorial's rule from `TemperatureThreshold`.
+    pub rules: Option<std::sync::Arc<Rules>>,
 }
 
 impl Settings {
@@ -38,6 +42,8 @@ impl Settings {
 
 /// The name of `DeadLetterOutput`, the one setting that is a string.
 const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
+/// The name of `Rules`, the one setting that is an object (twin only: see [`crate::rules`]).
+pub const RULES: &str = "Rules";
 
 /// An output name, held inline so that settings stay `Copy`: up to 64 of `A-Z a-z 0-9 _ - .`;
 /// empty means none.
@@ -126,7 +132,7 @@ const SPECS: &[Spec] = &[
 
 /// The names of all settings, as they appear in the twin and the environment.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT])
+    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT, RULES])
 }
 
 impl Default for Settings {
@@ -137,6 +143,7 @@ impl Default for Settings {
             batch_interval_ms: 10,
             report_interval_secs: 60,
             dead_letter_output: OutputName::NONE,
+            rules: None,
         }
     }
 }
@@ -190,7 +197,7 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, Str
 /// Applies desired properties to `current`. `base` is what a removed or absent setting falls
 /// back to (the environment over the defaults).
 pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, Value>, source: Source) -> Applied {
-    let mut next = *current;
+    let mut next = current.clone();
     let mut rejected = Vec::new();
     for spec in SPECS {
         let value = match (desired.get(spec.name), source) {
@@ -218,12 +225,45 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
             reason: format!("expected a string, got {}", type_name(other)),
         }),
     }
+    match apply_rules(current.rules.as_deref(), desired.get(RULES), source) {
+        Ok(Some(rules)) => next.rules = rules.map(std::sync::Arc::new),
+        Ok(None) => {}
+        Err(reason) => rejected.push(Rejection { name: RULES, reason }),
+    }
     let mut changed: Vec<&'static str> =
         SPECS.iter().filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits()).map(|s| s.name).collect();
     if current.dead_letter_output != next.dead_letter_output {
         changed.push(DEAD_LETTER_OUTPUT);
     }
+    if current.rules != next.rules {
+        changed.push(RULES);
+    }
     Applied { settings: next, changed, rejected }
+}
+
+/// The rule set after `desired` (`Rules` of a full twin, or of a patch merged into the current
+/// set): Ok(None) when unchanged, Ok(Some(None)) when there are no rules, Err when the result
+/// would be invalid (the current set stays).
+fn apply_rules(
+    current: Option<&Rules>,
+    desired: Option<&Value>,
+    source: Source,
+) -> Result<Option<Option<Rules>>, String> {
+    let merged = match (desired, source) {
+        (None, Source::Patch) => return Ok(None),
+        (None | Some(Value::Null), _) => Map::new(),
+        (Some(Value::Object(o)), Source::FullTwin) => o.clone(),
+        (Some(Value::Object(patch)), Source::Patch) => {
+            let mut merged = current.map(|r| r.desired.clone()).unwrap_or_default();
+            rules::merge(&mut merged, patch);
+            merged
+        }
+        (Some(other), _) => return Err(format!("expected an object of rules, got {}", type_name(other))),
+    };
+    if merged.is_empty() {
+        return Ok(Some(None));
+    }
+    Rules::parse(&merged).map(|r| Some(Some(r)))
 }
 
 fn parse(spec: &Spec, v: &Value) -> Result<f64, String> {
@@ -261,7 +301,10 @@ fn type_name(v: &Value) -> &'static str {
 /// The reported-properties patch: the effective settings, and under `RejectedSettings` the reason
 /// for each setting whose last desired value was refused (`null`, which removes the entry, for
 /// the others).
-pub fn reported(settings: &Settings, rejected: &[Rejection]) -> Value {
+///
+/// `Rules` is reported as the patch that turns the `previous` rule set's report into the current
+/// one (removed rules and fields as `null`): reported properties merge like desired ones.
+pub fn reported(settings: &Settings, previous: Option<&Rules>, rejected: &[Rejection]) -> Value {
     let mut out = Map::new();
     let mut rejections = Map::new();
     for spec in SPECS {
@@ -274,6 +317,10 @@ pub fn reported(settings: &Settings, rejected: &[Rejection]) -> Value {
     out.insert(DEAD_LETTER_OUTPUT.to_string(), Value::from(settings.dead_letter_output.as_str()));
     let reason = rejected.iter().find(|r| r.name == DEAD_LETTER_OUTPUT).map(|r| Value::from(r.reason.clone()));
     rejections.insert(DEAD_LETTER_OUTPUT.to_string(), reason.unwrap_or(Value::Null));
+    let now = settings.rules.as_ref().map_or(Value::Null, |r| r.reported());
+    out.insert(RULES.to_string(), rules::diff(&previous.map_or(Value::Null, Rules::reported), &now));
+    let reason = rejected.iter().find(|r| r.name == RULES).map(|r| Value::from(r.reason.clone()));
+    rejections.insert(RULES.to_string(), reason.unwrap_or(Value::Null));
     out.insert("RejectedSettings".to_string(), Value::Object(rejections));
     Value::Object(out)
 }

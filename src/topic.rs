@@ -203,6 +203,10 @@ fn outbound_role(name: &str) -> Option<Option<usize>> {
     Some(None)
 }
 
+/// Where an application property's value is: in the input's bag (Ok, a range of it) or the `i`th
+/// of the properties being set (Err(i)).
+type PropertyValue = Result<std::ops::Range<usize>, usize>;
+
 /// What [`write_output_topic`] keeps between messages, so that once it has grown, building a
 /// topic allocates nothing.
 #[derive(Debug, Default)]
@@ -213,7 +217,9 @@ pub struct BagScratch {
     bytes: Vec<u8>,
     /// Application properties: decoded key (a range of `keys`) and the value as on the wire (a
     /// range of the bag; `None` for the property being set).
-    application: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)>,
+    /// Each application property's key in `keys`, and its value: in the bag (Ok) or the `i`th of
+    /// the properties set (Err(i)).
+    application: Vec<(std::ops::Range<usize>, PropertyValue)>,
     /// The order to write them in.
     order: Vec<usize>,
     /// The topic being written.
@@ -226,19 +232,19 @@ const OUTBOUND_SYSTEM: [&str; 6] = ["$.mid", "$.cid", "$.uid", "$.ct", "$.ce", "
 const OUTBOUND_SYSTEM_QUOTED: [&str; 6] = ["&%24.mid=", "&%24.cid=", "&%24.uid=", "&%24.ct=", "&%24.ce=", "&%24.exp="];
 
 /// Appends to `out` the topic of a message forwarded to `output` from an input with property bag
-/// `bag` (as on the wire), with application property `set` set (replacing the first of that
-/// key): byte for byte `id.events_topic(&p.to_output_bag(output))` where `p` is
-/// [`Properties::from_bag`] of `bag` after [`Properties::set`], without allocating.
+/// `bag` (as on the wire), with the application properties in `set` set, in order (each replacing
+/// the first of its key): byte for byte `id.events_topic(&p.to_output_bag(output))` where `p` is
+/// [`Properties::from_bag`] of `bag` after [`Properties::set`] of each, without allocating.
 ///
 /// Only keys are decoded (to classify and sort them). A value is copied as it came when it is
 /// already in the form [`quote`] writes, which is what edgeHub sends; any other value is decoded
 /// and quoted again, as the readable path does with every one.
-pub fn write_output_topic(
+pub fn write_output_topic<K: AsRef<str>, V: AsRef<str>>(
     out: &mut bytes::BytesMut,
     id: &ModuleId,
     bag: &str,
     output: &str,
-    set: (&str, &str),
+    set: &[(K, V)],
     scratch: &mut BagScratch,
 ) -> Result<(), TopicError> {
     let BagScratch { keys, bytes, application, order, out: topic } = scratch;
@@ -254,17 +260,19 @@ pub fn write_output_topic(
             let key = unquote_into(keys, bytes, k);
             match outbound_role(&keys[key.clone()]) {
                 Some(Some(slot)) => system[slot] = Some(value),
-                Some(None) => application.push((key, Some(value))),
+                Some(None) => application.push((key, Ok(value))),
                 None => {}
             }
         }
     }
-    match application.iter_mut().find(|(k, _)| keys[k.clone()] == *set.0) {
-        Some(entry) => entry.1 = None,
-        None => {
-            let start = keys.len();
-            keys.push_str(set.0);
-            application.push((start..keys.len(), None));
+    for (i, (name, _)) in set.iter().enumerate() {
+        match application.iter_mut().find(|(k, _)| keys[k.clone()] == *name.as_ref()) {
+            Some(entry) => entry.1 = Err(i),
+            None => {
+                let start = keys.len();
+                keys.push_str(name.as_ref());
+                application.push((start..keys.len(), Err(i)));
+            }
         }
     }
     order.clear();
@@ -293,8 +301,8 @@ pub fn write_output_topic(
         quote_into_vec(topic, &keys[k.clone()]);
         topic.push(b'=');
         match v {
-            Some(v) => requote(topic, bytes, &bag[v.clone()]),
-            None => quote_into_vec(topic, set.1),
+            Ok(v) => requote(topic, bytes, &bag[v.clone()]),
+            Err(i) => quote_into_vec(topic, set[*i].1.as_ref()),
         }
     }
     out.extend_from_slice(topic);

@@ -86,13 +86,20 @@ fn message_type_replaces_an_existing_one() {
 }
 
 /// The reference: what the output topic is by the readable path (parse, set, encode).
-fn reference_topic(bag: &str, output: &str, set: (&str, &str)) -> Result<String, TopicError> {
+fn reference_topic(bag: &str, output: &str, set: &[(&str, &str)]) -> Result<String, TopicError> {
     let mut p = Properties::from_bag(bag)?;
-    p.set(set.0, set.1);
+    for (k, v) in set {
+        p.set(k, v);
+    }
     Ok(id().events_topic(&p.to_output_bag(output)))
 }
 
-fn written_topic(bag: &str, output: &str, set: (&str, &str), scratch: &mut BagScratch) -> Result<String, TopicError> {
+fn written_topic(
+    bag: &str,
+    output: &str,
+    set: &[(&str, &str)],
+    scratch: &mut BagScratch,
+) -> Result<String, TopicError> {
     let mut out = bytes::BytesMut::new();
     write_output_topic(&mut out, &id(), bag, output, set, scratch)?;
     Ok(String::from_utf8(out.to_vec()).unwrap())
@@ -111,7 +118,13 @@ fn the_output_topic_is_written_as_the_readable_path_builds_it() {
         "sequenceNumber=1&batchId=b&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=dev&%24.cmid=SimulatedTemperatureSensor",
         "a=1&b",
     ] {
-        for (output, set) in [(filter::OUTPUT, filter::ALERT_PROPERTY), ("deadLetters", ("FilterError", "invalid_json"))] {
+        let rule = [("MessageType", "PressureAlert"), ("a", "new"), ("severity", "high &=%")];
+        for (output, set) in [
+            (filter::OUTPUT, &[filter::ALERT_PROPERTY][..]),
+            ("deadLetters", &[("FilterError", "invalid_json")][..]),
+            ("maintenance", &rule[..]),
+            ("output2", &[][..]),
+        ] {
             assert_eq!(written_topic(bag, output, set, &mut scratch), reference_topic(bag, output, set), "bag {bag:?}");
         }
     }
@@ -130,8 +143,12 @@ proptest::proptest! {
         let bag = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
         for bag in [bag.as_str(), raw.as_str()] {
             proptest::prop_assert_eq!(
-                written_topic(bag, filter::OUTPUT, filter::ALERT_PROPERTY, &mut scratch),
-                reference_topic(bag, filter::OUTPUT, filter::ALERT_PROPERTY)
+                written_topic(bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], &mut scratch),
+                reference_topic(bag, filter::OUTPUT, &[filter::ALERT_PROPERTY])
+            );
+            proptest::prop_assert_eq!(
+                written_topic(bag, "output2", &[("a", "1"), ("MessageType", "x y"), ("b", "")], &mut scratch),
+                reference_topic(bag, "output2", &[("a", "1"), ("MessageType", "x y"), ("b", "")])
             );
         }
     }
@@ -286,14 +303,14 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         assert_eq!(a.rejected[0].reason, reason);
     }
     let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
-    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null, "DeadLetterOutput": null});
+    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null, "DeadLetterOutput": null, "Rules": null});
     let mut rejected = all_null.clone();
     rejected["TemperatureThreshold"] = json!("expected a number, got a string");
     assert_eq!(
-        reported(&a.settings, &a.rejected),
-        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "DeadLetterOutput": "", "RejectedSettings": rejected})
+        reported(&a.settings, None, &a.rejected),
+        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "DeadLetterOutput": "", "Rules": null, "RejectedSettings": rejected})
     );
-    assert_eq!(reported(&a.settings, &[])["RejectedSettings"], all_null);
+    assert_eq!(reported(&a.settings, None, &[])["RejectedSettings"], all_null);
 }
 
 #[test]
@@ -333,9 +350,9 @@ fn batches_close_at_batch_size_or_interval() {
     assert!(!batch_closes(&s, 99, Duration::from_millis(9)));
     assert!(batch_closes(&s, 100, Duration::ZERO), "full");
     assert!(batch_closes(&s, 1, Duration::from_millis(10)), "waited long enough");
-    let immediate = Settings { batch_interval_ms: 0, ..s };
+    let immediate = Settings { batch_interval_ms: 0, ..s.clone() };
     assert!(batch_closes(&immediate, 0, Duration::ZERO), "BatchIntervalMs 0: one read per batch");
-    let single = Settings { batch_size: 1, ..s };
+    let single = Settings { batch_size: 1, ..s.clone() };
     assert!(batch_closes(&single, 1, Duration::ZERO));
 }
 
@@ -347,7 +364,7 @@ fn acknowledgements_alone_wait_for_confirmations_in_flight_or_the_interval() {
     assert!(!acks_flush(&s, 1, Duration::ZERO), "a confirmation is on its way: wait for company");
     assert!(!acks_flush(&s, 500, Duration::from_millis(9)));
     assert!(acks_flush(&s, 500, Duration::from_millis(10)), "never longer than BatchIntervalMs");
-    let immediate = Settings { batch_interval_ms: 0, ..s };
+    let immediate = Settings { batch_interval_ms: 0, ..s.clone() };
     assert!(acks_flush(&immediate, 500, Duration::ZERO), "BatchIntervalMs 0: at once");
 }
 
@@ -401,14 +418,21 @@ fn a_fast_stream_gathers_within_half_the_batch_interval() {
     let pause = pause.expect("a 10,000 msg/s stream gathers");
     assert!(pause <= MAX_PAUSE && pause >= Duration::from_millis(1), "{pause:?}");
     // A tighter budget is respected.
-    let tight = Settings { batch_interval_ms: 2, ..s };
+    let tight = Settings { batch_interval_ms: 2, ..s.clone() };
     let mut g = Gather::new();
     let p = gathered(&mut g, &tight, 200, 10, |i| i + 10, Duration::from_micros(1000));
     assert!(p.is_some_and(|p| p <= Duration::from_millis(1)), "{p:?}");
     // BatchIntervalMs 0: never.
     let mut g = Gather::new();
     assert_eq!(
-        gathered(&mut g, &Settings { batch_interval_ms: 0, ..s }, 200, 50, |i| i + 50, Duration::from_micros(100)),
+        gathered(
+            &mut g,
+            &Settings { batch_interval_ms: 0, ..s.clone() },
+            200,
+            50,
+            |i| i + 50,
+            Duration::from_micros(100)
+        ),
         None
     );
 }
@@ -449,7 +473,7 @@ fn dead_letter_output_is_an_output_name() {
         assert_eq!(r.settings, a.settings, "kept");
         assert_eq!(r.rejected[0].reason, reason);
     }
-    assert_eq!(reported(&a.settings, &[])["DeadLetterOutput"], "deadLetters");
+    assert_eq!(reported(&a.settings, None, &[])["DeadLetterOutput"], "deadLetters");
     assert!(edgefilter::settings::names().any(|n| n == "DeadLetterOutput"));
     let env = |n: &str| (n == "DeadLetterOutput").then(|| "bad name".to_string());
     assert!(from_env(env).unwrap_err().starts_with("DeadLetterOutput: ' ' is not allowed"));
@@ -618,7 +642,7 @@ fn settings_cell_publishes_whole_values() {
     let mut reader = cell.reader();
     assert_eq!(reader.get().batch_size, 100);
     cell.publish(Settings { temperature_threshold: 30.0, batch_size: 7, ..Settings::default() });
-    let s = *reader.get();
+    let s = reader.get().clone();
     assert_eq!((s.temperature_threshold, s.batch_size), (30.0, 7));
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -633,7 +657,7 @@ fn settings_cell_publishes_whole_values() {
                             ..Settings::default()
                         });
                     }
-                    let s = *r.get();
+                    let s = r.get().clone();
                     // Never half-applied: the two fields always come from one publish.
                     assert!(
                         s.batch_size == 100 && s.temperature_threshold == 25.0
