@@ -123,13 +123,14 @@ impl Rules {
     }
 
     /// Which rules a message matches, one bit per rule in name order, given the number found at
-    /// each rule's path by the scanner (`values[slot]`, None where there was none).
+    /// each rule's path by the scanner (`values[slot]`, NaN where there was none: JSON numbers
+    /// are finite).
     #[inline]
-    pub fn matches(&self, values: &[Option<f64>]) -> u16 {
+    pub fn matches(&self, values: &[f64]) -> u16 {
         let mut mask = 0;
         for (i, r) in self.rules.iter().enumerate() {
-            let slot = self.matcher.slot_of[i] as usize;
-            if values[slot].is_some_and(|x| r.op.holds(x, r.value)) {
+            let x = values[usize::from(self.matcher.slot_of[i])];
+            if !x.is_nan() && r.op.holds(x, r.value) {
                 mask |= 1 << i;
             }
         }
@@ -285,12 +286,20 @@ pub struct Matcher {
     pub slot_of: Vec<u8>,
     /// How many slots there are.
     pub slots: usize,
+    /// Every path is `machine.temperature` (one slot, 0): the tutorial's own scanner
+    /// ([`crate::scan::scan`]) finds it, in fewer instructions than the general walk.
+    pub tutorial_path_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     /// The key leading here from the parent (empty for the root).
     pub key: Box<[u8]>,
+    /// The key and its closing quote, as a document writes it plainly: when `plain`, a document
+    /// key whose raw bytes start with this is this key, with no need to read it as a string.
+    pub quoted: Box<[u8]>,
+    /// No `"`, `\` or control character in the key, and short enough for one fixed read.
+    pub plain: bool,
     /// Child nodes, by index.
     pub children: Vec<u16>,
     /// The slot of a path that ends here.
@@ -301,7 +310,7 @@ pub struct Node {
 
 impl Matcher {
     pub fn new<'a>(paths: impl IntoIterator<Item = &'a [String]>) -> Matcher {
-        let root = Node { key: Box::new([]), children: Vec::new(), slot: None, subtree: 0..0 };
+        let root = Node::new(b"");
         let mut nodes = vec![root];
         let mut ends = Vec::new();
         for path in paths {
@@ -309,7 +318,7 @@ impl Matcher {
             for key in path {
                 let found = nodes[at].children.iter().map(|&c| c as usize).find(|&c| *nodes[c].key == *key.as_bytes());
                 at = found.unwrap_or_else(|| {
-                    nodes.push(Node { key: key.as_bytes().into(), children: Vec::new(), slot: None, subtree: 0..0 });
+                    nodes.push(Node::new(key.as_bytes()));
                     let child = nodes.len() - 1;
                     nodes[at].children.push(child as u16);
                     child
@@ -323,7 +332,23 @@ impl Matcher {
         let mut next = 0u8;
         number(&mut nodes, 0, &mut next);
         let slot_of = ends.iter().map(|&e| nodes[e].slot.unwrap_or(0)).collect();
-        Matcher { nodes, slot_of, slots: usize::from(next) }
+        let tutorial_path_only = next == 1
+            && nodes.len() == 3
+            && *nodes[1].key == *b"machine"
+            && *nodes[2].key == *b"temperature"
+            && nodes[1].slot.is_none();
+        Matcher { nodes, slot_of, slots: usize::from(next), tutorial_path_only }
+    }
+}
+
+/// The longest `quoted` key the scanner compares in one fixed read.
+pub const PLAIN_KEY_MAX: usize = 16;
+
+impl Node {
+    fn new(key: &[u8]) -> Node {
+        let quoted: Box<[u8]> = key.iter().copied().chain([b'"']).collect();
+        let plain = quoted.len() <= PLAIN_KEY_MAX && !key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        Node { key: key.into(), quoted, plain, children: Vec::new(), slot: None, subtree: 0..0 }
     }
 }
 
@@ -460,5 +485,8 @@ mod tests {
         // The same path twice shares one slot.
         let twice = Matcher::new([paths[0].as_slice(), paths[0].as_slice()]);
         assert_eq!((twice.slots, twice.slot_of.clone()), (1, vec![0, 0]));
+        assert!(twice.tutorial_path_only);
+        assert!(!m.tutorial_path_only);
+        assert!(!Matcher::new([paths[3].as_slice()]).tutorial_path_only, "machine alone");
     }
 }

@@ -133,11 +133,11 @@ pub fn scan(doc: &[u8]) -> Scan {
 }
 
 /// Finds the number at every path of a rule set's matcher in `doc`, validating the whole
-/// document in the same one pass: `values[slot]` is the number at that slot's path, or None
-/// where the path leads nowhere or to something else. Malformed documents are refused as by
-/// [`scan`]. The last of duplicate keys wins, at every level of a path.
-pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
-    values.fill(None);
+/// document in the same one pass: `values[slot]` is the number at that slot's path, or NaN
+/// where the path leads nowhere or to something else (JSON numbers are finite). Malformed
+/// documents are refused as by [`scan`]. The last of duplicate keys wins, at every level.
+pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
+    values[..matcher.slots].fill(f64::NAN);
     if doc.len() > Padded::MAX_LEN {
         return paths_document(doc, matcher, values);
     }
@@ -150,8 +150,8 @@ pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [Option<f64>; MAX_
 }
 
 /// [`scan_paths`] reading the document where it lies, as [`scan_in_place`] does.
-pub fn scan_paths_in_place(doc: &[u8], matcher: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
-    values.fill(None);
+pub fn scan_paths_in_place(doc: &[u8], matcher: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
+    values[..matcher.slots].fill(f64::NAN);
     paths_document(doc, matcher, values)
 }
 
@@ -273,6 +273,8 @@ trait Doc {
     fn block(&self, pos: usize) -> Option<[u8; BLOCK]>;
     /// Whether the bytes at `pos` are `bytes`.
     fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool;
+    /// Whether the bytes at `pos` are `bytes` (at most `Padded::READ` of them).
+    fn starts_with_bytes(&self, pos: usize, bytes: &[u8]) -> bool;
     /// The document's bytes in `range`, which lies inside the document.
     fn bytes(&self, range: std::ops::Range<usize>) -> &[u8];
 }
@@ -295,6 +297,11 @@ impl Doc for [u8] {
     #[inline(always)]
     fn starts_with<const N: usize>(&self, pos: usize, bytes: &[u8; N]) -> bool {
         self.get(pos..pos + N).is_some_and(|b| b == bytes)
+    }
+
+    #[inline(always)]
+    fn starts_with_bytes(&self, pos: usize, bytes: &[u8]) -> bool {
+        self.get(pos..pos + bytes.len()).is_some_and(|b| b == bytes)
     }
 
     fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
@@ -330,6 +337,7 @@ impl Padded<'_> {
 }
 
 const _: () = assert!(Padded::READ >= BLOCK && Padded::READ >= b"temperature\"".len());
+const _: () = assert!(Padded::READ >= crate::rules::PLAIN_KEY_MAX);
 
 thread_local! {
     /// The copy buffer: 64 KiB per thread that scans.
@@ -362,6 +370,13 @@ impl Doc for Padded<'_> {
     }
 
     #[inline(always)]
+    fn starts_with_bytes(&self, pos: usize, bytes: &[u8]) -> bool {
+        let i = pos % Padded::WINDOW;
+        let len = bytes.len().min(Padded::READ);
+        self.buf[i..i + len].iter().zip(bytes).all(|(a, b)| a == b) && len == bytes.len()
+    }
+
+    #[inline(always)]
     fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
         &self.buf[..self.len][range]
     }
@@ -384,7 +399,7 @@ fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
     Ok(found)
 }
 
-fn paths_document<D: Doc + ?Sized>(doc: &D, m: &Matcher, values: &mut [Option<f64>; MAX_RULES]) -> Result<()> {
+fn paths_document<D: Doc + ?Sized>(doc: &D, m: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
     let (pos, first) = ws(doc, 0);
     let pos = if first == b'{' { paths_object(doc, pos + 1, m, 0, 1, values)? } else { value(doc, pos, first, 0)? };
     if ws(doc, pos).0 != doc.len() {
@@ -402,11 +417,12 @@ fn paths_object<D: Doc + ?Sized>(
     m: &Matcher,
     node: usize,
     depth: u32,
-    values: &mut [Option<f64>; MAX_RULES],
+    values: &mut [f64; MAX_RULES],
 ) -> Result<usize> {
     if depth >= DEPTH_LIMIT {
         return Err(Malformed::TooDeep);
     }
+    let children = &m.nodes[node].children;
     let (mut pos, first) = ws(doc, pos);
     if first == b'}' {
         return Ok(pos + 1);
@@ -416,26 +432,17 @@ fn paths_object<D: Doc + ?Sized>(
         if first != b'"' {
             return Err(Malformed::InvalidJson);
         }
-        let (after_key, escaped) = string(doc, at + 1)?;
-        let raw = doc.bytes(at + 1..after_key - 1);
-        let child = m.nodes[node].children.iter().map(|&c| usize::from(c)).find(|&c| {
-            let key = &m.nodes[c].key;
-            if escaped {
-                unescaped_equals(raw, key)
-            } else {
-                **key == *raw
-            }
-        });
+        let (child, after_key) = member_key(doc, at + 1, m, children)?;
         let (at, first) = colon(doc, after_key)?;
         pos = match child {
             None => value(doc, at, first, depth)?,
             Some(c) => {
                 let n = &m.nodes[c];
-                values[usize::from(n.subtree.start)..usize::from(n.subtree.end)].fill(None);
+                values[usize::from(n.subtree.start)..usize::from(n.subtree.end)].fill(f64::NAN);
                 match (first, n.slot) {
                     (b'-' | b'0'..=b'9', Some(slot)) => {
                         let (x, end) = temperature(doc, at, first)?;
-                        values[usize::from(slot)] = Some(x);
+                        values[usize::from(slot)] = x;
                         end
                     }
                     (b'{', _) if !n.children.is_empty() => paths_object(doc, at + 1, m, c, depth + 1, values)?,
@@ -448,6 +455,30 @@ fn paths_object<D: Doc + ?Sized>(
             (false, end) => return Ok(end),
         }
     }
+}
+
+/// The key whose content starts at `start`: which of `children` it is (after unescaping), and the
+/// position after it. A child written plainly is one fixed-size comparison, no skim, as
+/// [`key`] does for `machine`.
+#[inline(always)]
+fn member_key<D: Doc + ?Sized>(doc: &D, start: usize, m: &Matcher, children: &[u16]) -> Result<(Option<usize>, usize)> {
+    for &c in children {
+        let n = &m.nodes[usize::from(c)];
+        if n.plain && doc.starts_with_bytes(start, &n.quoted) {
+            return Ok((Some(usize::from(c)), start + n.quoted.len()));
+        }
+    }
+    let (end, escaped) = string(doc, start)?;
+    let raw = doc.bytes(start..end - 1);
+    let found = children.iter().map(|&c| usize::from(c)).find(|&c| {
+        let n = &m.nodes[c];
+        if escaped {
+            unescaped_equals(raw, &n.key)
+        } else {
+            !n.plain && *n.key == *raw
+        }
+    });
+    Ok((found, end))
 }
 
 /// The top-level object after its `{`: remembers the last `machine` member's verdict.

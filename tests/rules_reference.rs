@@ -23,11 +23,11 @@ fn reference(doc: &[u8], rules: &Rules) -> Option<u16> {
 
 fn check(doc: &[u8], rules: &Rules) {
     let text = String::from_utf8_lossy(doc);
-    let (mut copied, mut in_place) = ([None; MAX_RULES], [None; MAX_RULES]);
+    let (mut copied, mut in_place) = ([0.0; MAX_RULES], [0.0; MAX_RULES]);
     let a = scan_paths(doc, &rules.matcher, &mut copied);
     let b = scan_paths_in_place(doc, &rules.matcher, &mut in_place);
     assert_eq!(a, b, "read in place and copied: {text:?}");
-    assert_eq!(copied.map(|v| v.map(f64::to_bits)), in_place.map(|v| v.map(f64::to_bits)), "{text:?}");
+    assert_eq!(copied.map(f64::to_bits), in_place.map(f64::to_bits), "{text:?}");
     let ours = match decide_rules(doc, rules) {
         Matched::Rules(mask) => Some(mask),
         Matched::Drop(Reason::NoRuleMatched) => Some(0),
@@ -90,6 +90,25 @@ fn one_rule_on_the_tutorials_path_decides_as_the_tutorial() {
 }
 
 #[test]
+fn rules_on_the_tutorials_path_only_take_its_scanner_and_agree() {
+    let r = rules(json!({
+        "Hot": {"path": "machine.temperature", "op": ">", "value": 25, "output": "output1"},
+        "Freezing": {"path": "machine.temperature", "op": "<=", "value": 0, "output": "output2"},
+        "Zero": {"path": "machine.temperature", "op": "!=", "value": 0, "output": "output3"}
+    }));
+    assert!(r.matcher.tutorial_path_only);
+    for doc in [
+        r#"{"machine":{"temperature":30}}"#,
+        r#"{"machine":{"temperature":-0}}"#,
+        r#"{"machine":{"temperature":"x"}}"#,
+        r#"{"machine":{}}"#,
+        r#"{"machine":{"temperature":1e999}}"#,
+    ] {
+        check(doc.as_bytes(), &r);
+    }
+}
+
+#[test]
 fn paths_on_nested_and_overlapping_keys() {
     let r = rules(json!({
         "A": {"path": "a", "op": "==", "value": 1, "output": "o"},
@@ -104,6 +123,7 @@ fn paths_on_nested_and_overlapping_keys() {
         r#"{"a":{"b":{"c":2},"b":{"c":3}}}"#,
         r#"{"a":{"b":{"c":2,"c":"x"}}}"#,
         r#"{"a\u002eb":5,"a":{"b\u0000":1}}"#,
+        r#"{"a":{"b":{"c":1}},"a.b":{"c":1},"a.b\":3}"#,
     ] {
         check(doc.as_bytes(), &r);
     }
@@ -155,11 +175,19 @@ fn document() -> impl Strategy<Value = String> {
     })
 }
 
+/// Rule sets on paths of the shared keys, and some whose every path is the tutorial's (decided by
+/// the tutorial's own scanner).
 fn rule_set() -> impl Strategy<Value = Rules> {
     let path = prop::collection::vec(0..KEYS.len(), 1..4)
         .prop_map(|ks| ks.iter().map(|&k| KEYS[k].replace('.', "\\.")).collect::<Vec<_>>().join("."));
+    let path = prop_oneof![3 => path, 1 => Just("machine.temperature".to_string())];
     let value = prop_oneof![Just(0.0), Just(1.5), Just(25.0), Just(-1.0), Just(-0.0)];
-    prop::collection::vec((path, 0..Op::ALL.len(), value), 1..7).prop_map(|rs| {
+    let sets = prop::collection::vec((path, 0..Op::ALL.len(), value), 1..7);
+    let tutorial_only = prop::collection::vec(
+        (Just("machine.temperature".to_string()), 0..Op::ALL.len(), prop_oneof![Just(25.0), Just(0.0), Just(-0.0)]),
+        1..4,
+    );
+    prop_oneof![sets, tutorial_only].prop_map(|rs| {
         let set: Map<String, Value> = rs
             .into_iter()
             .enumerate()
