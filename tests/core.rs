@@ -564,6 +564,72 @@ fn configuration_errors_name_the_variable() {
     }
 }
 
+// ---- rules in the twin ----
+
+fn rule(path: &str, op: &str, value: f64, output: &str) -> serde_json::Value {
+    json!({"path": path, "op": op, "value": value, "output": output})
+}
+
+#[test]
+fn rules_come_from_the_full_twin_merge_from_patches_and_go_with_null() {
+    let base = Settings::default();
+    let full = obj(json!({"Rules": {"A": rule("a", ">", 1.0, "o1"), "B": rule("b", "<", 2.0, "o2")}}));
+    let a = apply_desired(&base, &base, &full, Source::FullTwin);
+    assert!(a.rejected.is_empty(), "{:?}", a.rejected);
+    assert_eq!(a.changed, vec!["Rules"]);
+    let names = |s: &Settings| s.rules.as_ref().map(|r| r.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+    assert_eq!(names(&a.settings), Some(vec!["A".into(), "B".into()]));
+    // A patch changes one field of one rule, removes another, adds a third.
+    let patch = obj(json!({"Rules": {"A": {"value": 5}, "B": null, "C": rule("c", "==", 0.0, "o3")}}));
+    let p = apply_desired(&a.settings, &base, &patch, Source::Patch);
+    let rules = p.settings.rules.as_ref().unwrap();
+    assert_eq!((rules.rules[0].name.as_str(), rules.rules[0].value), ("A", 5.0));
+    assert_eq!(names(&p.settings), Some(vec!["A".into(), "C".into()]));
+    // Reported: the patch from what was reported before.
+    let reported = reported(&p.settings, a.settings.rules.as_deref(), &p.rejected);
+    assert_eq!(reported["Rules"]["B"], json!(null));
+    assert_eq!(reported["Rules"]["A"], json!({"value": 5.0}));
+    assert_eq!(reported["Rules"]["C"]["op"], json!("=="));
+    // A patch without Rules keeps them; "Rules": null removes them all; a full twin without
+    // them has none.
+    let keep = apply_desired(&p.settings, &base, &obj(json!({"BatchSize": 5})), Source::Patch);
+    assert_eq!(keep.settings.rules, p.settings.rules);
+    let none = apply_desired(&p.settings, &base, &obj(json!({"Rules": null})), Source::Patch);
+    assert_eq!((none.settings.rules.is_none(), none.changed.clone()), (true, vec!["Rules"]));
+    assert_eq!(reported_rules(&none.settings, p.settings.rules.as_deref()), json!(null));
+    let absent = apply_desired(&p.settings, &base, &obj(json!({})), Source::FullTwin);
+    assert!(absent.settings.rules.is_none());
+}
+
+fn reported_rules(s: &Settings, previous: Option<&edgefilter::rules::Rules>) -> serde_json::Value {
+    reported(s, previous, &[])["Rules"].clone()
+}
+
+#[test]
+fn a_patch_that_would_leave_an_invalid_rule_set_is_rejected_whole() {
+    let base = Settings::default();
+    let full = obj(json!({"Rules": {"A": rule("a", ">", 1.0, "o1")}}));
+    let a = apply_desired(&base, &base, &full, Source::FullTwin);
+    for (patch, reason) in [
+        (json!({"Rules": {"A": {"op": "=>"}, "B": rule("b", "<", 2.0, "o2")}}), "rule \"A\": op"),
+        (json!({"Rules": {"B": {"path": "b"}}}), "rule \"B\": op: missing"),
+        (json!({"Rules": [1, 2]}), "expected an object of rules, got an array"),
+        (json!({"Rules": "A"}), "expected an object of rules, got a string"),
+        (
+            json!({"Rules": (0..16).map(|i| (format!("r{i}"), rule("x", ">", 0.0, "o"))).collect::<serde_json::Map<_, _>>()}),
+            "at most 16 rules",
+        ),
+    ] {
+        let p = apply_desired(&a.settings, &base, &obj(patch.clone()), Source::Patch);
+        assert_eq!(p.settings.rules, a.settings.rules, "{patch}");
+        assert_eq!(p.rejected.len(), 1, "{patch}");
+        assert_eq!(p.rejected[0].name, "Rules");
+        assert!(p.rejected[0].reason.contains(reason), "{} for {patch}", p.rejected[0].reason);
+        let reported = reported(&p.settings, a.settings.rules.as_deref(), &p.rejected);
+        assert!(reported["RejectedSettings"]["Rules"].as_str().unwrap().contains(reason));
+    }
+}
+
 // ---- delivery ----
 
 #[test]
@@ -579,6 +645,23 @@ fn inputs_are_acknowledged_in_order_after_their_alerts() {
     assert_eq!(d.confirmed(999), None, "an unknown PUBACK changes nothing");
     assert_eq!(d.confirmed(a2), Some("alert 2"));
     assert_eq!(d.ready(), vec![12]);
+    assert_eq!((d.inputs_pending(), d.alerts_pending()), (0, 0));
+}
+
+#[test]
+fn an_input_with_several_copies_waits_for_every_one() {
+    let mut d = Delivery::new();
+    let (c1, c2) = (d.send("rule A"), d.send("rule B"));
+    d.decided(7, 2);
+    d.decided(8, 0);
+    let c3 = d.send("rule A");
+    d.decided(9, 1);
+    assert!(d.confirmed(c2).is_some());
+    assert_eq!(d.ready(), Vec::<u16>::new(), "one copy of 7 is unconfirmed");
+    assert!(d.confirmed(c3).is_some());
+    assert_eq!(d.ready(), Vec::<u16>::new(), "9 waits behind 7, in order");
+    assert!(d.confirmed(c1).is_some());
+    assert_eq!(d.ready(), vec![7, 8, 9]);
     assert_eq!((d.inputs_pending(), d.alerts_pending()), (0, 0));
 }
 

@@ -182,3 +182,85 @@ async fn a_broker_restart_mid_stream_loses_no_alert() {
     assert!(module.stats.connections.load(std::sync::atomic::Ordering::Relaxed) >= 2, "the module reconnected");
     module.stop().await.unwrap();
 }
+
+/// The output and MessageType of each publish, in the order they came.
+fn outputs(alerts: &[rumqttc::Publish]) -> Vec<(String, Option<String>)> {
+    alerts
+        .iter()
+        .map(|p| (bag_value(&p.topic, "$.on").unwrap_or_default(), bag_value(&p.topic, "MessageType")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_in_the_twin_change_what_is_forwarded_from_the_next_message() {
+    let broker = Broker::start("");
+    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::on(broker.port, &[]);
+    let rules = json!({
+        "HighTemperature": {"path": "machine.temperature", "op": ">", "value": 25, "output": "output1", "properties": {"MessageType": "Alert"}},
+        "LowBattery": {"path": "battery", "op": "<", "value": 20, "output": "maintenance"}
+    });
+    let reported = answer_twin(&mut edge, &json!({"Rules": rules, "$version": 1}), Duration::from_secs(2)).await;
+    assert_eq!(reported.last().unwrap()["Rules"]["LowBattery"]["output"], json!("maintenance"));
+    let body = r#"{"machine":{"temperature":30,"pressure":2},"battery":10}"#;
+    let message = |seq: u64| (hot(seq, 0.0).0, body.to_string());
+    let (topic, body1) = message(1);
+    edge.publish(&topic, body1).await;
+    let alerts = edge.drain(Duration::from_millis(700)).await;
+    let want = |o: &str, t: Option<&str>| (o.to_string(), t.map(String::from));
+    assert_eq!(
+        outputs(&alerts),
+        vec![want("output1", Some("Alert")), want("maintenance", None)],
+        "one copy per rule, by name"
+    );
+    assert!(alerts.iter().all(|a| a.payload == body.as_bytes()), "the body unchanged");
+
+    // A patch, and at once a message: the message is decided under the patched rules.
+    edge.publish(
+        "$iothub/twin/PATCH/properties/desired/?$version=2",
+        r#"{"Rules":{"HighPressure":{"path":"machine.pressure","op":">=","value":1.5,"output":"output2","properties":{"MessageType":"PressureAlert"}},"LowBattery":null},"$version":2}"#,
+    )
+    .await;
+    let (topic, body2) = message(2);
+    edge.publish(&topic, body2).await;
+    let got = edge.drain(Duration::from_millis(700)).await;
+    let alerts: Vec<_> = got.iter().filter(|p| !p.topic.starts_with("$iothub")).cloned().collect();
+    assert_eq!(outputs(&alerts), vec![want("output2", Some("PressureAlert")), want("output1", Some("Alert"))]);
+    let reported: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|p| p.topic.starts_with("$iothub/twin/PATCH/properties/reported/"))
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+        .collect();
+    let patch = reported.iter().find(|r| r.get("Rules").is_some()).expect("the rules reported");
+    assert_eq!(patch["Rules"]["LowBattery"], json!(null));
+    assert_eq!(patch["Rules"]["HighPressure"]["output"], json!("output2"));
+
+    // An invalid patch is refused whole: the rules stay, and the reason is reported.
+    edge.publish(
+        "$iothub/twin/PATCH/properties/desired/?$version=3",
+        r#"{"Rules":{"HighPressure":{"op":"~"}},"$version":3}"#,
+    )
+    .await;
+    let reported = answer_twin(&mut edge, &json!({}), Duration::from_millis(500)).await;
+    assert!(reported[0]["RejectedSettings"]["Rules"].as_str().unwrap().contains("rule \"HighPressure\": op"));
+    let (topic, body3) = message(3);
+    edge.publish(&topic, body3).await;
+    assert_eq!(outputs(&edge.drain(Duration::from_millis(700)).await).len(), 2, "the previous rules still apply");
+
+    // A message no rule matches is counted as such.
+    let (topic, _) = message(4);
+    edge.publish(&topic, r#"{"machine":{"temperature":20,"pressure":1},"battery":90}"#).await;
+    assert!(edge.drain(Duration::from_millis(500)).await.is_empty());
+
+    // "Rules": null: back to the tutorial's rule on TemperatureThreshold.
+    edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"Rules":null,"$version":4}"#).await;
+    let (topic, body5) = message(5);
+    edge.publish(&topic, body5).await;
+    let got = edge.drain(Duration::from_millis(700)).await;
+    let alerts: Vec<_> = got.iter().filter(|p| !p.topic.starts_with("$iothub")).cloned().collect();
+    assert_eq!(outputs(&alerts), vec![want("output1", Some("Alert"))]);
+    let stats = module.stats.clone();
+    module.stop().await.unwrap();
+    assert_eq!(stats.dropped(edgefilter::filter::Reason::NoRuleMatched), 1);
+    assert_eq!(stats.alerts.load(std::sync::atomic::Ordering::Relaxed), 7);
+}
