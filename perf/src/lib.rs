@@ -20,7 +20,8 @@ use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use edgefilter::filter::{decide, Decision};
+use edgefilter::filter::{decide, decide_rules, Decision, Matched};
+use edgefilter::rules::Rules;
 use edgefilter::topic::{encode_bag, parse_bag, ModuleId};
 pub use hub::{Hub, Publisher};
 use trace::Message;
@@ -42,8 +43,11 @@ pub struct ReplayOptions {
     pub hub: Hub,
     pub target: ModuleId,
     pub pace: Pace,
-    /// The module's threshold, to know which messages must alert.
+    /// The module's threshold, to know which messages must alert (without rules).
     pub threshold: f64,
+    /// The module's alert rules (the twin's `Rules`), when it has any: which messages must be
+    /// forwarded, to which outputs, by the module's own decision function.
+    pub rules: Option<Rules>,
     /// How long to wait for the last alerts after the last message was sent.
     pub settle: Duration,
     /// The whole run may take at most this long.
@@ -191,9 +195,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         subscriber(&o.hub, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5)).await?;
     let mut publisher = Publisher::connect(&o.hub, &format!("perf-pub-{tag}"), Duration::from_secs(5)).await?;
     let due = schedule(messages, o.pace);
-    let expected: Vec<bool> =
-        messages.iter().map(|m| decide(m.body.as_bytes(), o.threshold) == Decision::Alert).collect();
-    let expected_count = expected.iter().filter(|e| **e).count() as u64;
+    let expected: Vec<Vec<String>> = messages.iter().map(|m| expected_outputs(m.body.as_bytes(), o)).collect();
+    let expected_count = expected.iter().map(|e| e.len() as u64).sum();
     let cpu_before = o.pid.and_then(proc_cpu_seconds);
 
     let start = Instant::now();
@@ -203,6 +206,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         due: &due,
         expected: &expected,
         seen: HashMap::new(),
+        received: 0,
+        duplicated: 0,
         latency: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
         per_second: Vec::new(),
         out_of_order: 0,
@@ -244,12 +249,12 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
                 rss_over_time.push(rss);
             }
         }
-        progress.update(sent, tally.seen.len() as u64);
+        progress.update(sent, tally.received);
     }
     publisher.finish(hard_stop.into()).await?;
     let sent_at = Instant::now();
     let settle_until = (sent_at + o.settle).min(hard_stop);
-    while (tally.seen.len() as u64) < expected_count {
+    while tally.received < expected_count {
         let now = Instant::now();
         if now >= settle_until {
             break;
@@ -263,15 +268,16 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), alerts.recv()).await {
         tally.record(p, Instant::now());
     }
-    progress.finish(sent, tally.seen.len() as u64);
+    progress.finish(sent, tally.received);
     // Leave no subscription behind in the persistent session: the hub would queue for it forever.
     let _ = subscriber.unsubscribe(events).await;
     let _ = subscriber.disconnect().await;
-    let received = tally.seen.len() as u64;
-    let missing_all: Vec<u64> =
-        (1..=expected.len() as u64).filter(|s| expected[*s as usize - 1] && !tally.seen.contains_key(s)).collect();
-    let missing = missing_all.len() as u64;
-    let duplicated = tally.seen.values().map(|c| u64::from(c - 1)).sum();
+    let received = tally.received;
+    let missing_all: Vec<u64> = (1..=expected.len() as u64)
+        .filter(|&s| expected[s as usize - 1].iter().any(|out| tally.copies(s, out) < tally.wanted(s, out)))
+        .collect();
+    let missing = expected_count - received;
+    let duplicated = tally.duplicated;
     let span = due.last().copied().unwrap_or_default().as_secs_f64();
     Ok(Report {
         sent,
@@ -300,12 +306,35 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     })
 }
 
-/// What arrived, by sequence number.
+/// The outputs a message must be forwarded to, one entry per copy: `output1` when it alerts
+/// without rules; under rules, one per matching rule, as the module decides.
+pub fn expected_outputs(body: &[u8], o: &ReplayOptions) -> Vec<String> {
+    match &o.rules {
+        None if decide(body, o.threshold) == Decision::Alert => vec![edgefilter::filter::OUTPUT.to_string()],
+        None => Vec::new(),
+        Some(rules) => match decide_rules(body, rules) {
+            Matched::Rules(mask) => rules
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, r)| r.output.as_str().to_string())
+                .collect(),
+            Matched::Drop(_) => Vec::new(),
+        },
+    }
+}
+
+/// What arrived, by sequence number and output.
 struct Tally<'a> {
     start: Instant,
     due: &'a [Duration],
-    expected: &'a [bool],
-    seen: HashMap<u64, u32>,
+    expected: &'a [Vec<String>],
+    /// Copies received, by sequence number and output.
+    seen: HashMap<(u64, String), u32>,
+    /// Copies received that were expected (at most as many per output as expected).
+    received: u64,
+    duplicated: u64,
     latency: Histogram<u64>,
     per_second: Vec<u64>,
     out_of_order: u64,
@@ -316,10 +345,29 @@ struct Tally<'a> {
     windows: Vec<Histogram<u64>>,
 }
 
+/// The output a forwarded message was sent to (`$.on` in its topic's bag).
+fn bag_output(topic: &str) -> String {
+    topic
+        .rsplit_once("/messages/events/")
+        .and_then(|(_, bag)| parse_bag(bag).ok())
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "$.on").map(|(_, v)| v))
+        .unwrap_or_default()
+}
+
 /// The window length of [`Report::latency_windows`].
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 impl Tally<'_> {
+    /// How many copies of message `seq` must go to `output`.
+    fn wanted(&self, seq: u64, output: &str) -> u32 {
+        self.expected[seq as usize - 1].iter().filter(|o| *o == output).count() as u32
+    }
+
+    /// How many copies of message `seq` to `output` arrived.
+    fn copies(&self, seq: u64, output: &str) -> u32 {
+        self.seen.get(&(seq, output.to_string())).copied().unwrap_or(0)
+    }
+
     fn record(&mut self, p: rumqttc::Publish, now: Instant) {
         let seq = p.topic.rsplit_once("/messages/events/").and_then(|(_, bag)| parse_bag(bag).ok()).and_then(|pairs| {
             pairs.into_iter().find(|(k, _)| k == "sequenceNumber").and_then(|(_, v)| v.parse::<u64>().ok())
@@ -328,14 +376,19 @@ impl Tally<'_> {
             self.unexpected += 1;
             return;
         };
-        let count = self.seen.entry(seq).or_insert(0);
+        let output = bag_output(&p.topic);
+        let wanted = self.wanted(seq, &output);
+        let count = self.seen.entry((seq, output)).or_insert(0);
         *count += 1;
-        if *count > 1 {
+        if wanted == 0 {
+            self.unexpected += 1;
             return;
         }
-        if !self.expected[seq as usize - 1] {
-            self.unexpected += 1;
+        if *count > wanted {
+            self.duplicated += 1;
+            return;
         }
+        self.received += 1;
         self.last = now;
         let scheduled = self.start + self.due[seq as usize - 1];
         let micros = now.saturating_duration_since(scheduled).as_micros().max(1) as u64;

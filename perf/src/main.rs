@@ -37,6 +37,18 @@ enum Command {
     Bench(BenchArgs),
 }
 
+/// A `Rules` object from a file, validated as the module validates it.
+fn read_rules(path: &std::path::Path) -> Result<edgefilter::rules::Rules, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(o)) => {
+            edgefilter::rules::Rules::parse(&o).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Ok(_) => Err(format!("{}: not a JSON object of rules", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Where the hub is.
 #[derive(Args)]
 struct HubArgs {
@@ -132,6 +144,10 @@ struct ReplayArgs {
     /// The module's TemperatureThreshold (which messages must alert)
     #[arg(long, default_value_t = 25.0, allow_negative_numbers = true)]
     threshold: f64,
+    /// The module's alert rules: a JSON file holding its twin's `Rules` object. The expected
+    /// copies and their outputs come from the module's own decision function
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// The module's process: its CPU time and peak RSS
     #[arg(long)]
     pid: Option<u32>,
@@ -241,6 +257,7 @@ async fn run(command: Command) -> Result<i32, String> {
                 target: a.target.id(),
                 pace,
                 threshold: a.threshold,
+                rules: a.rules.as_deref().map(read_rules).transpose()?,
                 settle: Duration::from_secs_f64(a.settle),
                 deadline: Duration::from_secs_f64(a.deadline),
                 pid: a.pid,
@@ -393,6 +410,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         target: target.clone(),
         pace: Pace::Max,
         threshold: 25.0,
+        rules: None,
         settle: Duration::from_secs(10),
         deadline: Duration::from_secs(300),
         pid: None,

@@ -13,12 +13,17 @@ use edgefilter_perf::trace::{self, Generate};
 use edgefilter_perf::{replay, Pace, ReplayOptions};
 
 async fn hub(target: &ModuleId, key: Vec<u8>) -> u16 {
+    hub_with(target, key, serde_json::Map::new()).await
+}
+
+/// The embedded hub, the module's twin seeded with `desired`.
+async fn hub_with(target: &ModuleId, key: Vec<u8>, desired: serde_json::Map<String, serde_json::Value>) -> u16 {
     let config = edgefilter::hub::HubConfig {
         hub_hostname: "h.azure-devices.net".into(),
         device_id: target.device_id.clone(),
         keys: HashMap::from([(target.module_id.clone(), key)]),
         routes: Vec::new(),
-        desired: HashMap::new(),
+        desired: HashMap::from([(target.module_id.clone(), desired)]),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -32,6 +37,7 @@ fn options(port: u16, target: &ModuleId, pace: Pace) -> ReplayOptions {
         target: target.clone(),
         pace,
         threshold: 25.0,
+        rules: None,
         settle: Duration::from_secs(3),
         deadline: Duration::from_secs(60),
         pid: None,
@@ -77,6 +83,35 @@ async fn generate_replay_report_through_the_module() {
     assert!(edgefilter_perf::output::hgrm(&report.latency_us).contains("Percentile"));
     let svg = edgefilter_perf::output::svg(&[edgefilter_perf::output::Run::of("t", &report)], "t");
     assert!(svg.starts_with("<svg") && svg.contains("seconds into the run") && svg.contains("latency (ms, log scale)"));
+    let _ = stop.send(());
+    module.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_rules_every_copy_is_expected_on_its_output() {
+    let target = ModuleId::new("dev", "edgefilter");
+    let key = vec![2u8; 32];
+    let rules = serde_json::json!({
+        "HighTemperature": {"path": "machine.temperature", "op": ">", "value": 25, "output": "output1", "properties": {"MessageType": "Alert"}},
+        "Pressure": {"path": "machine.pressure", "op": ">", "value": -1e6, "output": "pressure"}
+    });
+    let desired = serde_json::json!({ "Rules": rules.clone() }).as_object().unwrap().clone();
+    let port = hub_with(&target, key.clone(), desired).await;
+    let config = edgefilter::config::Config::local("h.azure-devices.net", target.clone(), port, key);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let module = tokio::spawn(edgefilter::module::run(config, Arc::new(Default::default()), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = trace::generate(&Generate { count: 300, rate: 1000.0, alert_ratio: Some(0.5), size: None, seed: 4 });
+    let mut o = options(port, &target, Pace::Trace(2.0));
+    o.rules = Some(edgefilter::rules::Rules::parse(rules.as_object().unwrap()).unwrap());
+    let hot = messages.iter().filter(|m| edgefilter_perf::expected_outputs(m.body.as_bytes(), &o).len() == 2).count();
+    assert!((100..=200).contains(&hot), "about half have two copies: {hot}");
+    let report = replay(&messages, &o).await.unwrap();
+    assert_eq!(report.expected, 300 + hot as u64, "a copy to `pressure` for each, one to output1 for the hot ones");
+    assert_eq!(report.received, report.expected);
+    assert_eq!((report.missing, report.duplicated, report.unexpected), (0, 0, 0));
     let _ = stop.send(());
     module.await.unwrap().unwrap();
 }
