@@ -11,8 +11,8 @@
 //!
 //! An object keyed by rule name, not a list: IoT Hub refused arrays in twin properties, and twin
 //! patches merge objects key by key, so a patch adds, changes or removes (`null`) one rule, or
-//! one field of one rule, without restating the others ([`merge`], RFC 7386 as IoT Hub applies
-//! it). A rule set that would come out invalid is refused whole: the previous one stays.
+//! one field of one rule, without restating the others ([`crate::settings::merge_patch`], RFC
+//! 7386 as IoT Hub applies it). A rule set that would come out invalid is refused whole: the previous one stays.
 //!
 //! A message is forwarded once per matching rule, in the order of the rule names. The rules'
 //! paths are compiled into a [`Matcher`], a tree of keys the scanner walks in its one pass.
@@ -216,30 +216,8 @@ pub fn format_path(keys: &[String]) -> String {
     escaped.join(".")
 }
 
-/// Merges a twin patch into `target` as IoT Hub merges desired properties (JSON merge patch,
-/// RFC 7386): `null` removes a member, an object merges member by member, anything else replaces.
-pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => match target.get_mut(k) {
-                Some(Value::Object(t)) => merge(t, p),
-                _ => {
-                    let mut fresh = Map::new();
-                    merge(&mut fresh, p);
-                    target.insert(k.clone(), Value::Object(fresh));
-                }
-            },
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
-
-/// The merge patch that turns `old` into `new` ([`merge`] of it onto `old` gives `new`).
+/// The merge patch that turns `old` into `new` ([`crate::settings::merge_patch`] of it onto `old`
+/// gives `new`).
 pub fn diff(old: &Value, new: &Value) -> Value {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
@@ -368,6 +346,7 @@ fn number(nodes: &mut [Node], at: usize, next: &mut u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::merge_patch as merge;
     use serde_json::json;
 
     fn rules(v: Value) -> Result<Rules, String> {

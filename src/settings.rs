@@ -255,7 +255,7 @@ fn apply_rules(
         (Some(Value::Object(o)), Source::FullTwin) => o.clone(),
         (Some(Value::Object(patch)), Source::Patch) => {
             let mut merged = current.map(|r| r.desired.clone()).unwrap_or_default();
-            rules::merge(&mut merged, patch);
+            merge_patch(&mut merged, patch);
             merged
         }
         (Some(other), _) => return Err(format!("expected an object of rules, got {}", type_name(other))),
@@ -264,6 +264,34 @@ fn apply_rules(
         return Ok(Some(None));
     }
     Rules::parse(&merged).map(|r| Some(Some(r)))
+}
+
+/// JSON merge patch (RFC 7386) of objects, as IoT Hub applies a twin patch: `null` removes a
+/// member, an object merges member by member, anything else replaces; `$`-prefixed metadata keys
+/// (`$version`) are not properties and are skipped.
+pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => {
+                let slot = target.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(t) = slot {
+                    merge_patch(t, p);
+                }
+            }
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
 }
 
 fn parse(spec: &Spec, v: &Value) -> Result<f64, String> {

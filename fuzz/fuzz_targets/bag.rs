@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parse_bag(&bag).expect("an encoded bag parses"), pairs);
     }
     let mut written = bytes::BytesMut::new();
-    let fast = write_output_topic(&mut written, &id, text, "output1", &[("MessageType", "Alert")], &mut BagScratch::default());
+    let fast =
+        write_output_topic(&mut written, &id, text, "output1", &[("MessageType", "Alert")], &mut BagScratch::default());
     let reference = Properties::from_bag(text).map(|mut p| {
         p.set("MessageType", "Alert");
         id.events_topic(&p.to_output_bag("output1"))

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::settings::merge_patch;
+
 #[derive(Clone, Debug, Default)]
 pub struct Twin {
     pub desired: Map<String, Value>,
@@ -28,7 +30,7 @@ impl Twin {
 
     /// Applies a desired patch; returns the body pushed to the module (patch plus `$version`).
     pub fn patch_desired(&mut self, patch: &Map<String, Value>) -> Value {
-        merge(&mut self.desired, patch);
+        merge_patch(&mut self.desired, patch);
         self.desired_version += 1;
         let mut pushed = patch.clone();
         pushed.remove("$version");
@@ -38,33 +40,7 @@ impl Twin {
 
     /// Applies a reported patch.
     pub fn patch_reported(&mut self, patch: &Map<String, Value>) {
-        merge(&mut self.reported, patch);
+        merge_patch(&mut self.reported, patch);
         self.reported_version += 1;
-    }
-}
-
-/// JSON merge patch (RFC 7386) of objects, ignoring `$`-prefixed metadata keys.
-pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        if k.starts_with('$') {
-            continue;
-        }
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => {
-                let slot = target.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
-                if !slot.is_object() {
-                    *slot = Value::Object(Map::new());
-                }
-                if let Value::Object(t) = slot {
-                    merge(t, p);
-                }
-            }
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
     }
 }
