@@ -296,3 +296,54 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
     let console = String::from_utf8_lossy(&out.stdout);
     assert!(console.contains("TemperatureThreshold is now 1000"), "{console}");
 }
+
+#[test]
+fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
+    let port = free_port();
+    let p = port.to_string();
+    let twin = std::env::temp_dir().join(format!("edgefilter-rules-{}.json", std::process::id()));
+    let rules = r#"{"Rules":{"Everything":{"path":"machine.temperature","op":"<","value":1000,"output":"everything","properties":{"Kind":"all"}}}}"#;
+    std::fs::write(&twin, rules).unwrap();
+    let child = edgefilter()
+        .args(["local", "--port", &p, "--interval-ms", "20", "--twin", twin.to_str().unwrap()])
+        .env("EDGEFILTER_METRICS_ADDR", "off") // the other local-mode test has the default port
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    // Every message matches the one rule: on its output, with its property.
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "local/upstream/#", "-C", "3", "-W", "15", "-v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/everything {")).count(), 3, "{text}");
+    // A patch typed at the console replaces the rule with one nothing matches.
+    let reported = std::thread::spawn(move || {
+        Command::new("mosquitto_sub")
+            .args(["-p", &port.to_string(), "-t", "local/twin/edgefilter/reported", "-C", "1", "-W", "10"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child = child;
+    use std::io::Write as _;
+    let patch =
+        r#"{"Rules":{"Everything":null,"Never":{"path":"machine.temperature","op":">","value":1000,"output":"x"}}}"#;
+    child.stdin.as_mut().unwrap().write_all(format!("{patch}\n").as_bytes()).unwrap();
+    let reported = String::from_utf8_lossy(&reported.join().unwrap().stdout).to_string();
+    // The hub shows the reported document after merging the module's patch: the removed rule gone.
+    assert!(reported.contains(r#""Never":{"#) && !reported.contains("Everything"), "{reported}");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "local/upstream/#", "-C", "1", "-W", "2"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "nothing above 1000: {}", String::from_utf8_lossy(&out.stdout));
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&twin);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rules is now"));
+}
