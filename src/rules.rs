@@ -25,6 +25,9 @@ use crate::settings::OutputName;
 pub const MAX_RULES: usize = 16;
 /// The most keys in a path.
 pub const MAX_PATH_KEYS: usize = 16;
+/// The longest rule name, path, and property name or value, in bytes: what a twin reasonably holds
+/// (IoT Hub caps a whole twin section at 32 KiB), and what a rejection may quote.
+pub const MAX_TEXT: usize = 512;
 
 /// A comparison between a message's number and a rule's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +143,8 @@ impl Rules {
 
 fn rule(name: &str, v: &Value) -> Result<Rule, String> {
     let at = |field: &str, e: String| format!("rule {name:?}: {field}: {e}");
-    if name.is_empty() {
-        return Err("a rule name is empty".into());
+    if name.is_empty() || name.len() > MAX_TEXT {
+        return Err(format!("a rule name has 1 to {MAX_TEXT} bytes, got {}", name.len()));
     }
     let Value::Object(o) = v else {
         return Err(format!("rule {name:?}: expected an object, got {}", type_name(v)));
@@ -154,7 +157,12 @@ fn rule(name: &str, v: &Value) -> Result<Rule, String> {
         Some(other) => Err(at(field, format!("expected a string, got {}", type_name(other)))),
         None => Err(at(field, "missing".into())),
     };
-    let path = parse_path(string("path")?).map_err(|e| at("path", e))?;
+    let too_long = |field: &str, len: usize| at(field, format!("at most {MAX_TEXT} bytes, got {len}"));
+    let path = string("path")?;
+    if path.len() > MAX_TEXT {
+        return Err(too_long("path", path.len()));
+    }
+    let path = parse_path(path).map_err(|e| at("path", e))?;
     let op = string("op")
         .and_then(|s| Op::parse(s).ok_or_else(|| at("op", format!("{s:?} is not one of > >= < <= == !="))))?;
     let value = match o.get("value") {
@@ -174,6 +182,8 @@ fn rule(name: &str, v: &Value) -> Result<Rule, String> {
         Some(Value::Object(p)) => p
             .iter()
             .map(|(k, v)| match v {
+                _ if k.len() > MAX_TEXT => Err(too_long("properties", k.len())),
+                Value::String(s) if s.len() > MAX_TEXT => Err(too_long("properties", s.len())),
                 _ if k.is_empty() || k.starts_with('$') => {
                     Err(at("properties", format!("{k:?}: an application property name, not empty or $-prefixed")))
                 }
@@ -401,6 +411,13 @@ mod tests {
         assert!(with("properties", json!({"k": 1})).contains("expected a string"));
         assert!(with("extra", json!(1)).contains("unknown field"));
         assert!(rules(json!({"R": 5})).unwrap_err().contains("expected an object"));
+        let long = "k".repeat(MAX_TEXT + 1);
+        assert!(with("path", json!(long)).contains("at most 512 bytes"));
+        assert!(with("properties", json!({ long.clone(): "v" })).contains("at most 512 bytes"));
+        assert!(with("properties", json!({"k": long})).contains("at most 512 bytes"));
+        let named = |name: &str| Rules::parse(&[(name.to_string(), ok.clone())].into_iter().collect());
+        assert!(named(&long).unwrap_err().len() < 100, "a rejection does not quote a long name");
+        assert!(named("").is_err());
         let mut r = ok.as_object().unwrap().clone();
         r.remove("value");
         assert!(rules(json!({ "R": r })).unwrap_err().contains("value: missing"));
