@@ -838,12 +838,12 @@ impl Shell<'_> {
                     return Ok(false); // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                let rules = self.reader.get().rules.clone();
-                let decision = match (topic::input_is(input, filter::INPUT), rules) {
+                let settings = self.reader.get();
+                let decision = match (topic::input_is(input, filter::INPUT), &settings.rules) {
                     (false, _) => Decision::Drop(Reason::UnknownInput),
-                    (true, None) => filter::decide(&publish.payload, self.reader.get().temperature_threshold),
-                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
-                        Matched::Rules(mask) => {
+                    (true, None) => filter::decide(&publish.payload, settings.temperature_threshold),
+                    (true, Some(rules)) => match (filter::decide_rules(&publish.payload, rules), rules.clone()) {
+                        (Matched::Rules(mask), rules) => {
                             // One copy per matching rule, in name order; the input is
                             // acknowledged once every copy is confirmed.
                             let mut sent = 0;
@@ -864,7 +864,7 @@ impl Shell<'_> {
                             self.delivery.decided(publish.pkid, sent);
                             return Ok(true);
                         }
-                        Matched::Drop(reason) => Decision::Drop(reason),
+                        (Matched::Drop(reason), _) => Decision::Drop(reason),
                     },
                 };
                 // Malformed messages go to the dead-letter output when one is set; the rest of
