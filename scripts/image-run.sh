@@ -4,7 +4,8 @@
 #   scripts/image-run.sh amd64      podman run, the hub reached as edgeHub through DNS
 #   scripts/image-run.sh arm32v7    the image's program and files under qemu-arm (no binfmt here)
 #
-# Checks, each or exit 1 with the module's log: the image's platform (linux amd64, linux arm v7);
+# Checks, each or exit 1 with the module's log: the image's platform (linux amd64, linux arm v7)
+# and CA roots (at least 100 certificates);
 # it connects with a connection string and asks for its twin; alerts flow (two of four messages,
 # each with MessageType=Alert); a twin patch applies (TemperatureThreshold 35, reported back, then
 # only 40° alerts); the process runs as uid and gid 10001; SIGTERM (`podman stop`) ends it with
@@ -67,6 +68,12 @@ platform=$(skopeo inspect --config "containers-storage:$image" \
 expected="linux amd64"
 [ "$arch" = amd64 ] || expected="linux arm v7"
 [ "$platform" = "$expected" ] || fail "the image is for '$platform', not '$expected'"
+
+# The system roots the module trusts when no CA is configured (rustls-native-certs reads this file).
+roots=$(podman image mount "$image")/etc/ssl/certs/ca-certificates.crt
+certificates=$(grep -c 'BEGIN CERTIFICATE' "$roots" || true)
+podman image unmount "$image" >/dev/null
+[ "$certificates" -ge 100 ] || fail "the image's CA bundle holds $certificates certificates"
 
 env=(EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_METRICS_ADDR="127.0.0.1:$metrics" RUST_LOG=info)
 if [ "$arch" = amd64 ]; then
@@ -140,4 +147,4 @@ took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
 awk -v t="$took" 'BEGIN { exit !(t < 5) }' || fail "SIGTERM took $took s"
 [ "$arch" != amd64 ] || grep -q 'dns: answered' "$work/dns.log" || fail "edgeHub was not looked up by DNS"
-echo "image-run $arch: ok: $platform, connected, alerts 1 3 6 with MessageType=Alert, twin patch applied, uid 10001, SIGTERM -> exit 0 in $took s"
+echo "image-run $arch: ok: $platform, $certificates CA roots, connected, alerts 1 3 6 with MessageType=Alert, twin patch applied, uid 10001, SIGTERM -> exit 0 in $took s"
