@@ -49,6 +49,7 @@ use crate::delivery::Delivery;
 use crate::filter::{self, Decision, Matched, Reason};
 use crate::gather::Gather;
 use crate::mqtt::{ConnectOptions, Link, LinkError, Message, Received};
+use crate::rules::Rules;
 use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
 use crate::stats::{record_us, Stats};
 use crate::topic::{self, Inbound};
@@ -842,29 +843,14 @@ impl Shell<'_> {
                 let decision = match (topic::input_is(input, filter::INPUT), &settings.rules) {
                     (false, _) => Decision::Drop(Reason::UnknownInput),
                     (true, None) => filter::decide(&publish.payload, settings.temperature_threshold),
-                    (true, Some(rules)) => match (filter::decide_rules(&publish.payload, rules), rules.clone()) {
-                        (Matched::Rules(mask), rules) => {
-                            // One copy per matching rule, in name order; the input is
-                            // acknowledged once every copy is confirmed.
-                            let mut sent = 0;
-                            for (i, rule) in rules.rules.iter().enumerate() {
-                                if mask & (1 << i) != 0 {
-                                    self.stats.alerts.fetch_add(1, Relaxed);
-                                    let output = rule.output.as_str();
-                                    sent += usize::from(self.send(
-                                        link,
-                                        publish,
-                                        bag,
-                                        output,
-                                        &rule.properties,
-                                        received,
-                                    )?);
-                                }
-                            }
+                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, rules) {
+                        Matched::Rules(mask) => {
+                            let rules = rules.clone();
+                            let sent = self.send_copies(link, publish, bag, &rules, mask, received)?;
                             self.delivery.decided(publish.pkid, sent);
                             return Ok(true);
                         }
-                        (Matched::Drop(reason), _) => Decision::Drop(reason),
+                        Matched::Drop(reason) => Decision::Drop(reason),
                     },
                 };
                 // Malformed messages go to the dead-letter output when one is set; the rest of
@@ -920,6 +906,25 @@ impl Shell<'_> {
                 Ok(true)
             }
         }
+    }
+
+    /// Sends one copy of an input per rule in `mask`, in name order, each to the rule's output
+    /// with its properties; returns how many were sent, for the input to wait for.
+    fn send_copies(
+        &mut self,
+        link: &mut Link,
+        input: &Message,
+        bag: &str,
+        rules: &Rules,
+        mask: u16,
+        received: Instant,
+    ) -> Result<usize, LinkError> {
+        let mut sent = 0;
+        for (_, rule) in rules.rules.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
+            self.stats.alerts.fetch_add(1, Relaxed);
+            sent += usize::from(self.send(link, input, bag, rule.output.as_str(), &rule.properties, received)?);
+        }
+        Ok(sent)
     }
 
     /// Sends an input's body on to `output` with its properties and `set` (an alert, or a dead
