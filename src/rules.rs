@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::settings::OutputName;
+use crate::settings::{type_name, OutputName};
 
 /// The most rules a set may hold.
 pub const MAX_RULES: usize = 16;
@@ -249,17 +249,6 @@ pub fn diff(old: &Value, new: &Value) -> Value {
             Value::Object(patch)
         }
         (_, new) => new.clone(),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

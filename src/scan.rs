@@ -124,12 +124,7 @@ pub fn scan(doc: &[u8]) -> Scan {
     if doc.len() > Padded::MAX_LEN {
         return scan_in_place(doc);
     }
-    answer(PADDED.with_borrow_mut(|buf| {
-        let len = doc.len();
-        buf[..len].copy_from_slice(doc);
-        buf[len..len + Padded::ZEROS].fill(0);
-        document(&Padded { buf, len })
-    }))
+    answer(Padded::with(doc, |padded| document(padded)))
 }
 
 /// Finds the number at every path of a rule set's matcher in `doc`, validating the whole
@@ -141,12 +136,7 @@ pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [f64; MAX_RULES]) 
     if doc.len() > Padded::MAX_LEN {
         return paths_document(doc, matcher, values);
     }
-    PADDED.with_borrow_mut(|buf| {
-        let len = doc.len();
-        buf[..len].copy_from_slice(doc);
-        buf[len..len + Padded::ZEROS].fill(0);
-        paths_document(&Padded { buf, len }, matcher, values)
-    })
+    Padded::with(doc, |padded| paths_document(padded, matcher, values))
 }
 
 /// [`scan_paths`] reading the document where it lies, as [`scan_in_place`] does.
@@ -334,6 +324,18 @@ impl Padded<'_> {
     const ZEROS: usize = 2 * Padded::READ;
     /// The longest document copied.
     const MAX_LEN: usize = Padded::WINDOW - Padded::ZEROS;
+
+    /// Copies `doc` (at most `MAX_LEN` bytes) into the thread's buffer, zeros after it, and reads
+    /// it there.
+    #[inline(always)]
+    fn with<R>(doc: &[u8], read: impl FnOnce(&Padded) -> R) -> R {
+        PADDED.with_borrow_mut(|buf| {
+            let len = doc.len();
+            buf[..len].copy_from_slice(doc);
+            buf[len..len + Padded::ZEROS].fill(0);
+            read(&Padded { buf, len })
+        })
+    }
 }
 
 const _: () = assert!(Padded::READ >= BLOCK && Padded::READ >= b"temperature\"".len());

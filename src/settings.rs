@@ -315,7 +315,8 @@ fn check(spec: &Spec, n: f64) -> Result<f64, String> {
     Ok(n)
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// A JSON value's kind, as rejection reasons name it ("expected a number, got a string").
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -345,15 +345,6 @@ struct Tally<'a> {
     windows: Vec<Histogram<u64>>,
 }
 
-/// The output a forwarded message was sent to (`$.on` in its topic's bag).
-fn bag_output(topic: &str) -> String {
-    topic
-        .rsplit_once("/messages/events/")
-        .and_then(|(_, bag)| parse_bag(bag).ok())
-        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "$.on").map(|(_, v)| v))
-        .unwrap_or_default()
-}
-
 /// The window length of [`Report::latency_windows`].
 pub const WINDOW: Duration = Duration::from_secs(10);
 
@@ -369,14 +360,16 @@ impl Tally<'_> {
     }
 
     fn record(&mut self, p: rumqttc::Publish, now: Instant) {
-        let seq = p.topic.rsplit_once("/messages/events/").and_then(|(_, bag)| parse_bag(bag).ok()).and_then(|pairs| {
-            pairs.into_iter().find(|(k, _)| k == "sequenceNumber").and_then(|(_, v)| v.parse::<u64>().ok())
-        });
+        // The bag, read once: the sequence number and the output (`$.on`).
+        let pairs =
+            p.topic.rsplit_once("/messages/events/").and_then(|(_, bag)| parse_bag(bag).ok()).unwrap_or_default();
+        let value = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let seq = value("sequenceNumber").and_then(|v| v.parse::<u64>().ok());
         let Some(seq) = seq.filter(|s| *s >= 1 && (*s as usize) <= self.expected.len()) else {
             self.unexpected += 1;
             return;
         };
-        let output = bag_output(&p.topic);
+        let output = value("$.on").unwrap_or_default().to_string();
         let wanted = self.wanted(seq, &output);
         let count = self.seen.entry((seq, output)).or_insert(0);
         *count += 1;
