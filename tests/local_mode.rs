@@ -248,30 +248,27 @@ fn the_module_binary_stops_cleanly_on_sigterm() {
     assert!(log.lines().all(|l| l.starts_with('<')), "every line is an IoT Edge log line: {log}");
 }
 
-#[test]
-fn local_mode_shows_alerts_and_applies_a_threshold_change() {
-    let port = free_port();
-    let p = port.to_string();
-    let child = edgefilter()
-        .args(["local", "--port", &p, "--interval-ms", "20"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
+/// `edgefilter local` on `port` with piped console, sensor every 20 ms, plus `extra` arguments.
+fn local(port: u16, extra: &[&str]) -> Command {
+    let mut command = edgefilter();
+    command.args(["local", "--port", &port.to_string(), "--interval-ms", "20"]).args(extra);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    command
+}
+
+/// At most `count` messages local mode's hub sends upstream within `secs`, one `TOPIC BODY`
+/// line each.
+fn upstream(port: u16, count: u32, secs: u32) -> String {
+    let (port, count, secs) = (port.to_string(), count.to_string(), secs.to_string());
     let out = Command::new("mosquitto_sub")
-        .args(["-p", &p, "-t", "local/upstream/#", "-C", "3", "-W", "15", "-v"])
+        .args(["-p", &port, "-t", "local/upstream/#", "-C", &count, "-W", &secs, "-v"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/output1 {\"machine\"")).count(),
-        3,
-        "{text}"
-    );
-    // Raise the threshold out of reach by typing on the console: the filter reports it and the
-    // alerts stop.
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Types `line` at local mode's console; returns the filter's next reported properties.
+fn typed(child: &mut std::process::Child, port: u16, line: &str) -> String {
     let reported = std::thread::spawn(move || {
         Command::new("mosquitto_sub")
             .args(["-p", &port.to_string(), "-t", "local/twin/edgefilter/reported", "-C", "1", "-W", "10"])
@@ -279,17 +276,30 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
             .unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut child = child;
     use std::io::Write as _;
-    child.stdin.as_mut().unwrap().write_all(b"TemperatureThreshold=1000\n").unwrap();
-    let reported = String::from_utf8_lossy(&reported.join().unwrap().stdout).to_string();
+    child.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    String::from_utf8_lossy(&reported.join().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn local_mode_shows_alerts_and_applies_a_threshold_change() {
+    let port = free_port();
+    let mut child = local(port, &[]).spawn().unwrap();
+    wait_for_port(port);
+    // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
+    let text = upstream(port, 3, 15);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/output1 {\"machine\"")).count(),
+        3,
+        "{text}"
+    );
+    // Raise the threshold out of reach by typing on the console: the filter reports it and the
+    // alerts stop.
+    let reported = typed(&mut child, port, "TemperatureThreshold=1000");
     assert!(reported.contains(r#""TemperatureThreshold":1000.0"#), "{reported}");
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new("mosquitto_sub")
-        .args(["-p", &p, "-t", "local/upstream/#", "-C", "1", "-W", "2"])
-        .output()
-        .unwrap();
-    assert!(out.stdout.is_empty(), "no alert above 1000: {}", String::from_utf8_lossy(&out.stdout));
+    let after = upstream(port, 1, 2);
+    assert!(after.is_empty(), "no alert above 1000: {after}");
     terminate(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -300,47 +310,26 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
 #[test]
 fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
     let port = free_port();
-    let p = port.to_string();
     let twin = std::env::temp_dir().join(format!("edgefilter-rules-{}.json", std::process::id()));
     let rules = r#"{"Rules":{"Everything":{"path":"machine.temperature","op":"<","value":1000,"output":"everything","properties":{"Kind":"all"}}}}"#;
     std::fs::write(&twin, rules).unwrap();
-    let child = edgefilter()
-        .args(["local", "--port", &p, "--interval-ms", "20", "--twin", twin.to_str().unwrap()])
+    let mut child = local(port, &["--twin", twin.to_str().unwrap()])
         .env("EDGEFILTER_METRICS_ADDR", "off") // the other local-mode test has the default port
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_port(port);
     // Every message matches the one rule: on its output, with its property.
-    let out = Command::new("mosquitto_sub")
-        .args(["-p", &p, "-t", "local/upstream/#", "-C", "3", "-W", "15", "-v"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = upstream(port, 3, 15);
     assert_eq!(text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/everything {")).count(), 3, "{text}");
     // A patch typed at the console replaces the rule with one nothing matches.
-    let reported = std::thread::spawn(move || {
-        Command::new("mosquitto_sub")
-            .args(["-p", &port.to_string(), "-t", "local/twin/edgefilter/reported", "-C", "1", "-W", "10"])
-            .output()
-            .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let mut child = child;
-    use std::io::Write as _;
     let patch =
         r#"{"Rules":{"Everything":null,"Never":{"path":"machine.temperature","op":">","value":1000,"output":"x"}}}"#;
-    child.stdin.as_mut().unwrap().write_all(format!("{patch}\n").as_bytes()).unwrap();
-    let reported = String::from_utf8_lossy(&reported.join().unwrap().stdout).to_string();
+    let reported = typed(&mut child, port, patch);
     // The hub shows the reported document after merging the module's patch: the removed rule gone.
     assert!(reported.contains(r#""Never":{"#) && !reported.contains("Everything"), "{reported}");
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new("mosquitto_sub")
-        .args(["-p", &p, "-t", "local/upstream/#", "-C", "1", "-W", "2"])
-        .output()
-        .unwrap();
-    assert!(out.stdout.is_empty(), "nothing above 1000: {}", String::from_utf8_lossy(&out.stdout));
+    let after = upstream(port, 1, 2);
+    assert!(after.is_empty(), "nothing above 1000: {after}");
     terminate(&child);
     let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_file(&twin);

@@ -42,6 +42,41 @@ fn sequence(p: &rumqttc::Publish) -> u64 {
     bag_value(&p.topic, "sequenceNumber").unwrap().parse().unwrap()
 }
 
+/// Alerts seen upstream, by sequence number, and how many came again.
+#[derive(Default)]
+struct Seen {
+    sequences: BTreeSet<u64>,
+    duplicates: u64,
+}
+
+impl Seen {
+    fn add(&mut self, alerts: impl IntoIterator<Item = rumqttc::Publish>) {
+        for p in alerts {
+            if !self.sequences.insert(sequence(&p)) {
+                self.duplicates += 1;
+            }
+        }
+    }
+
+    /// Takes alerts from `upstream` until `n` different ones came, or none did for `wait`.
+    async fn until(&mut self, upstream: &mut Peer, n: usize, wait: Duration) {
+        while self.sequences.len() < n {
+            let Some(p) = upstream.next(wait).await else { break };
+            self.add([p]);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Fails naming the sequence numbers of 1..=n that never came.
+    fn assert_none_missing(&self, n: u64) {
+        let missing: Vec<u64> = (1..=n).filter(|s| !self.sequences.contains(s)).collect();
+        assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_goes_out_in_batches_of_at_most_batch_size() {
     let broker = Broker::start("max_inflight_messages 1000\nmax_queued_messages 0");
@@ -219,15 +254,7 @@ async fn sigterm_mid_batch_loses_nothing() {
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
     let run = || module_process(broker.port, Stdio::piped(), &[]);
-    let mut seen = BTreeSet::new();
-    let mut duplicates = 0;
-    fn collect(seen: &mut BTreeSet<u64>, duplicates: &mut u64, got: Vec<rumqttc::Publish>) {
-        for p in got {
-            if !seen.insert(sequence(&p)) {
-                *duplicates += 1;
-            }
-        }
-    }
+    let mut seen = Seen::default();
     // Stopped while the backlog streams through it.
     let first = run();
     let mut early = Vec::new();
@@ -242,17 +269,16 @@ async fn sigterm_mid_batch_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    collect(&mut seen, &mut duplicates, early);
-    collect(&mut seen, &mut duplicates, upstream.drain(Duration::from_millis(500)).await);
+    seen.add(early);
+    seen.add(upstream.drain(Duration::from_millis(500)).await);
     assert!(seen.len() < N as usize, "stopped mid-stream ({} of {N} done)", seen.len());
     // The next start picks up where the hub kept the unacknowledged inputs.
     let second = run();
-    collect(&mut seen, &mut duplicates, upstream.drain(Duration::from_secs(3)).await);
+    seen.add(upstream.drain(Duration::from_secs(3)).await);
     terminate(&second);
     assert_eq!(second.wait_with_output().unwrap().status.code(), Some(0));
-    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
-    assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
-    eprintln!("SIGTERM mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+    seen.assert_none_missing(N);
+    eprintln!("SIGTERM mid-stream: {N} sent, 0 lost, {} duplicated", seen.duplicates);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,28 +289,18 @@ async fn sigkill_mid_stream_loses_nothing() {
     const N: u64 = 3000;
     queue_while_offline(&broker, N, &[]).await;
     let run = || module_process(broker.port, Stdio::null(), &[]);
-    let mut seen = BTreeSet::new();
-    let mut duplicates = 0u64;
+    let mut seen = Seen::default();
     let mut first = run();
-    while seen.len() < 200 {
-        let p = upstream.next(Duration::from_secs(10)).await.expect("alerts flow");
-        if !seen.insert(sequence(&p)) {
-            duplicates += 1;
-        }
-    }
+    seen.until(&mut upstream, 200, Duration::from_secs(10)).await;
+    assert!(seen.len() >= 200, "alerts flow");
     first.kill().unwrap(); // SIGKILL: no drain, no goodbye
     first.wait().unwrap();
     let mut second = run();
-    for p in upstream.drain(Duration::from_secs(3)).await {
-        if !seen.insert(sequence(&p)) {
-            duplicates += 1;
-        }
-    }
+    seen.add(upstream.drain(Duration::from_secs(3)).await);
     terminate(&second);
     assert_eq!(second.wait().unwrap().code(), Some(0));
-    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
-    assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
-    eprintln!("SIGKILL mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+    seen.assert_none_missing(N);
+    eprintln!("SIGKILL mid-stream: {N} sent, 0 lost, {} duplicated", seen.duplicates);
 }
 
 /// A TCP proxy between the module and the broker that can cut every connection and refuse new
@@ -352,18 +368,11 @@ async fn the_network_cut_and_restored_mid_stream_loses_nothing() {
             cable.restore();
         }
     }
-    let mut seen = BTreeSet::new();
-    let mut duplicates = 0u64;
-    while seen.len() < N as usize {
-        let Some(p) = upstream.next(Duration::from_secs(20)).await else { break };
-        if !seen.insert(sequence(&p)) {
-            duplicates += 1;
-        }
-    }
-    let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
-    assert!(missing.is_empty(), "lost {}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    let mut seen = Seen::default();
+    seen.until(&mut upstream, N as usize, Duration::from_secs(20)).await;
+    seen.assert_none_missing(N);
     assert!(module.stats.connections.load(Relaxed) >= 2, "reconnected after the cut");
-    eprintln!("network cut mid-stream: {N} sent, 0 lost, {duplicates} duplicated");
+    eprintln!("network cut mid-stream: {N} sent, 0 lost, {} duplicated", seen.duplicates);
     module.stop().await.unwrap();
 }
 
@@ -381,26 +390,17 @@ async fn redelivery_rounds_repeat_no_alert() {
     let env = [("EDGEFILTER_MAX_UNCONFIRMED", "200".to_string())];
     queue_while_offline(&broker, N, &env).await;
     let module = RunningModule::on(broker.port, &env);
-    let mut seen = BTreeSet::new();
-    let mut duplicates = 0;
-    while seen.len() < N as usize {
-        let Some(p) = upstream.next(Duration::from_secs(20)).await else { break };
-        if !seen.insert(sequence(&p)) {
-            duplicates += 1;
-        }
-    }
-    for p in upstream.drain(Duration::from_millis(500)).await {
-        if !seen.insert(sequence(&p)) {
-            duplicates += 1;
-        }
-    }
+    let mut seen = Seen::default();
+    seen.until(&mut upstream, N as usize, Duration::from_secs(20)).await;
+    seen.add(upstream.drain(Duration::from_millis(500)).await);
     assert_eq!(
         seen.len(),
         N as usize,
-        "every alert arrives (duplicates so far: {duplicates}, connections: {})",
+        "every alert arrives (duplicates so far: {}, connections: {})",
+        seen.duplicates,
         module.stats.connections.load(Relaxed)
     );
     assert!(module.stats.connections.load(Relaxed) >= 3, "the backlog took several redelivery rounds");
-    assert_eq!(duplicates, 0, "no alert repeated across redelivery rounds");
+    assert_eq!(seen.duplicates, 0, "no alert repeated across redelivery rounds");
     module.stop().await.unwrap();
 }
