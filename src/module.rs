@@ -54,13 +54,7 @@ use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, S
 use crate::stats::{record_us, Stats};
 use crate::topic::{self, Inbound};
 
-/// edgeHub's largest message (256 KiB) plus room for the topic and the packet header: what the
-/// module sends, and what the embedded hub accepts.
-pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 8 * 1024;
-/// What the module reads: larger than edgeHub ever sends, so that a too-large message from another
-/// broker is read, counted as `too_large` and acknowledged instead of breaking the connection
-/// (and coming back after every reconnect). A packet beyond this closes the connection.
-pub const MAX_INCOMING_PACKET_SIZE: usize = 4 * 1024 * 1024;
+pub use crate::limits::{MAX_INCOMING_PACKET_SIZE, MAX_PACKET_SIZE};
 /// The Python SDK's keep-alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// The Python SDK's `api-version`.

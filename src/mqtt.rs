@@ -189,7 +189,7 @@ pub struct Link {
 }
 
 /// The largest packet the module writes (edgeHub's limit).
-const MAX_OUTGOING: usize = crate::module::MAX_PACKET_SIZE;
+const MAX_OUTGOING: usize = crate::limits::MAX_PACKET_SIZE;
 
 impl Link {
     /// Connects, sends CONNECT and waits for CONNACK; returns the link and whether the hub had

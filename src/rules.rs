@@ -11,7 +11,7 @@
 //!
 //! An object keyed by rule name, not a list: IoT Hub refused arrays in twin properties, and twin
 //! patches merge objects key by key, so a patch adds, changes or removes (`null`) one rule, or
-//! one field of one rule, without restating the others ([`crate::settings::merge_patch`], RFC
+//! one field of one rule, without restating the others ([`crate::names::merge_patch`], RFC
 //! 7386 as IoT Hub applies it). A rule set that would come out invalid is refused whole: the previous one stays.
 //!
 //! A message is forwarded once per matching rule, in the order of the rule names. The rules'
@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::settings::{type_name, OutputName};
+use crate::names::{type_name, OutputName};
 
 /// The most rules a set may hold.
 pub const MAX_RULES: usize = 16;
@@ -226,7 +226,7 @@ pub fn format_path(keys: &[String]) -> String {
     escaped.join(".")
 }
 
-/// The merge patch that turns `old` into `new` ([`crate::settings::merge_patch`] of it onto `old`
+/// The merge patch that turns `old` into `new` ([`crate::names::merge_patch`] of it onto `old`
 /// gives `new`).
 pub fn diff(old: &Value, new: &Value) -> Value {
     match (old, new) {
@@ -345,7 +345,7 @@ fn number(nodes: &mut [Node], at: usize, next: &mut u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::merge_patch as merge;
+    use crate::names::merge_patch as merge;
     use serde_json::json;
 
     fn rules(v: Value) -> Result<Rules, String> {

@@ -13,6 +13,7 @@
 
 use serde_json::{Map, Value};
 
+pub use crate::names::{merge_patch, type_name, OutputName};
 use crate::rules::{self, Rules};
 
 /// The effective settings.
@@ -44,46 +45,6 @@ impl Settings {
 const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
 /// The name of `Rules`, the one setting that is an object (twin only: see [`crate::rules`]).
 pub const RULES: &str = "Rules";
-
-/// An output name, held inline so that settings stay `Copy`: up to 64 of `A-Z a-z 0-9 _ - .`;
-/// empty means none.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct OutputName {
-    len: u8,
-    bytes: [u8; 64],
-}
-
-impl OutputName {
-    pub const NONE: OutputName = OutputName { len: 0, bytes: [0; 64] };
-
-    pub fn parse(name: &str) -> Result<OutputName, String> {
-        if name.len() > 64 {
-            return Err(format!("an output name has at most 64 characters, got {}", name.len()));
-        }
-        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-            return Err(format!("{c:?} is not allowed in an output name (A-Z a-z 0-9 _ - .)"));
-        }
-        let mut bytes = [0; 64];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Ok(OutputName { len: name.len() as u8, bytes })
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII is ever stored.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
-    }
-
-    /// The name, when one is set.
-    pub fn get(&self) -> Option<&str> {
-        (self.len > 0).then(|| self.as_str())
-    }
-}
-
-impl std::fmt::Debug for OutputName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
 
 /// One setting's name, range and how it lives in [`Settings`].
 struct Spec {
@@ -266,34 +227,6 @@ fn apply_rules(
     Rules::parse(&merged).map(|r| Some(Some(r)))
 }
 
-/// JSON merge patch (RFC 7386) of objects, as IoT Hub applies a twin patch: `null` removes a
-/// member, an object merges member by member, anything else replaces; `$`-prefixed metadata keys
-/// (`$version`) are not properties and are skipped.
-pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        if k.starts_with('$') {
-            continue;
-        }
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => {
-                let slot = target.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
-                if !slot.is_object() {
-                    *slot = Value::Object(Map::new());
-                }
-                if let Value::Object(t) = slot {
-                    merge_patch(t, p);
-                }
-            }
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
-
 fn parse(spec: &Spec, v: &Value) -> Result<f64, String> {
     let n = match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not representable"))?,
@@ -313,18 +246,6 @@ fn check(spec: &Spec, n: f64) -> Result<f64, String> {
         return Err(format!("{n} is out of range {}..={}", spec.min, spec.max));
     }
     Ok(n)
-}
-
-/// A JSON value's kind, as rejection reasons name it ("expected a number, got a string").
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The reported-properties patch: the effective settings, and under `RejectedSettings` the reason

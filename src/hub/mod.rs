@@ -41,7 +41,7 @@ use routes::{Route, Sink};
 use twin::Twin;
 
 /// What edgeHub accepts in one packet (256 KiB messages plus topic and header).
-const MAX_PACKET: usize = crate::module::MAX_PACKET_SIZE;
+const MAX_PACKET: usize = crate::limits::MAX_PACKET_SIZE;
 /// Unacknowledged QoS 1 messages sent to a client at most: a bounded window like a real broker's.
 /// (edgeHub's `MaxPendingInboundAcknowledgements`, 16, is the other direction: how many of a
 /// client's publishes it reads ahead of processing them.)

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::settings::merge_patch;
+use crate::names::merge_patch;
 
 #[derive(Clone, Debug, Default)]
 pub struct Twin {
