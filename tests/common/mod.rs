@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod proxy;
+
 use edgefilter::config;
 use edgefilter::stats::Stats;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
@@ -330,4 +332,99 @@ pub fn tls_broker(certs: &Path) -> (Broker, u16, PathBuf) {
     ));
     wait_for_port(tls_port);
     (broker, tls_port, ca)
+}
+
+/// Waits until `cond` holds, checking every 10 ms; panics with `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Plays edgeHub's twin side until the module has applied `desired`: answers its GET, then waits
+/// for the module to count the update. Returns the reported patches seen meanwhile.
+pub async fn serve_twin(
+    peer: &mut Peer,
+    module: &RunningModule,
+    desired: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = module.stats.twin_updates.load(Relaxed);
+    let mut reported = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while module.stats.twin_updates.load(Relaxed) == before {
+        assert!(tokio::time::Instant::now() < deadline, "the module never asked for its twin");
+        let Some(p) = peer.next(Duration::from_millis(50)).await else { continue };
+        if p.topic.starts_with("$iothub/twin/GET/") {
+            let rid = edgefilter::topic::query_param(p.topic.rsplit('/').next().unwrap(), "$rid").unwrap().to_string();
+            let body = serde_json::json!({"desired": desired, "reported": {"$version": 1}});
+            peer.publish(&edgefilter::topic::twin_response(200, &rid), body.to_string()).await;
+        } else if p.topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
+            reported.push(serde_json::from_slice(&p.payload).unwrap());
+        }
+    }
+    reported
+}
+
+/// How the module reaches the broker in a test run over both transports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+/// A broker with a plain listener (for the test's edgeHub side) and, for TLS, a TLS listener for
+/// the module, with `extra` configuration.
+pub struct Hub {
+    pub broker: Broker,
+    /// Where the module connects.
+    pub module_port: u16,
+    pub transport: Transport,
+    ca: Option<PathBuf>,
+    _certs: tempfile::TempDir,
+}
+
+impl Hub {
+    pub fn start(transport: Transport, extra: &str) -> Hub {
+        let certs = tempfile::tempdir().unwrap();
+        match transport {
+            Transport::Tcp => {
+                let broker = Broker::start(extra);
+                Hub { module_port: broker.port, broker, transport, ca: None, _certs: certs }
+            }
+            Transport::Tls => {
+                let (ca, cert, key) = certificates(certs.path());
+                let tls_port = free_port();
+                let broker = Broker::start(&format!(
+                    "{extra}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+                    cert.display(),
+                    key.display()
+                ));
+                wait_for_port(tls_port);
+                Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs }
+            }
+        }
+    }
+
+    /// The module's environment to connect to `port` (the hub's own, or a proxy in front of it).
+    pub fn module_env(&self, port: u16) -> Vec<(&'static str, String)> {
+        let mut env = vec![("EdgeHubConnectionString", connection_string())];
+        match &self.ca {
+            None => env.push(("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))),
+            Some(ca) => {
+                env.push(("EDGEFILTER_MQTT_URL", format!("mqtts://localhost:{port}")));
+                env.push(("EdgeModuleCACertificateFile", ca.display().to_string()));
+            }
+        }
+        env
+    }
+
+    /// The module, connected to this hub directly, with `extra` settings.
+    pub fn module(&self, extra: &[(&'static str, String)]) -> RunningModule {
+        let mut env = self.module_env(self.module_port);
+        env.extend(extra.iter().cloned());
+        RunningModule::start(&env)
+    }
 }

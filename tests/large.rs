@@ -1,0 +1,153 @@
+//! Large messages and large batches, over TLS and plain TCP, through a real mosquitto: a path that
+//! only TLS takes (sealing a batch into records) must not go untested again (issue 20).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::*;
+use serde_json::json;
+
+/// edgeHub's delivery: one message in flight, and nothing dropped for a slow consumer.
+const EDGEHUB_SHAPE: &str = "max_inflight_messages 1\nmax_queued_messages 100000";
+
+/// A hot body of about `size` bytes.
+fn big(size: usize) -> String {
+    let head = r#"{"machine":{"temperature":30},"pad":""#;
+    format!("{head}{}\"}}", "x".repeat(size.saturating_sub(head.len() + 2)))
+}
+
+fn seq(p: &rumqttc::Publish) -> u64 {
+    bag_value(&p.topic, "sequenceNumber").and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Collects alerts until every one of `want` arrived (or `within` passes): sequence number ->
+/// (copies, body sizes seen).
+async fn collect(edge: &mut Peer, want: usize, within: Duration) -> BTreeMap<u64, Vec<usize>> {
+    let mut seen: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while seen.len() < want && tokio::time::Instant::now() < deadline {
+        if let Some(p) = edge.next(Duration::from_millis(100)).await {
+            if p.topic.contains("/messages/events/") {
+                seen.entry(seq(&p)).or_default().push(p.payload.len());
+            }
+        }
+    }
+    seen
+}
+
+async fn stream_with_200_and_250_kb_alerts(transport: Transport) {
+    let hub = Hub::start(transport, EDGEHUB_SHAPE);
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = hub.module(&[]);
+    serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
+    let sizes: BTreeMap<u64, usize> = [(40, 200 * 1024), (80, 250 * 1024)].into();
+    for n in 1..=120u64 {
+        let (topic, body) = hot(n, 30.0);
+        edge.publish(&topic, sizes.get(&n).map_or(body, |&s| big(s))).await;
+    }
+    let seen = collect(&mut edge, 120, Duration::from_secs(60)).await;
+    let missing: Vec<u64> = (1..=120).filter(|n| !seen.contains_key(n)).collect();
+    assert!(missing.is_empty(), "{transport:?}: alerts missing {missing:?}");
+    assert_eq!(seen[&40], vec![big(200 * 1024).len()], "{transport:?}: the 200 KB alert once, whole");
+    assert_eq!(seen[&80], vec![big(250 * 1024).len()], "{transport:?}: the 250 KB alert once, whole");
+    assert_eq!(module.stats.connections.load(Relaxed), 1, "{transport:?}: no reconnection");
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_200_and_250_kb_alerts_delivers_every_alert_over_tls() {
+    stream_with_200_and_250_kb_alerts(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_200_and_250_kb_alerts_delivers_every_alert_over_tcp() {
+    stream_with_200_and_250_kb_alerts(Transport::Tcp).await;
+}
+
+/// 300 alerts of 1 KB unconfirmed when the connection is cut: sent again in one batch of about
+/// 360 KB (over five times rustls's 64 KiB), which over TLS failed and reconnected without end.
+async fn three_hundred_alerts_sent_again(transport: Transport) {
+    let hub = Hub::start(transport, "max_inflight_messages 0\nmax_queued_messages 100000");
+    let proxy = Proxy::start(hub.module_port).await;
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = RunningModule::start(&hub.module_env(proxy.port));
+    serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
+    proxy.hold_upstream();
+    for n in 1..=300u64 {
+        edge.publish(&hot(n, 30.0).0, big(1024)).await;
+    }
+    wait_until("300 alerts are unconfirmed", Duration::from_secs(30), || module.stats.alerts.load(Relaxed) >= 300)
+        .await;
+    assert_eq!(module.stats.alerts_confirmed.load(Relaxed), 0, "held: nothing reached the broker");
+    proxy.cut();
+    let seen = collect(&mut edge, 300, Duration::from_secs(60)).await;
+    let missing: Vec<u64> = (1..=300).filter(|n| !seen.contains_key(n)).collect();
+    assert!(missing.is_empty(), "{transport:?}: alerts missing {missing:?}");
+    wait_until("the resent alerts are confirmed", Duration::from_secs(30), || {
+        module.stats.alerts_confirmed.load(Relaxed) >= 300
+    })
+    .await;
+    let connections = module.stats.connections.load(Relaxed);
+    assert_eq!(connections, 2, "{transport:?}: one reconnection, not a storm ({connections})");
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_unconfirmed_alerts_are_sent_again_in_one_batch_over_tls() {
+    three_hundred_alerts_sent_again(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_unconfirmed_alerts_are_sent_again_in_one_batch_over_tcp() {
+    three_hundred_alerts_sent_again(Transport::Tcp).await;
+}
+
+/// Two rules copy one 200 KB message to two outputs: a 400 KB write.
+async fn rules_copy_a_200_kb_message_to_two_outputs(transport: Transport) {
+    let hub = Hub::start(transport, EDGEHUB_SHAPE);
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = hub.module(&[]);
+    let rules = json!({
+        "Hot": {"path": "machine.temperature", "op": ">", "value": 25, "output": "output1"},
+        "HotToo": {"path": "machine.temperature", "op": ">", "value": 20, "output": "output2"}
+    });
+    serve_twin(&mut edge, &module, &json!({"Rules": rules, "$version": 1})).await;
+    edge.publish(&hot(1, 30.0).0, big(200 * 1024)).await;
+    edge.publish(&hot(2, 30.0).0, big(100)).await;
+    let mut outputs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while outputs.len() < 4 && tokio::time::Instant::now() < deadline {
+        if let Some(p) = edge.next(Duration::from_millis(100)).await {
+            if p.topic.contains("/messages/events/") {
+                outputs.push((seq(&p), bag_value(&p.topic, "$.on").unwrap_or_default(), p.payload.len()));
+            }
+        }
+    }
+    let (b200, b100) = (big(200 * 1024).len(), big(100).len());
+    assert_eq!(
+        outputs,
+        vec![
+            (1, "output1".into(), b200),
+            (1, "output2".into(), b200),
+            (2, "output1".into(), b100),
+            (2, "output2".into(), b100)
+        ],
+        "{transport:?}"
+    );
+    assert_eq!(module.stats.connections.load(Relaxed), 1, "{transport:?}: no reconnection");
+    module.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_copy_a_200_kb_message_to_two_outputs_over_tls() {
+    rules_copy_a_200_kb_message_to_two_outputs(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_copy_a_200_kb_message_to_two_outputs_over_tcp() {
+    rules_copy_a_200_kb_message_to_two_outputs(Transport::Tcp).await;
+}
