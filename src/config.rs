@@ -15,6 +15,8 @@
 //! - `EDGEFILTER_MAX_UNCONFIRMED`: the most alerts awaiting the hub's confirmation (1000 by
 //!   default), and the most input held back meanwhile: the bound on the memory a slow hub can
 //!   make the module hold.
+//! - `EDGEFILTER_MAX_DELIVERY_ATTEMPTS`: after how many failed connections in a row an alert is
+//!   given up (`delivery_failed`, 5 by default, 1 to 100).
 //!
 //! On an IoT Edge device edgeAgent sets `IOTEDGE_*` instead, and the security daemon's workload
 //! API signs the tokens and serves the CA bundle ([`crate::workload`]). As in the Python SDK these
@@ -40,6 +42,9 @@ pub struct Config {
     /// The most alerts awaiting confirmation (`EDGEFILTER_MAX_UNCONFIRMED`), and the most input
     /// held back meanwhile.
     pub max_unconfirmed: usize,
+    /// Connections in a row that may fail with an alert the oldest unconfirmed before it is given
+    /// up (`EDGEFILTER_MAX_DELIVERY_ATTEMPTS`).
+    pub max_delivery_attempts: u8,
     /// The module has its thread to itself (the binary's module mode): a read pause sleeps the
     /// thread. On a shared runtime (local mode, tests) it waits on a timer instead, which lets
     /// the other tasks run but wakes for every packet that arrives meanwhile.
@@ -58,6 +63,7 @@ impl Config {
             settings: Settings::default(),
             metrics_addr: None,
             max_unconfirmed: DEFAULT_MAX_UNCONFIRMED,
+            max_delivery_attempts: crate::limits::MAX_DELIVERY_ATTEMPTS,
             dedicated_thread: false,
         }
     }
@@ -133,6 +139,7 @@ const MQTT_URL: &str = "EDGEFILTER_MQTT_URL";
 const TOKEN_TTL: &str = "EDGEFILTER_TOKEN_TTL_SECS";
 const METRICS_ADDR: &str = "EDGEFILTER_METRICS_ADDR";
 const MAX_UNCONFIRMED: &str = "EDGEFILTER_MAX_UNCONFIRMED";
+const MAX_DELIVERY_ATTEMPTS: &str = "EDGEFILTER_MAX_DELIVERY_ATTEMPTS";
 /// Alerts awaiting confirmation at most, by default. Throughput needs the alerts of one hub
 /// round trip in flight (at 30,000 alerts/s and a few milliseconds, about 100); more only queues
 /// at the hub, adding latency and memory (10,000 held 17 MB at peak under full load).
@@ -250,6 +257,8 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
     // Packet ids are 16 bits: the alerts in flight must leave some free.
     let max_unconfirmed = whole_number(&lookup, MAX_UNCONFIRMED, "a whole number", 1..=60_000)?
         .map_or(DEFAULT_MAX_UNCONFIRMED, |n| n as usize);
+    let max_delivery_attempts = whole_number(&lookup, MAX_DELIVERY_ATTEMPTS, "a whole number", 1..=100)?
+        .map_or(crate::limits::MAX_DELIVERY_ATTEMPTS, |n| n as u8);
     Ok(Config {
         identity,
         endpoint,
@@ -258,6 +267,7 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         settings,
         metrics_addr,
         max_unconfirmed,
+        max_delivery_attempts,
         dedicated_thread: false,
     })
 }

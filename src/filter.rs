@@ -39,6 +39,12 @@ pub enum Reason {
     /// A body over edgeHub's 256 KiB message limit: it could not have come through edgeHub,
     /// and its alert could not go back through it.
     TooLarge,
+    /// An alert that would be larger than edgeHub accepts (its body and properties as edgeHub
+    /// counts them, [`crate::topic::message_size`]): given up, its input acknowledged.
+    AlertTooLarge,
+    /// An alert that failed on [`crate::limits::MAX_DELIVERY_ATTEMPTS`] connections in a row:
+    /// given up (sent to `DeadLetterOutput` when that is set), its input acknowledged.
+    DeliveryFailed,
     Missing(Missing),
     Malformed(Malformed),
 }
@@ -52,18 +58,22 @@ impl Reason {
             Reason::UnknownInput => "unknown_input",
             Reason::BadPropertyBag => "bad_property_bag",
             Reason::TooLarge => "too_large",
+            Reason::AlertTooLarge => "alert_too_large",
+            Reason::DeliveryFailed => "delivery_failed",
             Reason::Missing(m) => m.name(),
             Reason::Malformed(m) => m.name(),
         }
     }
 
     /// Every reason, for metrics that list them all.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::BelowThreshold,
         Reason::NoRuleMatched,
         Reason::UnknownInput,
         Reason::BadPropertyBag,
         Reason::TooLarge,
+        Reason::AlertTooLarge,
+        Reason::DeliveryFailed,
         Reason::Missing(Missing::NotAnObject),
         Reason::Missing(Missing::NoMachine),
         Reason::Missing(Missing::MachineNotAnObject),
@@ -81,8 +91,7 @@ impl Reason {
     }
 }
 
-/// edgeHub's largest message (`mqttSettings:MaxInboundMessageSize`, contract §8).
-pub const MAX_MESSAGE_SIZE: usize = 256 * 1024;
+pub use crate::limits::MAX_MESSAGE_SIZE;
 
 /// Decides a body against the threshold.
 pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {

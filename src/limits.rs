@@ -14,3 +14,13 @@ pub const MAX_PACKET_SIZE: usize = MAX_MESSAGE_SIZE + 8 * 1024;
 /// broker is read, counted as `too_large` and acknowledged instead of breaking the connection
 /// (and coming back after every reconnect). A packet beyond this closes the connection.
 pub const MAX_INCOMING_PACKET_SIZE: usize = 4 * 1024 * 1024;
+/// What edgeHub adds to a message's size as it counts it, beyond the properties the module
+/// writes: system properties such as `connectionDeviceId`, `connectionModuleId`,
+/// `connectionAuthMethod` (a JSON object) and `enqueuedTime`. An allowance, not a measure: the
+/// SDKs' own long-haul test keeps 1 KiB back "for things we can't calculate" likewise.
+pub const EDGEHUB_ADDED_PROPERTIES: usize = 1024;
+/// By default (`EDGEFILTER_MAX_DELIVERY_ATTEMPTS`), an alert whose connection fails this many times
+/// in a row while it is the oldest unconfirmed one, after the hub read what came before it, is
+/// given up (`delivery_failed`): a hub that drops the connection on one message (a broker
+/// with a smaller packet limit, say) would otherwise stop the stream for good.
+pub const MAX_DELIVERY_ATTEMPTS: u8 = 5;

@@ -48,7 +48,9 @@ use crate::config::{Config, Credentials, Trust};
 use crate::delivery::Delivery;
 use crate::filter::{self, Decision, Matched, Reason};
 use crate::gather::Gather;
+use crate::limits::MAX_MESSAGE_SIZE;
 use crate::mqtt::{ConnectOptions, Link, LinkError, Message, Received};
+use crate::retry::Failure;
 use crate::rules::Rules;
 use crate::settings::{self, Rejection, Settings, SettingsCell, SettingsReader, Source};
 use crate::stats::{record_us, Stats};
@@ -236,8 +238,10 @@ pub fn acks_flush(settings: &Settings, alerts_unconfirmed: usize, waited: Durati
 enum End {
     /// Stop: the drain finished or timed out.
     Stop,
-    /// Reconnect (lost connection, or a renewed token to present).
+    /// Reconnect, as the module asked (a renewed token to present, input to be redelivered).
     Reconnect,
+    /// The connection failed.
+    Lost(LinkError),
 }
 
 /// Runs the module until `shutdown` resolves and in-flight work is done (or the drain times out).
@@ -310,6 +314,9 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         deferred: VecDeque::new(),
         overload_warned: None,
         left_unacknowledged: 0,
+        connection: 0,
+        given_up: VecDeque::new(),
+        subscribed: false,
     };
     let margin = renewal_margin(config.token_ttl);
     let mut renew_at = Instant::now() + config.token_ttl - margin;
@@ -333,13 +340,20 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         let (mut link, session_present) = match connected {
             Ok(c) => c,
             Err(e) => {
-                let refused = matches!(e, LinkError::Refused(_));
-                let next = retry.failed(std::time::Instant::now(), refused);
+                let failure = match e {
+                    LinkError::Refused(_) => Failure::Refused,
+                    LinkError::Unreachable(_) => Failure::Unreachable,
+                    _ => Failure::Dropped,
+                };
+                let next = retry.failed(std::time::Instant::now(), failure);
                 if let Some(attempts) = next.log {
                     let every = next.delay.as_secs_f64();
                     match &e {
                         LinkError::Refused(code) => error!(
                             "edgeHub refused the connection ({code:?}): check the module identity and its key; retrying in {every:.1} s"
+                        ),
+                        other if failure == Failure::Dropped => warn!(
+                            "cannot connect to {host}:{port} ({attempts} attempts since the last line): {other}; retrying in {every:.1} s"
                         ),
                         other if attempts <= 1 => {
                             warn!("cannot connect to {host}:{port}: {other}; retrying every {every:.1} s")
@@ -360,16 +374,14 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                 continue;
             }
         };
-        retry.connected();
-        if let Err(e) = shell.connected(&mut link, session_present) {
-            warn!("connection lost: {e}");
-            continue;
-        }
-        if let Err(e) = link.flush().await {
-            warn!("connection lost: {e}");
-            continue;
-        }
-        let end = {
+        retry.connected(std::time::Instant::now());
+        let resumed = match shell.connected(&mut link, session_present, !retry.quiet()) {
+            Ok(()) => link.flush().await,
+            Err(e) => Err(e),
+        };
+        let end = if let Err(e) = resumed {
+            End::Lost(e)
+        } else {
             let mut last_read = Instant::now();
             let mut next_ping = Instant::now() + KEEP_ALIVE;
             let mut t = Timers::default();
@@ -454,23 +466,16 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
                 };
                 let end = match step {
                     Ok(end) => end,
-                    Err(e) => {
-                        warn!("connection to {host}:{port} lost: {e}; reconnecting");
-                        break End::Reconnect;
-                    }
+                    Err(e) => break End::Lost(e),
                 };
                 shell.due_acks(&mut link);
                 let end = match shell.left_for_redelivery(&mut link) {
                     Ok(true) => Some(End::Reconnect),
                     Ok(false) => end,
-                    Err(e) => {
-                        warn!("connection to {host}:{port} lost: {e}; reconnecting");
-                        break End::Reconnect;
-                    }
+                    Err(e) => break End::Lost(e),
                 };
                 if let Err(e) = shell.flush(&mut link).await {
-                    warn!("connection to {host}:{port} lost: {e}; reconnecting");
-                    break End::Reconnect;
+                    break End::Lost(e);
                 }
                 if shell.draining && shell.delivery.alerts_pending() == 0 && shell.delivery.inputs_pending() == 0 {
                     info!("all alerts confirmed and inputs acknowledged");
@@ -485,6 +490,27 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         // with the old connection, so that the acknowledgements written with the DISCONNECT count.
         if let End::Reconnect = end {
             link.closed_by_hub(CLOSE_TIMEOUT).await;
+        }
+        if let End::Lost(e) = &end {
+            shell.connection_failed();
+            match retry.lost(std::time::Instant::now()) {
+                None => warn!("connection to {host}:{port} lost: {e}; reconnecting"),
+                Some(next) => {
+                    if let Some(attempts) = next.log {
+                        warn!(
+                            "connection to {host}:{port} failed soon after edgeHub accepted it ({attempts} times since the last line): {e}; retrying in {:.1} s",
+                            next.delay.as_secs_f64()
+                        );
+                    }
+                    tokio::select! {
+                        _ = sleep(jitter(next.delay)) => {}
+                        _ = &mut shutdown, if !shell.draining => {
+                            stopped_offline(&shell);
+                            break 'connections;
+                        }
+                    }
+                }
+            }
         }
         if let End::Stop = end {
             // Say goodbye so the hub does not wait for the keep-alive.
@@ -575,6 +601,12 @@ struct Held {
     received: Instant,
     /// When it was last written to the socket.
     written: Option<Instant>,
+    /// The connection it was last written on ([`Shell::connection`]).
+    connection: u64,
+    /// Connections in a row that failed while it was the oldest unconfirmed alert.
+    strikes: u8,
+    /// A dead letter: never dead-lettered again.
+    dead_letter: bool,
 }
 
 /// The module's state between events.
@@ -614,6 +646,13 @@ struct Shell<'a> {
     overload_warned: Option<Instant>,
     /// Publishes neither handled nor held back on this connection (see [`Shell::hold_back`]).
     left_unacknowledged: u64,
+    /// Connections made so far; the current one's number.
+    connection: u64,
+    /// The last alerts given up on, as (body length, hash of topic and body): a copy made again
+    /// from a redelivered input is given up at once instead of failing again.
+    given_up: VecDeque<(usize, u64)>,
+    /// The hub answered this connection's SUBSCRIBE.
+    subscribed: bool,
 }
 
 impl Shell<'_> {
@@ -623,7 +662,7 @@ impl Shell<'_> {
 
     /// A (re)connection: forget the old connection's state, subscribe, resend unconfirmed alerts,
     /// fetch the twin.
-    fn connected(&mut self, link: &mut Link, session_present: bool) -> Result<(), LinkError> {
+    fn connected(&mut self, link: &mut Link, session_present: bool, loud: bool) -> Result<(), LinkError> {
         // Packets read but not handled on the old connection belong to it: their packet ids mean
         // nothing now (acknowledging one would acknowledge another message), and the hub
         // redelivers them. What was queued for the old socket went with it.
@@ -636,11 +675,15 @@ impl Shell<'_> {
         self.deferred.clear();
         self.left_unacknowledged = 0;
         let n = self.stats.connections.fetch_add(1, Relaxed);
+        self.connection += 1;
+        self.subscribed = false;
         let tls = link.tls_description().map_or_else(String::new, |t| format!(", {t}"));
-        info!(
-            "connected to edgeHub (session present: {session_present}{tls}){}",
-            if n > 0 { ", resuming" } else { "" }
-        );
+        let resuming = if n > 0 { ", resuming" } else { "" };
+        if loud {
+            info!("connected to edgeHub (session present: {session_present}{tls}){resuming}");
+        } else {
+            debug!("connected to edgeHub (session present: {session_present}{tls}){resuming}");
+        }
         let id = &self.config.identity.module;
         let mut subscribe = Subscribe::new_many([
             SubscribeFilter::new(id.inputs_filter(), QoS::AtLeastOnce),
@@ -651,12 +694,15 @@ impl Shell<'_> {
         link.queue(Packet::Subscribe(subscribe))?;
         let now = Instant::now();
         let mut resent = 0;
+        let connection = self.connection;
         for (pkid, held) in self.delivery.reconnected() {
+            let again = held.written.is_some();
             held.written = Some(now);
-            link.queue_publish(&held.topic, pkid, &held.payload, true)?;
-            resent += 1;
+            held.connection = connection;
+            link.queue_publish(&held.topic, pkid, &held.payload, again)?;
+            resent += usize::from(again);
         }
-        if resent > 0 {
+        if resent > 0 && loud {
             warn!("sending {resent} unconfirmed alerts again");
         }
         self.request_twin(link)
@@ -739,6 +785,7 @@ impl Shell<'_> {
             }
             Packet::SubAck(ack) => {
                 self.delivery.released(ack.pkid);
+                self.subscribed = true;
                 if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                     error!("edgeHub refused a subscription: {:?}", ack.return_codes);
                 }
@@ -855,8 +902,10 @@ impl Shell<'_> {
                 };
                 let sent = match (decision, dead_letter.as_ref().and_then(|o| o.get())) {
                     (Decision::Alert, _) => {
-                        self.stats.alerts.fetch_add(1, Relaxed);
-                        self.send(link, publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received)?
+                        let sent =
+                            self.send(link, publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received)?;
+                        self.stats.alerts.fetch_add(u64::from(sent), Relaxed);
+                        sent
                     }
                     (Decision::Drop(reason), Some(output)) => {
                         debug!("dead-lettered a message on {} to {output}: {}", topic::unquote(input), reason.name());
@@ -915,9 +964,9 @@ impl Shell<'_> {
     ) -> Result<usize, LinkError> {
         let mut sent = 0;
         for (_, rule) in rules.rules.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
-            self.stats.alerts.fetch_add(1, Relaxed);
             sent += usize::from(self.send(link, input, bag, rule.output.as_str(), &rule.properties, received)?);
         }
+        self.stats.alerts.fetch_add(sent as u64, Relaxed);
         Ok(sent)
     }
 
@@ -945,11 +994,105 @@ impl Shell<'_> {
             return Ok(false);
         }
         let topic = self.topics.split().freeze();
-        let held = Held { topic: topic.clone(), payload: input.payload.clone(), received, written: None };
+        // SAFETY-free: the arena holds only what write_output_topic wrote, which is ASCII.
+        let size = topic::message_size(input.payload.len(), std::str::from_utf8(&topic).unwrap_or(""));
+        if size > MAX_MESSAGE_SIZE {
+            self.stats.drop(Reason::AlertTooLarge);
+            warn!(
+                "gave up an alert to {output}: {size} bytes as edgeHub counts them, over its {MAX_MESSAGE_SIZE}-byte limit (alert_too_large); its input is acknowledged"
+            );
+            return Ok(false);
+        }
+        if self.is_given_up(&topic, &input.payload) {
+            self.stats.drop(Reason::DeliveryFailed);
+            debug!("an alert given up on came again (its input redelivered): acknowledging its input");
+            return Ok(false);
+        }
+        let held = Held {
+            topic: topic.clone(),
+            payload: input.payload.clone(),
+            received,
+            written: None,
+            connection: self.connection,
+            strikes: 0,
+            dead_letter: self.reader.get().dead_letter_output.get() == Some(output),
+        };
         let pkid = self.delivery.send(held);
         self.unflushed.push(pkid);
         link.queue_publish(&topic, pkid, &input.payload, false)?;
         Ok(true)
+    }
+
+    /// The connection failed: the oldest unconfirmed alert, if it was written on it, gets a strike,
+    /// and is given up after `EDGEFILTER_MAX_DELIVERY_ATTEMPTS` in a row. Everything before it was
+    /// confirmed (a hub confirms in order), so it is the likeliest cause: a broker that drops the
+    /// connection on one message would otherwise stop the stream for good.
+    fn connection_failed(&mut self) {
+        let (connection, attempts) = (self.connection, self.config.max_delivery_attempts);
+        // Only when the hub read what went before the alert (the SUBSCRIBE, answered): a hub that
+        // drops every connection unread says nothing about the alert, and gives nothing up.
+        if !self.subscribed {
+            return;
+        }
+        let Some((pkid, held)) = self.delivery.oldest_mut() else { return };
+        if held.connection != connection || held.written.is_none() {
+            return;
+        }
+        held.strikes += 1;
+        if held.strikes >= attempts {
+            self.give_up(pkid);
+        }
+    }
+
+    /// Gives up an alert that failed on `EDGEFILTER_MAX_DELIVERY_ATTEMPTS` connections (`delivery_failed`),
+    /// and every unconfirmed copy of it (made again from its input, redelivered); sends it to
+    /// `DeadLetterOutput` when one is set and it is not a dead letter already. Its input was
+    /// received on a connection that is gone: the hub redelivers it, and [`Shell::send`] then gives
+    /// up its alert at once ([`Shell::is_given_up`]) and acknowledges it.
+    fn give_up(&mut self, pkid: u16) {
+        let Some(held) = self.delivery.confirmed(pkid) else { return };
+        let key = fingerprint(&held.topic, &held.payload);
+        let copies: Vec<u16> = self
+            .delivery
+            .unconfirmed()
+            .filter(|(_, h)| fingerprint(&h.topic, &h.payload) == key)
+            .map(|(p, _)| p)
+            .collect();
+        for p in &copies {
+            self.delivery.confirmed(*p);
+        }
+        self.stats.drop(Reason::DeliveryFailed);
+        self.given_up.push_back(key);
+        if self.given_up.len() > GIVEN_UP_KEPT {
+            self.given_up.pop_front();
+        }
+        let settings = self.settings();
+        let dead_letter = settings.dead_letter_output.get().filter(|_| !held.dead_letter);
+        warn!(
+            "gave up an alert of {} bytes after {} connections in a row failed with it unconfirmed (delivery_failed; {} copies with it){}",
+            held.payload.len(),
+            self.config.max_delivery_attempts,
+            copies.len(),
+            dead_letter.map_or_else(String::new, |o| format!("; sending it to {o}"))
+        );
+        let Some(output) = dead_letter else { return };
+        let topic_str = std::str::from_utf8(&held.topic).unwrap_or("");
+        let bag = topic_str.split_once("/messages/events/").map_or("", |(_, b)| b);
+        let id = &self.config.identity.module;
+        let property = [(filter::DEAD_LETTER_PROPERTY, Reason::DeliveryFailed.name())];
+        let mut topics = BytesMut::new();
+        if topic::write_output_topic(&mut topics, id, bag, output, &property, &mut self.bag).is_ok() {
+            self.stats.dead_lettered.fetch_add(1, Relaxed);
+            let held = Held { topic: topics.freeze(), written: None, strikes: 0, dead_letter: true, ..held };
+            // Sent with the other unconfirmed alerts when the next connection is up.
+            self.delivery.send(held);
+        }
+    }
+
+    /// Whether an alert with this topic and body was given up on lately.
+    fn is_given_up(&self, topic: &[u8], payload: &[u8]) -> bool {
+        self.given_up.iter().any(|(len, _)| *len == payload.len())
+            && self.given_up.contains(&fingerprint(topic, payload))
     }
 
     fn twin_response(&mut self, link: &mut Link, status: u16, rid: &str, body: &[u8]) -> Result<(), LinkError> {
@@ -1072,6 +1215,18 @@ impl Shell<'_> {
         }
         Ok(())
     }
+}
+
+/// How many alerts given up on are remembered ([`Shell::given_up`]).
+const GIVEN_UP_KEPT: usize = 16;
+
+/// An alert's body length and a hash of its topic and body.
+fn fingerprint(topic: &[u8], payload: &[u8]) -> (usize, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.hash(&mut h);
+    (payload.len(), h.finish())
 }
 
 fn setting_value(s: &Settings, name: &str) -> String {

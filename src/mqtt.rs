@@ -127,6 +127,8 @@ pub fn write_publish(tx: &mut BytesMut, topic: &[u8], pkid: u16, payload: &[u8],
 /// Why a connection failed or ended.
 #[derive(Debug)]
 pub enum LinkError {
+    /// The TCP connection could not be made: nothing answered.
+    Unreachable(std::io::Error),
     Io(std::io::Error),
     Tls(String),
     Refused(ConnectReturnCode),
@@ -138,7 +140,7 @@ pub enum LinkError {
 impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Unreachable(e) | LinkError::Io(e) => write!(f, "{e}"),
             LinkError::Tls(e) => write!(f, "TLS: {e}"),
             LinkError::Refused(code) => write!(f, "connection refused by the hub: {code:?}"),
             LinkError::Protocol(e) => write!(f, "MQTT protocol error: {e}"),
@@ -249,7 +251,7 @@ impl Link {
         options: &ConnectOptions,
         max_packet: usize,
     ) -> Result<(Link, bool), LinkError> {
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = TcpStream::connect((host, port)).await.map_err(LinkError::Unreachable)?;
         tcp.set_nodelay(true)?;
         let (tcp, tls) = match tls {
             None => (tcp, None),

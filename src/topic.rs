@@ -484,6 +484,22 @@ impl Properties {
     }
 }
 
+/// The size of a message as edgeHub counts it against its 256 KiB limit: the body, plus every
+/// property's key and value (`Message.Size()` in Azure/iotedge's routing core), plus
+/// [`crate::limits::EDGEHUB_ADDED_PROPERTIES`] for the system properties edgeHub adds. `topic` is
+/// the message's outgoing topic; its bag is decoded only when the encoded form alone could reach
+/// the limit.
+pub fn message_size(body: usize, topic: &str) -> usize {
+    use crate::limits::{EDGEHUB_ADDED_PROPERTIES, MAX_MESSAGE_SIZE};
+    let bag = topic.split_once("/messages/events/").map_or("", |(_, bag)| bag);
+    let upper = body + bag.len() + EDGEHUB_ADDED_PROPERTIES;
+    if upper <= MAX_MESSAGE_SIZE {
+        return upper;
+    }
+    let properties: usize = parse_bag(bag).map_or(bag.len(), |p| p.iter().map(|(k, v)| k.len() + v.len()).sum());
+    body + properties + EDGEHUB_ADDED_PROPERTIES
+}
+
 /// Splits a URL-encoded bag into decoded pairs, in order. An empty bag has no pairs.
 pub fn parse_bag(bag: &str) -> Result<Vec<(String, String)>, TopicError> {
     let bag = bag.strip_suffix('/').unwrap_or(bag);

@@ -923,14 +923,14 @@ fn workload_responses_are_checked() {
 
 #[test]
 fn an_unreachable_hub_is_tried_often_enough_to_resume_within_half_a_second() {
-    use edgefilter::retry::{Retry, FAST, FAST_FOR, LOG_EVERY, STEADY};
+    use edgefilter::retry::{Failure, Retry, FAST, FAST_FOR, HEALTHY_AFTER, LOG_EVERY, STEADY};
     let mut r = Retry::default();
     let start = std::time::Instant::now();
     let mut now = start;
     let mut attempts_after_fast = 0;
     let mut lines = 0;
     while now - start < Duration::from_secs(70) {
-        let next = r.failed(now, false);
+        let next = r.failed(now, Failure::Unreachable);
         assert!(next.delay * 6 / 5 < Duration::from_millis(500), "even jittered, the next try is within 0.5 s");
         assert_eq!(next.delay, if now - start < FAST_FOR { FAST } else { STEADY });
         lines += usize::from(next.log.is_some());
@@ -941,18 +941,20 @@ fn an_unreachable_hub_is_tried_often_enough_to_resume_within_half_a_second() {
     }
     assert_eq!(attempts_after_fast, 200, "200 attempts a minute after the first ten seconds");
     assert!(lines <= (70 / LOG_EVERY.as_secs() + 1) as usize, "{lines} log lines in 70 s");
-    // After a connection, a new outage starts fast again and is logged at once.
-    r.connected();
-    let next = r.failed(now, false);
+    // After a healthy connection, a new outage starts fast again and is logged at once.
+    r.connected(now);
+    now += HEALTHY_AFTER;
+    assert_eq!(r.lost(now), None, "lost after a healthy connection: tried again at once");
+    let next = r.failed(now, Failure::Unreachable);
     assert_eq!((next.delay, next.log), (FAST, Some(1)));
 }
 
 #[test]
 fn a_hub_that_refuses_the_module_is_asked_less_and_less_often() {
-    use edgefilter::retry::{Retry, REFUSED_MAX, REFUSED_MIN};
+    use edgefilter::retry::{Failure, Retry, REFUSED_MAX, REFUSED_MIN};
     let mut r = Retry::default();
     let now = std::time::Instant::now();
-    let delays: Vec<Duration> = (0..10).map(|_| r.failed(now, true).delay).collect();
+    let delays: Vec<Duration> = (0..10).map(|_| r.failed(now, Failure::Refused).delay).collect();
     assert_eq!(delays[0], REFUSED_MIN);
     assert_eq!(delays[1], REFUSED_MIN * 2);
     assert_eq!(*delays.last().unwrap(), REFUSED_MAX);

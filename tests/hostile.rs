@@ -1,5 +1,6 @@
-//! Hostile input, through a real broker: each refused with a counted reason and no crash, the
-//! module carrying on; hostile twins; TLS that does not verify; no secret in any log line.
+//! Hostile input, through a real broker, over TLS and over plain TCP: each refused with a counted
+//! reason and no crash, the module carrying on; hostile twins; TLS that does not verify; no secret
+//! in any log line.
 
 mod common;
 
@@ -13,11 +14,20 @@ use edgefilter::scan::{Malformed, Missing};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on() {
-    let broker = Broker::start("max_packet_size 8000000");
-    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
-    let module = RunningModule::on(broker.port, &[]);
-    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on_over_tls() {
+    hostile_bodies(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on_over_tcp() {
+    hostile_bodies(Transport::Tcp).await;
+}
+
+async fn hostile_bodies(transport: Transport) {
+    let hub = Hub::start(transport, "max_packet_size 8000000");
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = hub.module(&[]);
+    serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
     let deep = format!("{{\"machine\":{{\"temperature\":30}},\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
     let bodies: Vec<(Vec<u8>, &str)> = vec![
         (vec![b' '; 2 * 1024 * 1024], "megabytes of whitespace"),
@@ -40,11 +50,14 @@ async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on() {
     }
     let (topic, body) = hot(99, 30.0);
     edge.publish(&topic, body).await;
-    // Generous for the first alert (megabytes go through a debug build), then quiet for 2 s.
-    let mut alerts: Vec<_> = edge.next(Duration::from_secs(20)).await.into_iter().collect();
-    alerts.extend(edge.drain(Duration::from_secs(2)).await);
-    let seqs: Vec<String> = alerts.iter().filter_map(|p| bag_value(&p.topic, "sequenceNumber")).collect();
-    assert_eq!(seqs, vec!["99"], "only the sentinel alerts; the module survived everything before it");
+    // Generous for the sentinel (megabytes go through a debug build): it comes after them all, as
+    // the broker delivers in order, so anything else forwarded would have come before it.
+    let sentinel = edge.next(Duration::from_secs(20)).await.expect("the sentinel's alert");
+    assert_eq!(
+        bag_value(&sentinel.topic, "sequenceNumber").as_deref(),
+        Some("99"),
+        "{transport:?}: only the sentinel alerts"
+    );
     let s = &module.stats;
     assert_eq!(s.received.load(Relaxed), bodies.len() as u64 + 1);
     assert_eq!(s.dropped(Reason::TooLarge), 2);
@@ -54,16 +67,25 @@ async fn hostile_bodies_are_counted_and_dropped_and_the_module_carries_on() {
     assert_eq!(s.dropped(Reason::Malformed(Malformed::InvalidJson)), 2);
     assert_eq!(s.dropped(Reason::Missing(Missing::TemperatureNotANumber)), 1);
     assert_eq!(s.dropped(Reason::Missing(Missing::MachineNotAnObject)), 1);
-    assert_eq!(s.connections.load(Relaxed), 1, "no message broke the connection");
+    assert_eq!(s.connections.load(Relaxed), 1, "{transport:?}: no message broke the connection");
     module.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_last() {
-    let broker = Broker::start("max_queued_messages 0");
-    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
-    let module = RunningModule::on(broker.port, &[]);
-    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_last_over_tls() {
+    hostile_twins(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_last_over_tcp() {
+    hostile_twins(Transport::Tcp).await;
+}
+
+async fn hostile_twins(transport: Transport) {
+    let hub = Hub::start(transport, "max_queued_messages 0");
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = hub.module(&[]);
+    serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
     let nested = format!("{{\"TemperatureThreshold\":{}1{}}}", "[".repeat(300), "]".repeat(300));
     for (v, patch) in [
         r#"{"TemperatureThreshold":"NaN"}"#.to_string(),
@@ -92,19 +114,27 @@ async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_
     }
     let (topic, body) = hot(1, 28.0);
     edge.publish(&topic, body).await;
-    let got = edge.drain(Duration::from_secs(2)).await;
-    let last_alert = got
-        .iter()
-        .filter(|p| p.topic.contains("/messages/events/"))
-        .filter_map(|p| bag_value(&p.topic, "sequenceNumber"))
-        .last();
-    assert_eq!(last_alert.as_deref(), Some("1"), "28 > 20 after the flood");
-    let reported: Vec<serde_json::Value> = got
-        .iter()
-        .filter(|p| p.topic.starts_with("$iothub/twin/PATCH/properties/reported/"))
-        .map(|p| serde_json::from_slice(&p.payload).unwrap())
-        .collect();
-    assert_eq!(reported.last().unwrap()["TemperatureThreshold"], json!(20.0));
+    // Everything up to the sentinel's alert (28 > 20 once the last patch is in).
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !got.iter().any(|p: &rumqttc::Publish| {
+        p.topic.contains("/messages/events/") && bag_value(&p.topic, "sequenceNumber").as_deref() == Some("1")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "{transport:?}: no alert for the sentinel at 28 > 20");
+        got.extend(edge.next(Duration::from_millis(100)).await);
+    }
+    // The report of the last patch may come after the sentinel's alert: wait for it.
+    let last_reported = |got: &[rumqttc::Publish]| {
+        got.iter()
+            .filter(|p| p.topic.starts_with("$iothub/twin/PATCH/properties/reported/"))
+            .filter_map(|p| serde_json::from_slice::<serde_json::Value>(&p.payload).ok())
+            .filter(|r| r.get("TemperatureThreshold").is_some())
+            .last()
+    };
+    while last_reported(&got).is_none_or(|r| r["TemperatureThreshold"] != json!(20.0)) {
+        assert!(tokio::time::Instant::now() < deadline, "{transport:?}: the last patch never reported");
+        got.extend(edge.next(Duration::from_millis(100)).await);
+    }
     let s = &module.stats;
     assert!(s.twin_rejections.load(Relaxed) >= 7, "{}", s.twin_rejections.load(Relaxed));
     assert_eq!(s.connections.load(Relaxed), 1);
@@ -115,12 +145,14 @@ async fn hostile_twins_are_rejected_and_a_patch_flood_under_load_settles_on_the_
 async fn a_certificate_for_another_host_is_refused() {
     let certs = tempfile::tempdir().unwrap();
     let (_broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
+    let proxy = common::proxy::Proxy::start(tls_port).await;
     let module = RunningModule::start(&[
         ("EdgeHubConnectionString", connection_string()),
-        ("EDGEFILTER_MQTT_URL", format!("mqtts://127.0.0.1:{tls_port}")),
+        ("EDGEFILTER_MQTT_URL", format!("mqtts://127.0.0.1:{}", proxy.port)),
         ("EdgeModuleCACertificateFile", ca.display().to_string()),
     ]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two attempts reached the broker (so the module did try), and neither connected.
+    wait_until("the module tried twice", Duration::from_secs(10), || proxy.accepted.load(Relaxed) >= 2).await;
     assert_eq!(module.stats.connections.load(Relaxed), 0, "the name 127.0.0.1 is not on the certificate");
     module.stop().await.unwrap();
 }
@@ -157,18 +189,39 @@ fn no_secret_reaches_the_log_even_at_verbose() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_messages_go_to_the_dead_letter_output_when_one_is_set() {
-    let broker = Broker::start("");
-    let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
-    let module = RunningModule::on(broker.port, &[]);
-    answer_twin(&mut edge, &json!({"DeadLetterOutput": "deadLetters", "$version": 1}), Duration::from_secs(2)).await;
+async fn malformed_messages_go_to_the_dead_letter_output_when_one_is_set_over_tls() {
+    dead_letters(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_go_to_the_dead_letter_output_when_one_is_set_over_tcp() {
+    dead_letters(Transport::Tcp).await;
+}
+
+/// Publishes until the alert of a sentinel (hot, sequence number `seq`) arrives; returns what came.
+async fn until_alert(edge: &mut Peer, seq: u64) -> Vec<rumqttc::Publish> {
+    let (topic, body) = hot(seq, 30.0);
+    edge.publish(&topic, body).await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let want = seq.to_string();
+    while !got.iter().any(|p: &rumqttc::Publish| bag_value(&p.topic, "sequenceNumber").as_deref() == Some(&want)) {
+        assert!(tokio::time::Instant::now() < deadline, "no alert for sentinel {seq}");
+        got.extend(edge.next(Duration::from_millis(100)).await);
+    }
+    got
+}
+
+async fn dead_letters(transport: Transport) {
+    let hub = Hub::start(transport, "");
+    let mut edge = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let module = hub.module(&[]);
+    serve_twin(&mut edge, &module, &json!({"DeadLetterOutput": "deadLetters", "$version": 1})).await;
     let (topic, _) = hot(1, 0.0);
     edge.publish(&topic, "{not json").await;
     let (topic, _) = hot(2, 0.0);
     edge.publish(&topic, r#"{"machine":{"temperature":"hot"}}"#).await; // valid JSON: dropped, not dead-lettered
-    let (topic, body) = hot(3, 30.0);
-    edge.publish(&topic, body).await;
-    let got = edge.drain(Duration::from_secs(2)).await;
+    let got = until_alert(&mut edge, 3).await;
     let out: Vec<(String, String, String)> = got
         .iter()
         .filter(|p| p.topic.contains("/messages/events/"))
@@ -189,11 +242,15 @@ async fn malformed_messages_go_to_the_dead_letter_output_when_one_is_set() {
     );
     assert_eq!(got.iter().find(|p| p.topic.contains("deadLetters")).unwrap().payload.as_ref(), b"{not json");
     // Turned off: malformed messages are dropped again.
+    let updates = module.stats.twin_updates.load(Relaxed);
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=2", r#"{"DeadLetterOutput":"","$version":2}"#).await;
+    wait_until("the patch applied", Duration::from_secs(10), || module.stats.twin_updates.load(Relaxed) > updates)
+        .await;
     let (topic, _) = hot(4, 0.0);
     edge.publish(&topic, "\u{0}").await;
-    let got = edge.drain(Duration::from_secs(1)).await;
-    assert!(got.iter().all(|p| !p.topic.contains("/messages/events/")), "nothing forwarded once off");
+    let got = until_alert(&mut edge, 5).await;
+    let forwarded: Vec<_> = got.iter().filter_map(|p| bag_value(&p.topic, "sequenceNumber")).collect();
+    assert_eq!(forwarded, vec!["5"], "{transport:?}: nothing forwarded once off but the sentinel");
     assert_eq!(module.stats.dead_lettered.load(Relaxed), 1);
     module.stop().await.unwrap();
 }

@@ -117,15 +117,16 @@ async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     let certs = tempfile::tempdir().unwrap();
     let (broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
     let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let proxy = common::proxy::Proxy::start(tls_port).await;
     let env = |ca: &std::path::Path| {
         vec![
             ("EdgeHubConnectionString", connection_string()),
-            ("EDGEFILTER_MQTT_URL", format!("mqtts://localhost:{tls_port}")),
+            ("EDGEFILTER_MQTT_URL", format!("mqtts://localhost:{}", proxy.port)),
             ("EdgeModuleCACertificateFile", ca.display().to_string()),
         ]
     };
     let module = RunningModule::start(&env(&ca));
-    answer_twin(&mut edge, &json!({"$version": 1}), Duration::from_secs(2)).await;
+    serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
     let (topic, body) = hot(1, 40.0);
     edge.publish(&topic, body).await;
     let alert = edge.next(Duration::from_secs(3)).await.expect("an alert over TLS");
@@ -135,11 +136,16 @@ async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     // A CA the server's certificate does not chain to: the module never connects.
     let other = tempfile::tempdir().unwrap();
     let (wrong_ca, _, _) = certificates(other.path());
+    let tried = proxy.accepted.load(std::sync::atomic::Ordering::Relaxed);
     let module = RunningModule::start(&env(&wrong_ca));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two attempts reached the broker (so the module did try), and neither connected.
+    wait_until("the module tried twice", Duration::from_secs(10), || {
+        proxy.accepted.load(std::sync::atomic::Ordering::Relaxed) >= tried + 2
+    })
+    .await;
     let (topic, body) = hot(2, 40.0);
     edge.publish(&topic, body).await;
-    assert!(edge.next(Duration::from_secs(2)).await.is_none());
+    assert!(edge.next(Duration::from_millis(500)).await.is_none());
     assert_eq!(module.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 0);
     module.stop().await.unwrap();
 }

@@ -157,13 +157,21 @@ async fn tokens_signed_by_the_daemon_are_accepted_and_renewed() {
 async fn tls_trust_comes_from_the_daemons_bundle() {
     let certs = tempfile::tempdir().unwrap();
     let (broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
-    let mut edge =
-        Peer::connect(broker.port, "edgehub-side", true, &["devices/dev/modules/filter/messages/events/#"]).await;
+    let mut edge = Peer::connect(
+        broker.port,
+        "edgehub-side",
+        true,
+        &["devices/dev/modules/filter/messages/events/#", "$iothub/twin/GET/#"],
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (daemon, uri) = start_daemon(dir.path(), std::fs::read_to_string(&ca).unwrap());
-    let url = format!("mqtts://localhost:{tls_port}");
+    let proxy = common::proxy::Proxy::start(tls_port).await;
+    let url = format!("mqtts://localhost:{}", proxy.port);
     let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Subscribed: the module's twin request follows its SUBSCRIBE, and the broker takes them in order.
+    let get = edge.next(Duration::from_secs(10)).await.expect("the module's twin request");
+    assert!(get.topic.starts_with("$iothub/twin/GET/"), "{}", get.topic);
     let (topic, body) = hot(1, 40.0);
     edge.publish(&topic, body).await;
     assert!(edge.next(Duration::from_secs(3)).await.is_some(), "alert over TLS trusted through the bundle");
@@ -174,8 +182,10 @@ async fn tls_trust_comes_from_the_daemons_bundle() {
     let other = tempfile::tempdir().unwrap();
     let (wrong_ca, _, _) = certificates(other.path());
     *daemon.bundle.lock().unwrap() = std::fs::read_to_string(wrong_ca).unwrap();
+    let tried = proxy.accepted.load(Relaxed);
     let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two attempts reached the broker (so the module did try), and neither connected.
+    wait_until("the module tried twice", Duration::from_secs(10), || proxy.accepted.load(Relaxed) >= tried + 2).await;
     assert_eq!(module.stats.connections.load(Relaxed), 0);
     module.stop().await.unwrap();
 
