@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Instant;
 
 /// Packet ids are 16-bit counters: a multiplicative hash spreads them well enough, at a fraction
 /// of SipHash's cost on every alert and confirmation.
@@ -46,6 +47,9 @@ type PkidSet = HashSet<u16, BuildHasherDefault<PkidHasher>>;
 #[derive(Debug)]
 struct Input {
     pkid: u16,
+    /// When it arrived, if the shell said, and whether it made alerts.
+    received: Option<Instant>,
+    alerted: bool,
     /// The orders of the alerts this input waits for (several under alert rules: one per
     /// matching rule; none when it was dropped).
     alerts: std::ops::Range<u64>,
@@ -132,9 +136,15 @@ impl<A> Delivery<A> {
     /// An input is decided, and the last `alerts` alerts sent are its own: it is acknowledged
     /// once every one of them is confirmed (at once when there are none).
     pub fn decided(&mut self, pkid: u16, alerts: usize) {
+        self.decided_at(pkid, alerts, None, alerts > 0);
+    }
+
+    /// [`Delivery::decided`], with when the input arrived and whether it made alerts (even
+    /// when it waits for none of them: acknowledged in `pipelined` mode), for its turnaround.
+    pub fn decided_at(&mut self, pkid: u16, alerts: usize, received: Option<Instant>, alerted: bool) {
         if pkid != 0 {
             let end = self.first_order + self.alerts.len() as u64;
-            self.inputs.push_back(Input { pkid, alerts: end - alerts as u64..end });
+            self.inputs.push_back(Input { pkid, received, alerted, alerts: end - alerts as u64..end });
         }
     }
 
@@ -155,8 +165,23 @@ impl<A> Delivery<A> {
         self.alerts.get_mut((order - self.first_order) as usize)?.as_mut().map(|(_, a)| a)
     }
 
+    /// The oldest unconfirmed alert, with its packet id.
+    pub fn oldest_mut(&mut self) -> Option<(u16, &mut A)> {
+        self.alerts.iter_mut().flatten().next().map(|(pkid, a)| (*pkid, a))
+    }
+
+    /// Every unconfirmed alert with its packet id, oldest first.
+    pub fn unconfirmed(&self) -> impl Iterator<Item = (u16, &A)> {
+        self.alerts.iter().flatten().map(|(pkid, a)| (*pkid, a))
+    }
+
     /// The next input packet id that may now be acknowledged, in arrival order.
     pub fn next_ready(&mut self) -> Option<u16> {
+        self.next_ready_at().map(|(pkid, _, _)| pkid)
+    }
+
+    /// [`Delivery::next_ready`], with when the input arrived and whether it made alerts.
+    pub fn next_ready_at(&mut self) -> Option<(u16, Option<Instant>, bool)> {
         let front = self.inputs.front()?;
         let unconfirmed = |order: u64| {
             order >= self.first_order
@@ -165,7 +190,7 @@ impl<A> Delivery<A> {
         if front.alerts.clone().any(unconfirmed) {
             return None;
         }
-        self.inputs.pop_front().map(|i| i.pkid)
+        self.inputs.pop_front().map(|i| (i.pkid, i.received, i.alerted))
     }
 
     /// Every input packet id that may now be acknowledged, in arrival order.

@@ -157,13 +157,26 @@ impl From<std::io::Error> for LinkError {
 }
 
 /// What a CONNECT says.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct ConnectOptions {
     pub client_id: String,
     pub username: String,
     pub password: String,
     pub keep_alive: Duration,
     pub clean_session: bool,
+}
+
+/// The password (a SAS token) is a secret: never printed.
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &format_args!("<{} bytes>", self.password.len()))
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .finish()
+    }
 }
 
 /// One live connection.
@@ -173,7 +186,7 @@ pub struct Link {
     tls: Option<Box<rustls::ClientConnection>>,
     /// MQTT bytes read (decrypted), not yet decoded.
     rx: BytesMut,
-    /// MQTT bytes queued to send.
+    /// MQTT bytes queued with [`Link::queue`] (the CONNECT, the load tester's publishes).
     tx: BytesMut,
     /// What one `recv` reads into.
     wire: Vec<u8>,
@@ -183,8 +196,6 @@ pub struct Link {
     max_packet: usize,
     /// The last read drained the socket: wait for the event loop before reading again.
     drained: bool,
-    /// A DISCONNECT was queued.
-    disconnecting: bool,
     /// Runs right after each `recv`: lets a test put data on the wire at the worst moment.
     #[cfg(test)]
     after_read: Option<Box<dyn Fn() + Send + Sync>>,
@@ -268,12 +279,11 @@ impl Link {
             tcp,
             tls,
             rx: BytesMut::with_capacity(READ_CHUNK),
-            tx: BytesMut::with_capacity(READ_CHUNK),
+            tx: BytesMut::new(),
             wire: vec![0; READ_CHUNK],
             sealed: Vec::new(),
             max_packet,
             drained: false,
-            disconnecting: false,
             #[cfg(test)]
             after_read: None,
         };
@@ -304,34 +314,31 @@ impl Link {
         Some(format!("{version}{suite}"))
     }
 
-    /// Encodes a packet into the outgoing buffer.
+    /// Encodes a packet into the link's own outgoing buffer, for [`Link::flush`].
     pub fn queue(&mut self, packet: Packet) -> Result<(), LinkError> {
-        self.disconnecting |= matches!(packet, Packet::Disconnect);
         packet.write(&mut self.tx, MAX_OUTGOING).map(drop).map_err(|e| LinkError::Protocol(format!("{e:?}")))
     }
 
-    /// Encodes a QoS 1 PUBLISH into the outgoing buffer ([`write_publish`]).
-    pub fn queue_publish(&mut self, topic: &[u8], pkid: u16, payload: &[u8], dup: bool) -> Result<(), LinkError> {
-        write_publish(&mut self.tx, topic, pkid, payload, dup)
-    }
-
-    /// Bytes waiting to be written.
-    pub fn queued(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Writes everything queued: one system call for the whole batch, as a rule (sealed into
-    /// TLS records first on a TLS connection).
+    /// Writes what [`Link::queue`] queued.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
+        let mut tx = std::mem::take(&mut self.tx);
+        let written = self.send(&mut tx).await;
+        self.tx = tx;
+        written
+    }
+
+    /// Writes `tx`, leaving it empty: one system call for the whole batch, as a rule (sealed into
+    /// TLS records first on a TLS connection).
+    pub async fn send(&mut self, tx: &mut BytesMut) -> Result<(), LinkError> {
         match self.tls.as_deref_mut() {
             None => {
-                if !self.tx.is_empty() {
-                    self.tcp.write_all(&self.tx).await?;
-                    self.tx.clear();
+                if !tx.is_empty() {
+                    self.tcp.write_all(tx).await?;
+                    tx.clear();
                 }
             }
             Some(session) => {
-                seal(session, &mut self.tx, &mut self.sealed)?;
+                seal(session, tx, &mut self.sealed)?;
                 if !self.sealed.is_empty() {
                     self.tcp.write_all(&self.sealed).await?;
                 }
@@ -375,11 +382,8 @@ impl Link {
     /// to close the connection, discarding what it still sends. A hub that sees the new
     /// connection first takes the session over and drops the old connection's unread packets,
     /// the last acknowledgements among them (seen with mosquitto: their messages were delivered
-    /// again, hundreds of duplicates per redelivery round). Does nothing without a DISCONNECT.
+    /// again, hundreds of duplicates per redelivery round).
     pub async fn closed_by_hub(&mut self, within: Duration) {
-        if !self.disconnecting {
-            return;
-        }
         let _ = tokio::time::timeout(within, async {
             loop {
                 self.rx.clear();

@@ -32,6 +32,37 @@ pub struct Settings {
     pub dead_letter_output: OutputName,
     /// Alert rules from the twin (`Rules`); None: the tutorial's rule from `TemperatureThreshold`.
     pub rules: Option<std::sync::Arc<Rules>>,
+    /// When an input is acknowledged (`AckMode`).
+    pub ack_mode: AckMode,
+}
+
+/// When an input message is acknowledged to the hub (`AckMode`; docs/reliability.md says what
+/// each guarantees).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// Once the hub has confirmed every alert made from it: no failure loses an alert.
+    #[default]
+    Confirmed,
+    /// Right behind its alerts, in the same write; the alerts are kept until confirmed and sent
+    /// again after a reconnect: no single failure, of the module or of the hub, loses an alert.
+    Pipelined,
+}
+
+impl AckMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AckMode::Confirmed => "confirmed",
+            AckMode::Pipelined => "pipelined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<AckMode, String> {
+        match s {
+            "confirmed" => Ok(AckMode::Confirmed),
+            "pipelined" => Ok(AckMode::Pipelined),
+            other => Err(format!("{other:?} is not confirmed or pipelined")),
+        }
+    }
 }
 
 impl Settings {
@@ -43,6 +74,8 @@ impl Settings {
 
 /// The name of `DeadLetterOutput`, the one setting that is a string.
 const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
+/// The name of `AckMode`.
+const ACK_MODE: &str = "AckMode";
 /// The name of `Rules`, the one setting that is an object (twin only: see [`crate::rules`]).
 pub const RULES: &str = "Rules";
 
@@ -93,7 +126,7 @@ const SPECS: &[Spec] = &[
 
 /// The names of all settings, as they appear in the twin and the environment.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT, RULES])
+    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT, ACK_MODE, RULES])
 }
 
 impl Default for Settings {
@@ -105,6 +138,7 @@ impl Default for Settings {
             report_interval_secs: 60,
             dead_letter_output: OutputName::NONE,
             rules: None,
+            ack_mode: AckMode::Confirmed,
         }
     }
 }
@@ -152,6 +186,9 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, Str
         settings.dead_letter_output =
             OutputName::parse(raw.trim()).map_err(|e| format!("{DEAD_LETTER_OUTPUT}: {e}"))?;
     }
+    if let Some(raw) = lookup(ACK_MODE) {
+        settings.ack_mode = AckMode::parse(raw.trim()).map_err(|e| format!("{ACK_MODE}: {e}"))?;
+    }
     Ok(settings)
 }
 
@@ -186,6 +223,17 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
             reason: format!("expected a string, got {}", type_name(other)),
         }),
     }
+    match (desired.get(ACK_MODE), source) {
+        (None, Source::Patch) => {}
+        (None | Some(Value::Null), _) => next.ack_mode = base.ack_mode,
+        (Some(Value::String(mode)), _) => match AckMode::parse(mode) {
+            Ok(mode) => next.ack_mode = mode,
+            Err(reason) => rejected.push(Rejection { name: ACK_MODE, reason }),
+        },
+        (Some(other), _) => {
+            rejected.push(Rejection { name: ACK_MODE, reason: format!("expected a string, got {}", type_name(other)) })
+        }
+    }
     match apply_rules(current.rules.as_deref(), desired.get(RULES), source) {
         Ok(Some(rules)) => next.rules = rules.map(std::sync::Arc::new),
         Ok(None) => {}
@@ -195,6 +243,9 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
         SPECS.iter().filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits()).map(|s| s.name).collect();
     if current.dead_letter_output != next.dead_letter_output {
         changed.push(DEAD_LETTER_OUTPUT);
+    }
+    if current.ack_mode != next.ack_mode {
+        changed.push(ACK_MODE);
     }
     if current.rules != next.rules {
         changed.push(RULES);
@@ -267,12 +318,32 @@ pub fn reported(settings: &Settings, previous: Option<&Rules>, rejected: &[Rejec
     out.insert(DEAD_LETTER_OUTPUT.to_string(), Value::from(settings.dead_letter_output.as_str()));
     let reason = rejected.iter().find(|r| r.name == DEAD_LETTER_OUTPUT).map(|r| Value::from(r.reason.clone()));
     rejections.insert(DEAD_LETTER_OUTPUT.to_string(), reason.unwrap_or(Value::Null));
+    out.insert(ACK_MODE.to_string(), Value::from(settings.ack_mode.name()));
+    let reason = rejected.iter().find(|r| r.name == ACK_MODE).map(|r| Value::from(r.reason.clone()));
+    rejections.insert(ACK_MODE.to_string(), reason.unwrap_or(Value::Null));
     let now = settings.rules.as_ref().map_or(Value::Null, |r| r.reported());
     out.insert(RULES.to_string(), rules::diff(&previous.map_or(Value::Null, Rules::reported), &now));
     let reason = rejected.iter().find(|r| r.name == RULES).map(|r| Value::from(r.reason.clone()));
     rejections.insert(RULES.to_string(), reason.unwrap_or(Value::Null));
     out.insert("RejectedSettings".to_string(), Value::Object(rejections));
     Value::Object(out)
+}
+
+/// The rejections to report after `desired` was applied: what it refused, and what was refused
+/// before and is still refused because this patch did not set it again. A full twin says every
+/// setting anew, so only its own refusals remain. (Before, a patch touching only `BatchSize`
+/// reported a refused `TemperatureThreshold` as no longer refused, its desired value unchanged.)
+pub fn still_rejected(
+    before: &[Rejection],
+    now: &[Rejection],
+    desired: &Map<String, Value>,
+    source: Source,
+) -> Vec<Rejection> {
+    let mut out = now.to_vec();
+    if source == Source::Patch {
+        out.extend(before.iter().filter(|r| !desired.contains_key(r.name)).cloned());
+    }
+    out
 }
 
 /// The `$version` of a desired section or patch, when present.

@@ -25,6 +25,16 @@ pub struct Latency {
     pub decide_ns: Histogram<u64>,
     /// Alerts per write.
     pub batch_alerts: Histogram<u64>,
+    /// The module's turnaround: from reading an input to writing its acknowledgement, for
+    /// inputs dropped and inputs that alerted.
+    pub turnaround_us: [Histogram<u64>; 2],
+}
+
+/// What became of an input, for its turnaround.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turnaround {
+    Dropped,
+    Alert,
 }
 
 impl Default for Latency {
@@ -36,6 +46,7 @@ impl Default for Latency {
             to_ack_us: h(3_600_000_000),
             decide_ns: h(60_000_000_000),
             batch_alerts: h(100_000),
+            turnaround_us: [h(3_600_000_000), h(3_600_000_000)],
         }
     }
 }
@@ -78,6 +89,11 @@ impl Stats {
 
     pub fn dropped(&self, reason: Reason) -> u64 {
         self.dropped[reason.index()].load(Relaxed)
+    }
+
+    /// Records an input's turnaround.
+    pub fn record_turnaround(&self, outcome: Turnaround, d: Duration) {
+        record_us(&mut self.latency().turnaround_us[outcome as usize], d, 1);
     }
 
     pub fn latency(&self) -> std::sync::MutexGuard<'_, Latency> {
@@ -188,6 +204,15 @@ impl Stats {
             1e-6,
         );
         summary(&mut out, "decide_seconds", "Deciding one message.", &l.decide_ns, 1e-9);
+        for (i, outcome) in ["dropped", "alert"].iter().enumerate() {
+            summary(
+                &mut out,
+                &format!("turnaround_seconds_{outcome}"),
+                "From reading an input to writing its acknowledgement.",
+                &l.turnaround_us[i],
+                1e-6,
+            );
+        }
         summary(&mut out, "batch_alerts", "Alerts per write.", &l.batch_alerts, 1.0);
         out
     }
