@@ -1,7 +1,7 @@
 //! Self-clocked coalescing: how long the module lets input gather before it reads again.
 //!
-//! edgeHub sends a module one message per publish, as the messages come. Reading each one as it
-//! arrives costs a wake-up, a read and a write per message (and, over TLS, a record each way),
+//! A broker with a wide window (mosquitto, a backlog drain) sends a module one message per publish,
+//! as the messages come. Reading each one as it arrives costs a wake-up, a read and a write per message (and, over TLS, a record each way),
 //! which is most of the module's cost under a live stream. So, like NAPI's interrupt mitigation or
 //! Nagle's algorithm, once input arrives faster than a few messages per pause, the module lets it
 //! gather for a bounded time after each turn and then reads it all at once; under light load it
@@ -13,10 +13,11 @@
 //!   half of `BatchIntervalMs` (the user's latency budget, the same one a batch is written
 //!   within), and [`MAX_PAUSE`] at most.
 //! - **The hub's window**: a hub sends only so many messages before it waits for their
-//!   acknowledgements; pausing while that window is full would only slow the stream down. The
+//!   acknowledgements; pausing while that window is full would only hold back the input it waits
+//!   for. edgeHub's window is one message (it sends the next only after the module's PUBACK). The
 //!   most input acknowledgements the module has ever owed right after a read is a lower bound of
-//!   that window; a read that owes exactly that many again suggests the hub stopped at its window,
-//!   and the pause is halved. Otherwise it grows back by half, towards the target.
+//!   that window; a read that owes that many (or more) means the hub stopped at its window, and
+//!   there is no pause. Otherwise the pause grows back by half, towards the target.
 //!
 //! Pure state: the module tells it the time, what a turn read and what it owes, and it answers.
 
@@ -77,11 +78,13 @@ impl Gather {
             return None;
         }
         let target = budget.min(Duration::from_secs_f64(f64::from(settings.batch_size) / self.rate));
-        if owed > self.window {
+        if owed > 0 && owed >= self.window {
+            // The hub has stopped at its window (one message, as edgeHub delivers): it sends
+            // nothing more until it sees acknowledgements, so a pause would only hold back the
+            // input it waits for.
             self.window = owed;
-            self.pause = self.grown(target);
-        } else if owed == self.window && owed > 0 {
-            self.pause /= 2;
+            self.pause = Duration::ZERO;
+            return None;
         } else {
             self.pause = self.grown(target);
         }

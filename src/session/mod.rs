@@ -548,7 +548,13 @@ impl Session {
         if let Phase::Up(c) = &self.phase {
             let only_acks = self.tx.len() == c.acks_held * PUBACK_LEN;
             let waited = c.acks_since.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-            if only_acks && !draining && !acks_flush(&self.settings, self.delivery.alerts_pending(), waited) {
+            // In `pipelined` mode a confirmation makes no acknowledgement due: nothing to wait for.
+            let pipelined = self.settings.ack_mode == crate::settings::AckMode::Pipelined;
+            if only_acks
+                && !draining
+                && !pipelined
+                && !acks_flush(&self.settings, self.delivery.alerts_pending(), waited)
+            {
                 return None;
             }
         }
