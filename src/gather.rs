@@ -16,8 +16,9 @@
 //!   acknowledgements; pausing while that window is full would only hold back the input it waits
 //!   for. edgeHub's window is one message (it sends the next only after the module's PUBACK). The
 //!   most input acknowledgements the module has ever owed right after a read is a lower bound of
-//!   that window; a read that owes that many (or more) means the hub stopped at its window, and
-//!   there is no pause. Otherwise the pause grows back by half, towards the target.
+//!   that window; a read that owes exactly that many again means the hub stopped at its window,
+//!   and there is no pause; nor is there on the first read that owes anything, before the window
+//!   is known. Otherwise the pause grows back by half, towards the target.
 //!
 //! Pure state: the module tells it the time, what a turn read and what it owes, and it answers.
 
@@ -78,11 +79,19 @@ impl Gather {
             return None;
         }
         let target = budget.min(Duration::from_secs_f64(f64::from(settings.batch_size) / self.rate));
-        if owed > 0 && owed >= self.window {
+        if owed > self.window {
+            let first = self.window == 0;
+            self.window = owed;
+            if first {
+                // Nothing known of the hub's window yet: it may be this one message.
+                self.pause = Duration::ZERO;
+                return None;
+            }
+            self.pause = self.grown(target);
+        } else if owed == self.window && owed > 0 {
             // The hub has stopped at its window (one message, as edgeHub delivers): it sends
             // nothing more until it sees acknowledgements, so a pause would only hold back the
             // input it waits for.
-            self.window = owed;
             self.pause = Duration::ZERO;
             return None;
         } else {

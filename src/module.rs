@@ -140,96 +140,128 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         None => None,
     };
     let metrics = serve_metrics(&config, &stats).await;
-    let mut session = Session::new(&config, stats.clone(), std::time::Instant::now(), seed());
-    let (mut io, mut signing, mut timer) = (Io::Offline, None::<Signing>, Timer::default());
+    let session = Session::new(&config, stats.clone(), std::time::Instant::now(), seed());
+    let mut shell =
+        Shell { config: &config, stats: &stats, tls, session, io: Io::Offline, signing: None, timer: Timer::default() };
     let mut stopping = false;
-    loop {
-        let now = std::time::Instant::now();
-        if let Io::Up(link) = &mut io {
-            if let Some(tx) = session.transmit(now) {
-                match link.send(tx).await {
-                    Ok(()) => session.on_written(std::time::Instant::now()),
-                    Err(e) => {
-                        session.on_lost(now, &e);
-                        io = Io::Offline;
-                    }
-                }
-            }
-        }
-        while let Some(action) = session.poll(std::time::Instant::now()) {
+    while shell.act().await {
+        let event = shell.wait(&mut shutdown, stopping).await;
+        stopping |= matches!(event, Event::Stop);
+        shell.handle(event);
+    }
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    info!("stopped: {}", stats.summary());
+    Ok(())
+}
+
+/// The shell's state between turns: the session core and what it does I/O for.
+struct Shell<'a> {
+    config: &'a Config,
+    stats: &'a Stats,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    session: Session,
+    io: Io,
+    signing: Option<Signing<'a>>,
+    timer: Timer,
+}
+
+impl<'a> Shell<'a> {
+    /// Writes what the core queued and does what it asks; false once it asked to exit.
+    async fn act(&mut self) -> bool {
+        self.write().await;
+        while let Some(action) = self.session.poll(std::time::Instant::now()) {
             match action {
-                Action::Sign => signing = Some(Box::pin(async { fresh_token(&config).await.map(|(t, _)| t) })),
-                Action::Connect(options) => io = Io::Connecting(connect(&config, tls.clone(), options)),
+                Action::Sign => {
+                    let config = self.config;
+                    self.signing = Some(Box::pin(async move { fresh_token(config).await.map(|(t, _)| t) }));
+                }
+                Action::Connect(options) => self.io = Io::Connecting(connect(self.config, self.tls.clone(), options)),
                 Action::Close => {
-                    if let Io::Up(mut link) = std::mem::replace(&mut io, Io::Offline) {
-                        if let Some(tx) = session.transmit(std::time::Instant::now()) {
-                            let _ = link.send(tx).await;
-                        }
+                    self.write().await;
+                    if let Io::Up(mut link) = std::mem::replace(&mut self.io, Io::Offline) {
                         link.closed_by_hub(CLOSE_TIMEOUT).await;
                     }
-                    session.on_closed(std::time::Instant::now());
+                    self.session.on_closed(std::time::Instant::now());
                 }
                 Action::Exit => {
-                    if let Io::Up(link) = &mut io {
-                        if let Some(tx) = session.transmit(std::time::Instant::now()) {
-                            let _ = tokio::time::timeout(Duration::from_secs(2), link.send(tx)).await;
-                        }
-                    }
-                    if let Some(m) = metrics {
-                        m.abort();
-                    }
-                    info!("stopped: {}", stats.summary());
-                    return Ok(());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.write()).await;
+                    return false;
                 }
             }
         }
-        if let (true, Some(at), Io::Up(link)) = (config.dedicated_thread, session.read_after(), &mut io) {
+        true
+    }
+
+    /// Writes what the core says is due.
+    async fn write(&mut self) {
+        let Io::Up(link) = &mut self.io else { return };
+        let now = std::time::Instant::now();
+        let Some(tx) = self.session.transmit(now) else { return };
+        match link.send(tx).await {
+            Ok(()) => self.session.on_written(std::time::Instant::now()),
+            Err(e) => {
+                self.session.on_lost(now, &e);
+                self.io = Io::Offline;
+            }
+        }
+    }
+
+    /// Waits for the next event: the stop, the connection, the signing or the core's deadline.
+    async fn wait(&mut self, shutdown: &mut Pin<&mut impl Future<Output = ()>>, stopping: bool) -> Event {
+        if let (true, Some(at), Io::Up(link)) = (self.config.dedicated_thread, self.session.read_after(), &mut self.io)
+        {
             // A read pause on a thread of its own: sleeping costs one system call and no wake-ups,
             // where a timer would be woken by every packet meanwhile.
             std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
-            session.on_timer(std::time::Instant::now());
             link.paused();
-            continue;
+            return Event::Timer;
         }
-        timer.set(session.deadline().map(Instant::from_std));
-        let (paused, work) = (session.read_after().is_some(), session.has_work());
-        let event = tokio::select! {
+        self.timer.set(self.session.deadline().map(Instant::from_std));
+        let (paused, work) = (self.session.read_after().is_some(), self.session.has_work());
+        tokio::select! {
             biased;
-            _ = &mut shutdown, if !stopping => Event::Stop,
-            e = next_io(&mut io, session.inbox(), paused, work) => e,
-            r = pending_or(&mut signing) => Event::Signed(r),
-            _ = &mut timer.sleep, if timer.armed() => Event::Timer,
-        };
-        let now = std::time::Instant::now();
-        match event {
-            Event::Stop => {
-                stopping = true;
-                session.on_stop(now);
+            _ = shutdown.as_mut(), if !stopping => Event::Stop,
+            e = next_io(&mut self.io, self.session.inbox(), paused, work) => e,
+            r = pending_or(&mut self.signing) => Event::Signed(r),
+            _ = &mut self.timer.sleep, if self.timer.armed() => {
+                self.timer.fired();
+                Event::Timer
             }
+        }
+    }
+
+    /// Tells the core what happened.
+    fn handle(&mut self, event: Event) {
+        let now = std::time::Instant::now();
+        let session = &mut self.session;
+        match event {
+            Event::Stop => session.on_stop(now),
             Event::Signed(r) => {
-                signing = None;
+                self.signing = None;
                 session.on_token(now, r);
             }
             Event::Timer => {
-                timer.fired();
+                let paused = session.read_after().is_some();
                 session.on_timer(now);
-                if let (true, Io::Up(link)) = (paused && session.read_after().is_none(), &mut io) {
+                if let (true, Io::Up(link)) = (paused && session.read_after().is_none(), &mut self.io) {
                     link.paused();
                 }
             }
             Event::Connected(Ok((link, present))) => {
                 session.on_connected(now, present, link.tls_description());
-                io = Io::Up(link);
+                self.io = Io::Up(link);
             }
             Event::Connected(Err(e)) => {
                 session.on_connect_failed(now, &e);
-                io = Io::Offline;
+                self.io = Io::Offline;
             }
             Event::Read(r) => {
-                let Io::Up(link) = &mut io else { continue };
-                if let Err(e) = r.and_then(|()| read_turn(&mut session, link, &stats, now)) {
+                let Io::Up(link) = &mut self.io else { return };
+                if let Err(e) = r.and_then(|()| read_turn(session, link, self.stats, now)) {
                     session.on_lost(now, &e);
-                    io = Io::Offline;
+                    self.io = Io::Offline;
                 }
             }
         }

@@ -20,6 +20,7 @@
 //!   delivered);
 //! - [`twin`]: the twin exchange and the settings it yields.
 
+mod connection;
 mod inbound;
 mod twin;
 
@@ -29,15 +30,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use log::{info, warn};
-use rumqttc::mqttbytes::v4::{Packet, PubAck};
+use rumqttc::mqttbytes::v4::Packet;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::gather::Gather;
 use crate::mqtt::{ConnectOptions, LinkError, Message, Received};
-use crate::retry::{Failure, Next, Retry};
+use crate::retry::Retry;
 use crate::settings::{Rejection, Settings};
-use crate::stats::{record_us, Stats, Turnaround};
+use crate::stats::Stats;
 use crate::topic;
 
 /// The Python SDK's keep-alive.
@@ -423,190 +424,6 @@ impl Session {
                 warn!("cannot sign a SAS token: {e}{keeping}; retrying in {:.1} s", delay.as_secs_f64());
             }
         }
-    }
-
-    /// A connection is up: forget the old one's state, subscribe, send unconfirmed alerts again,
-    /// ask for the twin. `tls` describes the TLS session, if there is one.
-    pub fn on_connected(&mut self, now: Instant, session_present: bool, tls: Option<String>) {
-        self.retry.connected(now);
-        // Packets read on the old connection belong to it: their ids mean nothing now and the hub
-        // redelivers them. What was queued for the old socket went with it.
-        self.inbox.clear();
-        self.tx.clear();
-        self.gather.reset();
-        self.connection += 1;
-        let n = self.stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let quiet = self.retry.quiet();
-        let tls = tls.map_or_else(String::new, |t| format!(", {t}"));
-        let resuming = if n > 0 { ", resuming" } else { "" };
-        if quiet {
-            log::debug!("connected to edgeHub (session present: {session_present}{tls}){resuming}");
-        } else {
-            info!("connected to edgeHub (session present: {session_present}{tls}){resuming}");
-        }
-        self.phase = Phase::Up(Box::new(Conn::new(now)));
-        self.subscribe();
-        let resent = self.send_unconfirmed(now);
-        if resent > 0 && !quiet {
-            warn!("sending {resent} unconfirmed alerts again");
-        }
-        self.request_twin(now);
-    }
-
-    /// An attempt to connect failed.
-    pub fn on_connect_failed(&mut self, now: Instant, e: &LinkError) {
-        let failure = match e {
-            LinkError::Refused(_) => Failure::Refused,
-            LinkError::Unreachable(_) => Failure::Unreachable,
-            _ => Failure::Dropped,
-        };
-        let next = self.retry.failed(now, failure);
-        if let Some(attempts) = next.log {
-            let every = next.delay.as_secs_f64();
-            match e {
-                LinkError::Refused(code) => warn!(
-                    "edgeHub refused the connection ({code:?}): check the module identity and its key; retrying in {every:.1} s"
-                ),
-                other if failure == Failure::Dropped || attempts > 1 => warn!(
-                    "cannot connect to edgeHub for {:.0} s ({attempts} attempts since the last line): {other}; retrying in {every:.1} s",
-                    next.down_for.as_secs_f64()
-                ),
-                other => warn!("cannot connect to edgeHub: {other}; retrying every {every:.1} s"),
-            }
-        }
-        self.offline(now, Some(next));
-    }
-
-    /// The connection failed (a read or write error, or judged dead): the oldest unconfirmed
-    /// alert may be to blame ([`Session::connection_failed`]); reconnect at once after a healthy
-    /// connection, or back off after one that failed soon after it was accepted.
-    pub fn on_lost(&mut self, now: Instant, e: &LinkError) {
-        if !matches!(self.phase, Phase::Up(_) | Phase::Closing) {
-            return;
-        }
-        self.connection_failed();
-        let next = self.retry.lost(now);
-        match &next {
-            None => warn!("connection to edgeHub lost: {e}; reconnecting"),
-            Some(Next { log: Some(n), delay, .. }) => warn!(
-                "connection to edgeHub failed soon after it was accepted ({n} times since the last line): {e}; retrying in {:.1} s",
-                delay.as_secs_f64()
-            ),
-            Some(_) => {}
-        }
-        self.offline(now, next);
-    }
-
-    /// The connection the module closed ([`Action::Close`]) is closed: reconnect at once.
-    pub fn on_closed(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Closing) {
-            self.phase = Phase::Offline(now);
-        }
-    }
-
-    fn offline(&mut self, now: Instant, next: Option<Next>) {
-        self.tx.clear();
-        self.inbox.clear();
-        let at = next.map_or(now, |n| now + self.jitter(n.delay));
-        self.phase = Phase::Offline(at);
-    }
-
-    /// Stop: take no more input, wait up to [`DRAIN_TIMEOUT`] for what is in flight.
-    pub fn on_stop(&mut self, now: Instant) {
-        if self.draining.is_some() {
-            return;
-        }
-        info!("stop requested: taking no more input, waiting for {} alerts in flight", self.delivery.alerts_pending());
-        self.draining = Some(now + DRAIN_TIMEOUT);
-        if let Phase::Up(c) = &mut self.phase {
-            c.deferred.clear();
-        }
-    }
-
-    /// Says goodbye and stops.
-    fn exit(&mut self) {
-        if self.connected() {
-            let _ = Packet::Disconnect.write(&mut self.tx, MAX_OUT);
-        }
-        self.phase = Phase::Stopped;
-        self.actions.push_back(Action::Exit);
-    }
-
-    /// After an event: queues the acknowledgements that are due, and returns the bytes to write
-    /// now, if any. Acknowledgements queued on their own may wait for company ([`acks_flush`]).
-    pub fn transmit(&mut self, now: Instant) -> Option<&mut BytesMut> {
-        self.due_acks(now);
-        self.left_for_redelivery();
-        let draining = self.draining.is_some();
-        if draining && self.connected() && self.delivery.alerts_pending() == 0 && self.delivery.inputs_pending() == 0 {
-            info!("all alerts confirmed and inputs acknowledged");
-            self.exit();
-        }
-        if self.tx.is_empty() {
-            return None;
-        }
-        if let Phase::Up(c) = &self.phase {
-            let only_acks = self.tx.len() == c.acks_held * PUBACK_LEN;
-            let waited = c.acks_since.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-            // In `pipelined` mode a confirmation makes no acknowledgement due: nothing to wait for.
-            let pipelined = self.settings.ack_mode == crate::settings::AckMode::Pipelined;
-            if only_acks
-                && !draining
-                && !pipelined
-                && !acks_flush(&self.settings, self.delivery.alerts_pending(), waited)
-            {
-                return None;
-            }
-        }
-        Some(&mut self.tx)
-    }
-
-    /// What [`Session::transmit`] returned was written at `now`: time its alerts and the
-    /// turnaround of the inputs it acknowledged.
-    pub fn on_written(&mut self, now: Instant) {
-        self.tx.clear();
-        let Phase::Up(c) = &mut self.phase else { return };
-        c.acks_held = 0;
-        c.acks_since = None;
-        self.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for (received, alerted) in c.acked.drain(..) {
-            let outcome = if alerted { Turnaround::Alert } else { Turnaround::Dropped };
-            self.stats.record_turnaround(outcome, now.saturating_duration_since(received));
-        }
-        let mut l = self.stats.latency();
-        if !c.unflushed.is_empty() {
-            let _ = l.batch_alerts.record(c.unflushed.len() as u64);
-            for pkid in c.unflushed.drain(..) {
-                if let Some(held) = self.delivery.alert_mut(pkid) {
-                    held.written = Some(now);
-                    record_us(&mut l.to_socket_us, now.saturating_duration_since(held.received), 1);
-                }
-            }
-        }
-    }
-
-    /// Queues the input acknowledgements that are due.
-    fn due_acks(&mut self, now: Instant) {
-        let Phase::Up(c) = &mut self.phase else { return };
-        if c.closing {
-            return;
-        }
-        while let Some((pkid, received, alerted)) = self.delivery.next_ready_at() {
-            let _ = Packet::PubAck(PubAck::new(pkid)).write(&mut self.tx, MAX_OUT);
-            c.acks_held += 1;
-            c.acks_since.get_or_insert(now);
-            if let Some(received) = received {
-                c.acked.push((received, alerted));
-            }
-        }
-    }
-
-    /// ±20% around `d`, from the session's pseudo-random sequence (xorshift).
-    fn jitter(&mut self, d: Duration) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        d.mul_f64(0.8 + (self.seed % 1000) as f64 / 2500.0)
     }
 }
 
