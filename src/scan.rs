@@ -52,6 +52,9 @@
 
 use crate::rules::{Matcher, MAX_RULES};
 
+mod unescape;
+use unescape::unescaped_equals;
+
 /// What a body holds at `machine.temperature`, or why it holds nothing usable.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scan {
@@ -854,40 +857,4 @@ fn finite_f64(text: &[u8]) -> Result<f64> {
     } else {
         Err(Malformed::NumberOutOfRange)
     }
-}
-
-/// Compares a validated raw string body with escapes against an ASCII `name`.
-fn unescaped_equals(raw: &[u8], name: &[u8]) -> bool {
-    let mut i = 0;
-    let mut n = 0;
-    while i < raw.len() {
-        let c = if raw[i] == b'\\' {
-            let (c, len) = match raw[i + 1] {
-                b'u' => {
-                    let hex = std::str::from_utf8(&raw[i + 2..i + 6]).unwrap_or("");
-                    match u16::from_str_radix(hex, 16) {
-                        // Only an ASCII code point can match an ASCII name.
-                        Ok(u) if u < 0x80 => (u as u8, 6),
-                        _ => return false,
-                    }
-                }
-                b'b' => (0x08, 2),
-                b'f' => (0x0c, 2),
-                b'n' => (b'\n', 2),
-                b'r' => (b'\r', 2),
-                b't' => (b'\t', 2),
-                other => (other, 2),
-            };
-            i += len;
-            c
-        } else {
-            i += 1;
-            raw[i - 1]
-        };
-        if name.get(n) != Some(&c) {
-            return false;
-        }
-        n += 1;
-    }
-    n == name.len()
 }

@@ -129,15 +129,101 @@ fn paths_on_nested_and_overlapping_keys() {
     }
 }
 
-/// Keys the generated documents and paths share, some spelled with escapes in documents.
-const KEYS: [&str; 6] = ["a", "b", "machine", "temperature", "a.b", "t"];
+/// Issue 22, defect 5: System.Text.Json, the C# default, writes `température` as
+/// `temp\u00E9rature`. A rule on a non-ASCII key finds it however the document spells it; a
+/// spelling of another key, or a lone surrogate, matches nothing.
+#[test]
+fn non_ascii_keys_match_however_they_are_escaped() {
+    let r = rules(json!({
+        "Hot": {"path": "machine.température", "op": ">", "value": 25, "output": "o"},
+        "Thermometer": {"path": "🌡", "op": ">", "value": 25, "output": "o"},
+        "Outside": {"path": "température extérieure", "op": ">", "value": 25, "output": "o"}
+    }));
+    let (hot, thermometer, outside) = (1 << 0, 1 << 2, 1 << 1);
+    for (doc, want) in [
+        (r#"{"machine":{"température":30}}"#, Some(hot)),
+        (r#"{"machine":{"temp\u00e9rature":30}}"#, Some(hot)),
+        (r#"{"machine":{"temp\u00E9rature":30}}"#, Some(hot)),
+        (r#"{"m\u0061chine":{"\u0074\u0065\u006d\u0070\u00e9\u0072\u0061\u0074\u0075\u0072\u0065":30}}"#, Some(hot)),
+        (r#"{"machine":{"temp\u00e9rature":30,"température":20}}"#, Some(0)),
+        (r#"{"machine":{"temp\u00c3\u00a9rature":30}}"#, Some(0)),
+        (r#"{"machine":{"temp\u00e8rature":30}}"#, Some(0)),
+        (r#"{"machine":{"temperature":30}}"#, Some(0)),
+        (r#"{"\ud83c\udf21":30}"#, Some(thermometer)),
+        (r#"{"\uD83C\uDF21":30}"#, Some(thermometer)),
+        (r#"{"🌡":30}"#, Some(thermometer)),
+        (r#"{"\ud83c\udf22":30}"#, Some(0)),
+        (r#"{"temp\u00e9rature ext\u00e9rieure":30}"#, Some(outside)),
+        (r#"{"température extérieure":30}"#, Some(outside)),
+        (r#"{"\ud83c":30}"#, None),
+        (r#"{"\udf21":30}"#, None),
+        (r#"{"\udf21\ud83c":30}"#, None),
+        (r#"{"\ud83c\u0041":30}"#, None),
+        (r#"{"\ud83c\ud83c":30}"#, None),
+        (r#"{"\ud83c":30,"🌡":30}"#, None),
+    ] {
+        let got = match decide_rules(doc.as_bytes(), &r) {
+            Matched::Rules(mask) => Some(mask),
+            Matched::Drop(Reason::NoRuleMatched) => Some(0),
+            Matched::Drop(Reason::Malformed(_)) => None,
+            other => panic!("{other:?} for {doc}"),
+        };
+        assert_eq!(got, want, "{doc}");
+        check(doc.as_bytes(), &r);
+    }
+}
 
-fn json_key(key: &str, escape: bool) -> String {
-    if escape {
-        let escaped: String = key.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
-        format!("\"{escaped}\"")
-    } else {
-        serde_json::to_string(key).unwrap()
+/// Keys the generated documents and paths share: ASCII, non-ASCII of two, three and four bytes
+/// in UTF-8 (the last a surrogate pair when escaped), characters System.Text.Json escapes, and
+/// one too long for the scanner's one fixed read.
+const KEYS: [&str; 11] =
+    ["a", "b", "machine", "temperature", "a.b", "t", "température", "温度", "🌡", "a<b+c", "température extérieure"];
+
+/// How a document writes a key.
+#[derive(Clone, Copy, Debug)]
+enum Spelling {
+    /// As serde_json writes it: non-ASCII as raw UTF-8.
+    Plain,
+    /// Every character as `\uxxxx`, surrogate pairs beyond the BMP.
+    Escaped,
+    /// As System.Text.Json (the C# default) writes it: non-ASCII and `<>&'+` as `\uXXXX`.
+    SystemTextJson,
+    /// With a lone or misordered surrogate: no key at all, the document is malformed.
+    BadSurrogate(u8),
+}
+
+fn spelling() -> impl Strategy<Value = Spelling> {
+    prop_oneof![
+        10 => Just(Spelling::Plain),
+        4 => Just(Spelling::Escaped),
+        4 => Just(Spelling::SystemTextJson),
+        1 => (0u8..5).prop_map(Spelling::BadSurrogate),
+    ]
+}
+
+fn json_key(key: &str, spelling: Spelling) -> String {
+    let units = |c: char, upper: bool| -> String {
+        let mut buf = [0; 2];
+        c.encode_utf16(&mut buf)
+            .iter()
+            .map(|u| if upper { format!("\\u{u:04X}") } else { format!("\\u{u:04x}") })
+            .collect()
+    };
+    match spelling {
+        Spelling::Plain => serde_json::to_string(key).unwrap(),
+        Spelling::Escaped => format!("\"{}\"", key.chars().map(|c| units(c, false)).collect::<String>()),
+        Spelling::SystemTextJson => {
+            let plain = serde_json::to_string(key).unwrap();
+            plain
+                .chars()
+                .map(|c| if c.is_ascii() && !"<>&'+".contains(c) { c.to_string() } else { units(c, true) })
+                .collect()
+        }
+        Spelling::BadSurrogate(how) => {
+            let bad = [r"\ud83c", r"\udf21", r"\udf21\ud83c", r"\ud83c\u0041", r"\ud83c\ud83c"][usize::from(how)];
+            let plain = serde_json::to_string(key).unwrap();
+            format!("\"{bad}{}", &plain[1..])
+        }
     }
 }
 
@@ -165,7 +251,7 @@ fn document() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
-            prop::collection::vec((0..KEYS.len(), any::<bool>(), inner.clone()), 0..5).prop_map(|members| {
+            prop::collection::vec((0..KEYS.len(), spelling(), inner.clone()), 0..5).prop_map(|members| {
                 let body: Vec<String> =
                     members.iter().map(|(k, e, v)| format!("{}:{v}", json_key(KEYS[*k], *e))).collect();
                 format!("{{{}}}", body.join(","))
