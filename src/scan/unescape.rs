@@ -1,39 +1,79 @@
-//! Key comparison after unescaping, for keys a document writes with escapes.
+//! Key comparison after unescaping: whether a key a document wrote with escapes is a rule's key
+//! (or `machine`, `temperature`).
+//!
+//! Only a key with a backslash in it gets here: plain keys, the common case, are compared by the
+//! scanner in one fixed read. The escaped key is decoded while it is compared, one character at a
+//! time, with no buffer: `\uXXXX` becomes its code point's UTF-8 (a surrogate pair one code point
+//! of four bytes), as serde_json unescapes it, so `temp\u00e9rature` (how System.Text.Json, the C#
+//! default, writes it) is `température`. The scanner validates escapes before it compares, but
+//! the comparison holds on its own: a lone surrogate, a bad escape or one cut short matches
+//! nothing.
 
-/// Compares a validated raw string body with escapes against an ASCII `name`.
+/// Whether `raw`, a string's content between its quotes, is `name` (UTF-8) once unescaped.
+#[inline(never)]
 pub(super) fn unescaped_equals(raw: &[u8], name: &[u8]) -> bool {
     let mut i = 0;
     let mut n = 0;
-    while i < raw.len() {
-        let c = if raw[i] == b'\\' {
-            let (c, len) = match raw[i + 1] {
-                b'u' => {
-                    let hex = std::str::from_utf8(&raw[i + 2..i + 6]).unwrap_or("");
-                    match u16::from_str_radix(hex, 16) {
-                        // Only an ASCII code point can match an ASCII name.
-                        Ok(u) if u < 0x80 => (u as u8, 6),
-                        _ => return false,
-                    }
-                }
-                b'b' => (0x08, 2),
-                b'f' => (0x0c, 2),
-                b'n' => (b'\n', 2),
-                b'r' => (b'\r', 2),
-                b't' => (b'\t', 2),
-                other => (other, 2),
-            };
-            i += len;
-            c
-        } else {
+    while let Some(&b) = raw.get(i) {
+        if b != b'\\' {
+            if name.get(n) != Some(&b) {
+                return false;
+            }
             i += 1;
-            raw[i - 1]
+            n += 1;
+            continue;
+        }
+        let (c, len) = match raw.get(i + 1) {
+            Some(b'u') => match code_point(raw, i + 2) {
+                Some(found) => found,
+                None => return false,
+            },
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            _ => return false,
         };
-        if name.get(n) != Some(&c) {
+        let mut utf8 = [0; 4];
+        let utf8 = c.encode_utf8(&mut utf8).as_bytes();
+        if name.get(n..n + utf8.len()) != Some(utf8) {
             return false;
         }
-        n += 1;
+        i += len;
+        n += utf8.len();
     }
     n == name.len()
+}
+
+/// The character of the `\u` escape whose hex digits start at `at`, taken with its low surrogate
+/// when it is a high one, and the escape's length from its backslash (6, or 12 for a pair). None
+/// for a lone or misordered surrogate or bad hex.
+fn code_point(raw: &[u8], at: usize) -> Option<(char, usize)> {
+    let unit = hex4(raw, at)?;
+    let (code, len) = match unit {
+        0xD800..=0xDBFF => {
+            if raw.get(at + 4..at + 6) != Some(b"\\u") {
+                return None;
+            }
+            let low = hex4(raw, at + 6)?;
+            if !(0xDC00..=0xDFFF).contains(&low) {
+                return None;
+            }
+            (0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00), 12)
+        }
+        _ => (unit, 6),
+    };
+    // A lone low surrogate is no character.
+    Some((char::from_u32(code)?, len))
+}
+
+/// The four hex digits at `at` as a UTF-16 code unit.
+fn hex4(raw: &[u8], at: usize) -> Option<u32> {
+    raw.get(at..at + 4)?.iter().try_fold(0, |unit, &d| Some(unit << 4 | char::from(d).to_digit(16)?))
 }
 
 #[cfg(test)]
