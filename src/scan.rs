@@ -16,7 +16,9 @@
 //!   anywhere as "number out of range"), not only the temperature;
 //! - duplicate keys: the last one wins, at both levels. A later `machine` that is not an object
 //!   overrides an earlier one that was; a later `temperature` string overrides an earlier number;
-//! - keys compare after unescaping, so `"temp\u0065rature"` is `temperature`.
+//! - keys compare after unescaping, so `"temp\u0065rature"` is `temperature`, and a rule's
+//!   non-ASCII key matches however a document escapes it: `"temp\u00e9rature"`, as
+//!   System.Text.Json (the C# default) writes `température`, or `"\ud83c\udf21"` for `🌡`.
 //!
 //! # How
 //! One forward pass, recursive descent over the bytes, no allocation, nothing declined: every
@@ -37,7 +39,9 @@
 //!   surrogate pairs. A string with non-ASCII bytes has its raw content checked with
 //!   `std::str::from_utf8`, which is exactly serde_json's check, because escapes are ASCII.
 //! - **Keys `machine` and `temperature`, written plainly, are one fixed-size comparison**, with
-//!   no skim. Any other key is skimmed and, only if it had escapes, compared after unescaping.
+//!   no skim, and so is a rule's key of up to 15 bytes. Any other key is skimmed and, only if
+//!   it had escapes, compared after unescaping (`src/scan/unescape.rs`: `\uXXXX` decoded to UTF-8 as it
+//!   compares, no buffer, out of line).
 //! - **Numbers are checked against the JSON grammar** in the same pass. The temperature is
 //!   converted, with one correctly rounded division when its digits allow (Clinger's fast path),
 //!   otherwise with `str::parse::<f64>`. Any other number is converted only if it could overflow:
