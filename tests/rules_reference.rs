@@ -250,8 +250,8 @@ fn object(value: impl Strategy<Value = String>) -> impl Strategy<Value = String>
     })
 }
 
-/// Documents that are mostly objects, mostly of numbers and objects, so that paths often lead
-/// somewhere.
+/// Documents that are mostly objects, mostly of numbers and objects. Few of them hold a rule's
+/// path: [`rules_and_document_along_their_paths`] lays documents along the paths instead.
 fn document() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         4 => number(),
