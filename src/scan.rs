@@ -16,7 +16,9 @@
 //!   anywhere as "number out of range"), not only the temperature;
 //! - duplicate keys: the last one wins, at both levels. A later `machine` that is not an object
 //!   overrides an earlier one that was; a later `temperature` string overrides an earlier number;
-//! - keys compare after unescaping, so `"temp\u0065rature"` is `temperature`.
+//! - keys compare after unescaping, so `"temp\u0065rature"` is `temperature`, and a rule's
+//!   non-ASCII key matches however a document escapes it: `"temp\u00e9rature"`, as
+//!   System.Text.Json (the C# default) writes `température`, or `"\ud83c\udf21"` for `🌡`.
 //!
 //! # How
 //! One forward pass, recursive descent over the bytes, no allocation, nothing declined: every
@@ -37,7 +39,9 @@
 //!   surrogate pairs. A string with non-ASCII bytes has its raw content checked with
 //!   `std::str::from_utf8`, which is exactly serde_json's check, because escapes are ASCII.
 //! - **Keys `machine` and `temperature`, written plainly, are one fixed-size comparison**, with
-//!   no skim. Any other key is skimmed and, only if it had escapes, compared after unescaping.
+//!   no skim, and so is a rule's key of up to 15 bytes. Any other key is skimmed and, only if
+//!   it had escapes, compared after unescaping (`src/scan/unescape.rs`: `\uXXXX` decoded to UTF-8 as it
+//!   compares, no buffer, out of line).
 //! - **Numbers are checked against the JSON grammar** in the same pass. The temperature is
 //!   converted, with one correctly rounded division when its digits allow (Clinger's fast path),
 //!   otherwise with `str::parse::<f64>`. Any other number is converted only if it could overflow:
@@ -51,6 +55,9 @@
 //! 129-byte message of which one number matters.
 
 use crate::rules::{Matcher, MAX_RULES};
+
+mod unescape;
+use unescape::unescaped_equals;
 
 /// What a body holds at `machine.temperature`, or why it holds nothing usable.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -854,40 +861,4 @@ fn finite_f64(text: &[u8]) -> Result<f64> {
     } else {
         Err(Malformed::NumberOutOfRange)
     }
-}
-
-/// Compares a validated raw string body with escapes against an ASCII `name`.
-fn unescaped_equals(raw: &[u8], name: &[u8]) -> bool {
-    let mut i = 0;
-    let mut n = 0;
-    while i < raw.len() {
-        let c = if raw[i] == b'\\' {
-            let (c, len) = match raw[i + 1] {
-                b'u' => {
-                    let hex = std::str::from_utf8(&raw[i + 2..i + 6]).unwrap_or("");
-                    match u16::from_str_radix(hex, 16) {
-                        // Only an ASCII code point can match an ASCII name.
-                        Ok(u) if u < 0x80 => (u as u8, 6),
-                        _ => return false,
-                    }
-                }
-                b'b' => (0x08, 2),
-                b'f' => (0x0c, 2),
-                b'n' => (b'\n', 2),
-                b'r' => (b'\r', 2),
-                b't' => (b'\t', 2),
-                other => (other, 2),
-            };
-            i += len;
-            c
-        } else {
-            i += 1;
-            raw[i - 1]
-        };
-        if name.get(n) != Some(&c) {
-            return false;
-        }
-        n += 1;
-    }
-    n == name.len()
 }

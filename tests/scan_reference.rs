@@ -261,6 +261,8 @@ fn key() -> impl Strategy<Value = String> {
         Just("m\\u0061chine".to_string()),
         Just("temp\\u0065rature".to_string()),
         Just("temperatur\\u00e9".to_string()),
+        Just("temp\\u00E9rature".to_string()),
+        Just("\\ud83c\\udf21".to_string()),
         "[a-z]{0,6}",
         "[a-z\\\\\"{}:,é]{0,6}".prop_map(|s| s.replace('\\', "\\\\").replace('"', "\\\"")),
     ]

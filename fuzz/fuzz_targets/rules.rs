@@ -10,8 +10,22 @@ use edgefilter::scan::{scan_paths, scan_paths_in_place};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 
-const PATHS: [&str; 8] =
-    ["machine.temperature", "machine.pressure", "ambient.temperature", "a", "a.b", "a.b.c", "a\\.b", "machine"];
+/// Paths on ASCII keys and on non-ASCII ones, which documents may write with `\uXXXX` escapes
+/// (System.Text.Json does), surrogate pairs for `🌡`; the last is too long for one fixed read.
+const PATHS: [&str; 12] = [
+    "machine.temperature",
+    "machine.pressure",
+    "ambient.temperature",
+    "a",
+    "a.b",
+    "a.b.c",
+    "a\\.b",
+    "machine",
+    "machine.température",
+    "🌡",
+    "温度.🌡",
+    "température extérieure",
+];
 
 fn rule_set(pick: u8) -> Rules {
     let rules: Map<String, Value> = (0..4)
