@@ -397,6 +397,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         keys: HashMap::from([(target.module_id.clone(), key.clone())]),
         routes: Vec::new(),
         desired: HashMap::new(),
+        delivery: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
