@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::hub::{routes, Hub, HubConfig, HubEvent};
+use crate::hub::{routes, Delivery, Hub, HubConfig, HubEvent};
 use crate::sensor::{self, Sensor};
 use crate::settings::Settings;
 use crate::stats::Stats;
@@ -46,6 +46,8 @@ pub struct LocalOptions {
     pub settings: Settings,
     /// Where the module serves `/metrics`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How the hub delivers to the modules (`--inflight`, `--ack-delay-ms`).
+    pub delivery: Delivery,
 }
 
 /// A fresh random key.
@@ -74,6 +76,7 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
         keys: [(FILTER_MODULE.to_string(), filter_key.clone()), (SENSOR_MODULE.to_string(), sensor_key.clone())].into(),
         routes: routes::local_routes(SENSOR_MODULE, FILTER_MODULE),
         desired: [(FILTER_MODULE.to_string(), desired)].into(),
+        delivery: options.delivery,
     };
     let listener = TcpListener::bind(("127.0.0.1", options.port))
         .await

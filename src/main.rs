@@ -53,6 +53,9 @@ OPTIONS:
     --messages N       stop the sensor after N messages (default: never; 0: no sensor)
     --twin FILE        the filter's initial desired properties (a JSON object)
     --metrics ADDR     where the module serves /metrics (default 127.0.0.1:9600; off: nowhere)
+    --inflight N       messages the hub has in flight to a module (default 1, as edgeHub)
+    --ack-delay-ms T   the hub acknowledges a module's publishes T ms late (or MIN-MAX, e.g.
+                       0.5-2), as edgeHub does while it persists them (default 0)
     -h, --help         this help
 
 Type TemperatureThreshold=40 and Enter while it runs to change the module twin.
@@ -96,7 +99,7 @@ enum Mode {
     Help(&'static str),
     Version,
     Module { mqtt_url: Option<String> },
-    Local(local::LocalOptions),
+    Local(Box<local::LocalOptions>),
 }
 
 fn run() -> Result<(), Failure> {
@@ -111,7 +114,7 @@ fn run() -> Result<(), Failure> {
         Mode::Help(text) => print!("{text}"),
         Mode::Version => println!("edgefilter {}", env!("CARGO_PKG_VERSION")),
         Mode::Local(options) => {
-            return runtime()?.block_on(local::run(options, shutdown_signal())).map_err(Failure::Runtime)
+            return runtime()?.block_on(local::run(*options, shutdown_signal())).map_err(Failure::Runtime)
         }
         Mode::Module { mqtt_url } => {
             let mut config = config::resolve(|n| std::env::var(n).ok(), mqtt_url.as_deref())
@@ -153,6 +156,7 @@ fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
         twin_file: None,
         settings,
         metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9600))),
+        delivery: Default::default(),
     };
     while let Some(arg) = args.next()? {
         match arg {
@@ -163,6 +167,17 @@ fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
             }
             Long("messages") => options.messages = Some(number(&mut args, "--messages")?),
             Long("twin") => options.twin_file = Some(args.value()?.into()),
+            Long("inflight") => {
+                options.delivery.inflight = number(&mut args, "--inflight")?;
+                if options.delivery.inflight == 0 {
+                    return Err(Failure::Usage("--inflight: at least 1".into()));
+                }
+            }
+            Long("ack-delay-ms") => {
+                let v = args.value()?.string()?;
+                options.delivery.ack_delay =
+                    edgefilter::hub::AckDelay::parse(&v).map_err(|e| Failure::Usage(format!("--ack-delay-ms: {e}")))?;
+            }
             Long("metrics") => {
                 let v = args.value()?.string()?;
                 options.metrics_addr = if v == "off" {
@@ -174,7 +189,7 @@ fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
             other => return Err(other.unexpected().into()),
         }
     }
-    Ok(Mode::Local(options))
+    Ok(Mode::Local(Box::new(options)))
 }
 
 /// The whole number after option `name`, or why not.

@@ -221,31 +221,80 @@ fn configuration_errors_exit_2_with_one_line() {
 }
 
 #[test]
-fn the_module_binary_stops_cleanly_on_sigterm() {
-    let broker = Broker::start("");
-    let child = edgefilter()
+fn the_module_binary_stops_cleanly_on_sigterm_with_an_alert_in_flight() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (hub, port) = rt.block_on(start_hub(serde_json::json!({"TemperatureThreshold": 25})));
+    let mut upstream = rt.block_on(Peer::connect(port, "upstream-watch", true, &["local/upstream/#"]));
+    // The hub routes the module's alerts but does not confirm them: an alert stays in flight.
+    hub.withhold_acks(Some(&format!("{DEVICE}/{MODULE}")));
+    let mut child = edgefilter()
         .env("EdgeHubConnectionString", connection_string())
-        .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
+        .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
+        .env("EDGEFILTER_METRICS_ADDR", "off")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Feed it while it runs, then stop it mid-stream.
-    let pubs = (0..20).map(|i| {
-        let (topic, body) = hot(i, 30.0);
-        Command::new("mosquitto_pub")
-            .args(["-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-m", &body])
-            .status()
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    for s in pubs {
-        assert!(s.unwrap().success());
+    let lines = log_lines(child.stdout.take().unwrap());
+    let sensor = rt.block_on(Peer::connect(port, "sensor-anon", true, &[]));
+    let hot: Vec<(String, String)> =
+        (1..=100).map(|seq| (sensor_topic(seq), format!(r#"{{"machine":{{"temperature":{}}}}}"#, 30 + seq))).collect();
+    // Hot messages until the first alert reaches the hub, which holds its PUBACK: that alert is in
+    // flight when the signal comes. (Those sent before the module subscribed go nowhere.)
+    let mut alert = None;
+    for (topic, body) in &hot {
+        rt.block_on(sensor.publish(topic, body.as_str()));
+        alert = rt.block_on(upstream.next(Duration::from_millis(200)));
+        if alert.is_some() {
+            break;
+        }
     }
+    let alert = alert.expect("an alert routed upstream");
+    assert!(hot.iter().any(|(_, body)| alert.payload.as_ref() == body.as_bytes()));
     terminate(&child);
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let log = String::from_utf8_lossy(&out.stdout);
+    let mut log = String::new();
+    let read_until = |want: &str, log: &mut String| -> String {
+        loop {
+            let line = lines.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| panic!("no {want:?} in {log}"));
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains(want) {
+                return line;
+            }
+        }
+    };
+    let stop = read_until("stop requested", &mut log);
+    let waiting: u64 = stop
+        .split("waiting for ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stop}"));
+    assert!(waiting >= 1, "an alert was in flight when SIGTERM came: {stop}");
+    // The hub confirms it now; the module finishes the drain and exits cleanly.
+    hub.withhold_acks(None);
+    read_until("all alerts confirmed", &mut log);
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(15)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{log}");
     assert!(log.contains("[INF] - SIGTERM received"), "{log}");
     assert!(log.lines().all(|l| l.starts_with('<')), "every line is an IoT Edge log line: {log}");
+}
+
+/// A child's output, line by line, on a channel (closed when the child closes it).
+fn log_lines(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// `edgefilter local` on `port` with piped console, sensor every 20 ms, plus `extra` arguments.

@@ -155,7 +155,7 @@ async fn a_threshold_change_applies_from_the_next_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recovers() {
     let (module, mut upstream, hub) = withheld(&[]).await;
-    let window = edgefilter::hub::INFLIGHT_WINDOW as u64;
+    let window = WIDE_WINDOW as u64;
     let held = module.stats.alerts.load(Relaxed);
     assert_eq!(held, window, "the module holds only the hub's window of inputs, unacknowledged");
     assert_eq!(module.stats.alerts_confirmed.load(Relaxed), 0);
@@ -184,11 +184,17 @@ async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recover
     module.stop().await.unwrap();
 }
 
-/// Sends 300 hot messages (with `seq` in the body) through the embedded hub while it withholds the
-/// acknowledgements of a module started with `env`; returns the running module, the upstream peer
-/// and the hub once it has held for a second.
+/// The hub's window towards the module in the hold-back tests: wider than edgeHub's one message,
+/// so that the module has several inputs to hold back.
+const WIDE_WINDOW: usize = 16;
+
+/// Sends 300 hot messages (with `seq` in the body) through the embedded hub, with
+/// [`WIDE_WINDOW`] messages in flight to the module, while it withholds the acknowledgements of a
+/// module started with `env`; returns the running module, the upstream peer and the hub once it
+/// has held for a second.
 async fn withheld(env: &[(&str, String)]) -> (RunningModule, Peer, Arc<edgefilter::hub::Hub>) {
-    let (hub, port) = embedded_hub(json!({})).await;
+    let delivery = edgefilter::hub::Delivery { inflight: WIDE_WINDOW, ..Default::default() };
+    let (hub, port) = embedded_hub_with(json!({}), delivery).await;
     let upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
     let module = RunningModule::on(port, env);
     tokio::time::sleep(Duration::from_millis(300)).await;

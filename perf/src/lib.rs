@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, Incoming, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -35,7 +35,15 @@ pub enum Pace {
     Rate(f64),
     /// As fast as the hub takes them.
     Max,
+    /// A closed loop: at most this many messages outstanding, a message being done once an alert
+    /// for it or for a later one arrived (the hub delivers in order). Latency is counted from the
+    /// actual send.
+    Closed(u64),
 }
+
+/// How long a closed loop waits for an alert before it sends anyway (the outstanding messages
+/// may all be ones that do not alert).
+const CLOSED_STALL: Duration = Duration::from_millis(50);
 
 /// What to replay where.
 #[derive(Clone, Debug)]
@@ -98,66 +106,93 @@ impl std::fmt::Display for ReplayError {
     }
 }
 
-/// Connects the subscriber, with a persistent session so that a broker that keeps sessions queues
-/// alerts for it while it reconnects; fails within `within` if the hub is unreachable.
-async fn subscriber(
-    hub: &Hub,
-    id: &str,
-    filters: &[String],
-    within: Duration,
-) -> Result<(AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>), ReplayError> {
-    let mut options = hub.mqtt_options(id);
-    options
-        .set_clean_session(false)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(300_000, 300_000)
-        .set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let sub = client.clone();
-    let filters = filters.to_vec();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut subacks = 0;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    for f in &filters {
-                        let _ = sub.subscribe(f.clone(), QoS::AtLeastOnce).await;
-                    }
-                    if filters.is_empty() {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Ok(()));
+/// The replay's alert subscriber: a rumqttc client whose publishes arrive on `alerts`, with a
+/// persistent session so that a broker that keeps sessions queues alerts for it while it
+/// reconnects. [`Subscriber::close`] ends it for good.
+struct Subscriber {
+    client: AsyncClient,
+    alerts: mpsc::UnboundedReceiver<rumqttc::Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects and subscribes to `filters`; fails within `within` if the hub is unreachable.
+    async fn connect(hub: &Hub, id: &str, filters: &[String], within: Duration) -> Result<Subscriber, ReplayError> {
+        let mut options = hub.mqtt_options(id);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(300_000, 300_000)
+            .set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let (tx, alerts) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let sub = client.clone();
+        let filters = filters.to_vec();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut subacks = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        for f in &filters {
+                            let _ = sub.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                        }
+                        if filters.is_empty() {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(Ok(()));
+                            }
                         }
                     }
-                }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    subacks += 1;
-                    if subacks == filters.len() {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Ok(()));
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks == filters.len() {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(Ok(()));
+                            }
                         }
                     }
-                }
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(e.to_string()));
-                        return;
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send(p);
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // `close` asked for it: done, and never connect again.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(e.to_string()));
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
+        });
+        match tokio::time::timeout(within, ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Subscriber { client, alerts, task }),
+            Ok(Ok(Err(e))) => Err(ReplayError(format!("cannot connect to the hub at {hub:?}: {e}"))),
+            _ => {
+                task.abort();
+                Err(ReplayError(format!("the hub at {hub:?} did not answer within {} s", within.as_secs())))
+            }
         }
-    });
-    match tokio::time::timeout(within, ready_rx).await {
-        Ok(Ok(Ok(()))) => Ok((client, rx)),
-        Ok(Ok(Err(e))) => Err(ReplayError(format!("cannot connect to the hub at {hub:?}: {e}"))),
-        _ => Err(ReplayError(format!("the hub at {hub:?} did not answer within {} s", within.as_secs()))),
+    }
+
+    /// Leaves no subscription behind in the persistent session (the hub would queue alerts for
+    /// it forever), disconnects, and waits until the task has ended, so that it cannot connect
+    /// and subscribe again.
+    async fn close(mut self, filter: String) {
+        let _ = self.client.unsubscribe(filter).await;
+        let _ = self.client.disconnect().await;
+        // If the hub never takes the DISCONNECT, dropping `self` stops the client anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+impl Drop for Subscriber {
+    /// A replay that fails part-way stops its subscriber too.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -182,7 +217,7 @@ pub fn schedule(messages: &[Message], pace: Pace) -> Vec<Duration> {
         .map(|(i, m)| match pace {
             Pace::Trace(speed) => Duration::from_secs_f64(((m.t - first) / speed.max(1e-9)).max(0.0)),
             Pace::Rate(r) => Duration::from_secs_f64(i as f64 / r.max(1e-9)),
-            Pace::Max => Duration::ZERO,
+            Pace::Max | Pace::Closed(_) => Duration::ZERO,
         })
         .collect()
 }
@@ -191,10 +226,16 @@ pub fn schedule(messages: &[Message], pace: Pace) -> Vec<Duration> {
 pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, ReplayError> {
     let tag = std::process::id();
     let events = format!("devices/{}/modules/{}/messages/events/#", o.target.device_id, o.target.module_id);
-    let (subscriber, mut alerts) =
-        subscriber(&o.hub, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5)).await?;
+    let mut subscriber =
+        Subscriber::connect(&o.hub, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5))
+            .await?;
+    let alerts = &mut subscriber.alerts;
     let mut publisher = Publisher::connect(&o.hub, &format!("perf-pub-{tag}"), Duration::from_secs(5)).await?;
     let due = schedule(messages, o.pace);
+    let closed = match o.pace {
+        Pace::Closed(n) => Some(n.max(1)),
+        _ => None,
+    };
     let expected: Vec<Vec<String>> = messages.iter().map(|m| expected_outputs(m.body.as_bytes(), o)).collect();
     let expected_count = expected.iter().map(|e| e.len() as u64).sum();
     let cpu_before = o.pid.and_then(proc_cpu_seconds);
@@ -203,7 +244,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     let hard_stop = start + o.deadline;
     let mut tally = Tally {
         start,
-        due: &due,
+        due,
         expected: &expected,
         seen: HashMap::new(),
         received: 0,
@@ -221,9 +262,18 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     let mut last_sample = Instant::now();
     let mut progress = output::Progress::new(messages.len() as u64, expected_count, o.progress);
     for (i, m) in messages.iter().enumerate() {
-        let at = start + due[i];
+        let at = start + tally.due[i];
         if Instant::now() >= hard_stop {
             break;
+        }
+        if let Some(window) = closed {
+            while i as u64 >= tally.highest + window {
+                match tokio::time::timeout(CLOSED_STALL, alerts.recv()).await {
+                    Ok(Some(p)) => tally.record(p, Instant::now()),
+                    _ => break,
+                }
+            }
+            tally.due[i] = start.elapsed();
         }
         // Collect alerts while waiting for the next send.
         loop {
@@ -269,16 +319,14 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         tally.record(p, Instant::now());
     }
     progress.finish(sent, tally.received);
-    // Leave no subscription behind in the persistent session: the hub would queue for it forever.
-    let _ = subscriber.unsubscribe(events).await;
-    let _ = subscriber.disconnect().await;
+    subscriber.close(events).await;
     let received = tally.received;
     let missing_all: Vec<u64> = (1..=expected.len() as u64)
         .filter(|&s| expected[s as usize - 1].iter().any(|out| tally.copies(s, out) < tally.wanted(s, out)))
         .collect();
     let missing = expected_count - received;
     let duplicated = tally.duplicated;
-    let span = due.last().copied().unwrap_or_default().as_secs_f64();
+    let span = tally.due.last().copied().unwrap_or_default().as_secs_f64();
     Ok(Report {
         sent,
         offered_rate: if span > 0.0 { messages.len() as f64 / span } else { f64::INFINITY },
@@ -328,7 +376,8 @@ pub fn expected_outputs(body: &[u8], o: &ReplayOptions) -> Vec<String> {
 /// What arrived, by sequence number and output.
 struct Tally<'a> {
     start: Instant,
-    due: &'a [Duration],
+    /// When each message was due (in a closed loop: when it was sent), from the start.
+    due: Vec<Duration>,
     expected: &'a [Vec<String>],
     /// Copies received, by sequence number and output.
     seen: HashMap<(u64, String), u32>,

@@ -124,7 +124,7 @@ struct RecordArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("pace").args(["speed", "rate", "max"])))]
+#[command(group(clap::ArgGroup::new("pace").args(["speed", "rate", "max", "closed"])))]
 struct ReplayArgs {
     /// The trace (JSON lines, as generate and record write)
     trace: PathBuf,
@@ -141,6 +141,10 @@ struct ReplayArgs {
     /// As fast as the hub takes them
     #[arg(long)]
     max: bool,
+    /// A closed loop: at most N messages outstanding (sent, with no alert yet for it or a later
+    /// one); latency counted from the actual send
+    #[arg(long, value_name = "N")]
+    closed: Option<u64>,
     /// The module's TemperatureThreshold (which messages must alert)
     #[arg(long, default_value_t = 25.0, allow_negative_numbers = true)]
     threshold: f64,
@@ -247,10 +251,11 @@ async fn run(command: Command) -> Result<i32, String> {
             let path = a.trace.display().to_string();
             let text = std::fs::read_to_string(&a.trace).map_err(|e| format!("{path}: {e}"))?;
             let messages = trace::read(&text).map_err(|e| format!("{path}: {e}"))?;
-            let pace = match (a.max, a.rate, a.speed) {
-                (true, _, _) => Pace::Max,
-                (_, Some(rate), _) => Pace::Rate(rate),
-                (_, _, speed) => Pace::Trace(speed.unwrap_or(1.0)),
+            let pace = match (a.max, a.closed, a.rate, a.speed) {
+                (true, _, _, _) => Pace::Max,
+                (_, Some(n), _, _) => Pace::Closed(n),
+                (_, _, Some(rate), _) => Pace::Rate(rate),
+                (_, _, _, speed) => Pace::Trace(speed.unwrap_or(1.0)),
             };
             let options = ReplayOptions {
                 hub: a.hub.hub()?,
@@ -269,7 +274,7 @@ async fn run(command: Command) -> Result<i32, String> {
         Command::Passthrough(a) => {
             let hub = a.hub.hub()?;
             tokio::select! {
-                r = pass_through(hub, a.target.id()) => r.map(|()| 0),
+                r = pass_through(hub, a.target.id(), None) => r.map(|()| 0),
                 _ = tokio::signal::ctrl_c() => Ok(0),
                 _ = terminated() => Ok(0),
             }
@@ -358,9 +363,18 @@ async fn record(hub: &Hub, topic: &str, seconds: Duration, count: usize) -> Resu
 }
 
 /// A plain client in the module's place: every input straight to `output1` at QoS 1, each
-/// publish on its own, as a straightforward rumqttc client (or an SDK module) would do it.
-async fn pass_through(hub: Hub, target: ModuleId) -> Result<(), String> {
-    let mut options = hub.mqtt_options("perf-pass-through");
+/// publish on its own, as a straightforward rumqttc client (or an SDK module) would do it. With
+/// `login` (username, SAS token) it connects as the module identity, so that a hub that delivers
+/// to modules one message at a time does so to it too.
+async fn pass_through(hub: Hub, target: ModuleId, login: Option<(String, String)>) -> Result<(), String> {
+    let mut options = match &login {
+        Some((user, token)) => {
+            let mut o = hub.mqtt_options(&target.client_id());
+            o.set_credentials(user, token);
+            o
+        }
+        None => hub.mqtt_options("perf-pass-through"),
+    };
     options.set_max_packet_size(300_000, 300_000).set_inflight(1000);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
     let inputs = target.inputs_filter();
@@ -389,14 +403,16 @@ async fn pass_through(hub: Hub, target: ModuleId) -> Result<(), String> {
 /// The embedded hub and the module in this process; a warm-up and a measured replay at full
 /// speed; then the same load through a pass-through in the module's place.
 async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
+    const HOST: &str = "bench-hub.azure-devices.net";
     let key = vec![7u8; 32];
     let target = ModuleId::new("bench-device", "edgefilter");
     let config = edgefilter::hub::HubConfig {
-        hub_hostname: "bench-hub.azure-devices.net".into(),
+        hub_hostname: HOST.into(),
         device_id: target.device_id.clone(),
         keys: HashMap::from([(target.module_id.clone(), key.clone())]),
         routes: Vec::new(),
         desired: HashMap::new(),
+        delivery: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -416,7 +432,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         pid: None,
         progress: false,
     };
-    let module_config = edgefilter::config::Config::local("bench-hub.azure-devices.net", target.clone(), port, key);
+    let module_config = edgefilter::config::Config::local(HOST, target.clone(), port, key.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let module = tokio::spawn(edgefilter::module::run(module_config, Arc::new(Default::default()), async {
         let _ = stopped.await;
@@ -429,7 +445,10 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
     let _ = stop.send(());
     let _ = module.await;
 
-    let baseline_task = tokio::spawn(pass_through(Hub::local(port), target.clone()));
+    // As the module's identity, so that the hub delivers to it as to the module: one at a time.
+    let token = edgefilter::sas::token_from_key(&key, HOST, &target, edgefilter::module::now_secs() + 3600);
+    let login = (edgefilter::module::username(HOST, &target), token);
+    let baseline_task = tokio::spawn(pass_through(Hub::local(port), target.clone(), Some(login)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     replay(warm, &options).await.map_err(|e| e.to_string())?;
     eprintln!("baseline: {count} messages through a pass-through in the module's place");

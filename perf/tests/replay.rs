@@ -24,6 +24,7 @@ async fn hub_with(target: &ModuleId, key: Vec<u8>, desired: serde_json::Map<Stri
         keys: HashMap::from([(target.module_id.clone(), key)]),
         routes: Vec::new(),
         desired: HashMap::from([(target.module_id.clone(), desired)]),
+        delivery: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -12,42 +12,42 @@
 //!   `$iothub/twin/res/{status}/?$rid=…`, desired changes are pushed on
 //!   `$iothub/twin/PATCH/properties/desired/?$version=…`;
 //! - module output messages are routed ([`routes`]) to module inputs, with edgeHub's property bag,
-//!   and to the upstream, which local mode's console shows.
+//!   and to the upstream, which local mode's console shows;
+//! - a module identity is sent one message at a time, the next only after its PUBACK, as edgeHub
+//!   does ([`session`]); [`Delivery`] widens that for experiments and can make the hub acknowledge
+//!   a module's publishes late ([`acks`]), as edgeHub does while it persists them.
 //!
 //! Local tooling topics (not edgeHub's): publishing a JSON patch to `local/twin/{module}/desired`
 //! changes a module's desired properties; the hub publishes each module's reported properties on
 //! `local/twin/{module}/reported` and upstream messages on `local/upstream/{module}/{output}`.
 
+pub mod acks;
+mod connection;
 pub mod routes;
+mod session;
 pub mod twin;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
-use rumqttc::mqttbytes::{self, valid_filter, valid_topic, QoS};
-use rumqttc::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck, SubscribeReasonCode, UnsubAck,
-};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::{ConnectReturnCode, Packet};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::topic::{self, ModuleId};
+pub use acks::AckDelay;
 use routes::{Route, Sink};
+pub use session::{filter_matches, Delivery, BROKER_WINDOW};
+use session::{Message, Session};
 use twin::Twin;
 
 /// What edgeHub accepts in one packet (256 KiB messages plus topic and header).
 const MAX_PACKET: usize = crate::limits::MAX_PACKET_SIZE;
-/// Unacknowledged QoS 1 messages sent to a client at most: a bounded window like a real broker's.
-/// (edgeHub's `MaxPendingInboundAcknowledgements`, 16, is the other direction: how many of a
-/// client's publishes it reads ahead of processing them.)
-pub const INFLIGHT_WINDOW: usize = 16;
-/// Messages kept for one client before the oldest are dropped.
-const QUEUE_LIMIT: usize = 100_000;
 
 /// The hub's identities, routes and twins.
 #[derive(Clone, Debug)]
@@ -59,6 +59,8 @@ pub struct HubConfig {
     pub routes: Vec<Route>,
     /// Module id → initial desired properties.
     pub desired: HashMap<String, Map<String, Value>>,
+    /// How module identities are delivered to: one message in flight by default, as edgeHub.
+    pub delivery: Delivery,
 }
 
 /// What the hub tells the console.
@@ -86,42 +88,6 @@ struct State {
     overflowed: u64,
     /// Fault injection: the client whose publishes are not acknowledged for now.
     withhold_acks_from: Option<String>,
-}
-
-#[derive(Clone)]
-struct Message {
-    topic: String,
-    payload: Bytes,
-    qos: QoS,
-    dup: bool,
-}
-
-#[derive(Default)]
-struct Session {
-    subscriptions: Vec<(String, QoS)>,
-    queue: VecDeque<Message>,
-    inflight: BTreeMap<u16, Message>,
-    last_pkid: u16,
-    clean: bool,
-    /// The live connection: its number and how to wake it.
-    connection: Option<(u64, Arc<Notify>)>,
-    /// Acknowledgements held back by fault injection, sent on release.
-    withheld: Vec<u16>,
-}
-
-impl Session {
-    fn next_pkid(&mut self) -> u16 {
-        loop {
-            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
-            if !self.inflight.contains_key(&self.last_pkid) {
-                return self.last_pkid;
-            }
-        }
-    }
-
-    fn granted(&self, topic: &str) -> Option<QoS> {
-        self.subscriptions.iter().filter(|(f, _)| filter_matches(f, topic)).map(|(_, q)| *q).max_by_key(|q| *q as u8)
-    }
 }
 
 /// A module username: `{hub}/{device}/{module}/?api-version=…` (edgeHub's parser: four `/`
@@ -189,12 +155,7 @@ impl Hub {
         let pushed = twin.patch_desired(patch);
         let version = twin.desired_version;
         let client = ModuleId::new(&self.config.device_id, module).client_id();
-        let msg = Message {
-            topic: topic::twin_desired_patch(version),
-            payload: Bytes::from(pushed.to_string()),
-            qos: QoS::AtLeastOnce,
-            dup: false,
-        };
+        let msg = Message::new(topic::twin_desired_patch(version), Bytes::from(pushed.to_string()), QoS::AtLeastOnce);
         deliver_to(&mut state, &client, msg);
         Ok(version)
     }
@@ -219,240 +180,27 @@ impl Hub {
         self.lock().overflowed
     }
 
-    async fn connection(self: Arc<Self>, mut stream: TcpStream) -> Result<(), String> {
-        stream.set_nodelay(true).ok();
-        let mut buf = BytesMut::with_capacity(8 * 1024);
-        let connect = match tokio::time::timeout(Duration::from_secs(60), read_packet(&mut stream, &mut buf)).await {
-            Ok(Ok(Packet::Connect(c))) => c,
-            Ok(Ok(_)) => return Err("first packet is not CONNECT".into()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("no CONNECT within 60 s".into()),
-        };
-        let mut out = BytesMut::new();
-        let client_id = if connect.client_id.is_empty() && connect.clean_session {
-            format!("anonymous-{}", self.lock().next_connection)
-        } else {
-            connect.client_id.clone()
-        };
-        let code =
-            self.authenticate(&client_id, connect.login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())));
-        if code != ConnectReturnCode::Success {
-            warn!("hub: refused {client_id:?}: {code:?}");
-            ConnAck::new(code, false).write(&mut out).map_err(|e| e.to_string())?;
-            stream.write_all(&out).await.map_err(|e| e.to_string())?;
-            return Ok(());
-        }
-        let notify = Arc::new(Notify::new());
-        let (me, session_present) = {
-            let mut state = self.lock();
-            state.next_connection += 1;
-            let me = state.next_connection;
-            if connect.clean_session {
-                state.sessions.remove(&client_id);
-            }
-            let present = state.sessions.contains_key(&client_id);
-            let session = state.sessions.entry(client_id.clone()).or_default();
-            if let Some((_, old)) = session.connection.take() {
-                old.notify_one(); // the old connection sees it is no longer current and closes
-            }
-            session.clean = connect.clean_session;
-            session.connection = Some((me, notify.clone()));
-            session.withheld.clear(); // the old connection's packet ids mean nothing now
-                                      // Unacknowledged messages go out again first, marked as duplicates.
-            let inflight = std::mem::take(&mut session.inflight);
-            for (_, mut m) in inflight.into_iter().rev() {
-                m.dup = true;
-                session.queue.push_front(m);
-            }
-            (me, present)
-        };
-        ConnAck::new(ConnectReturnCode::Success, session_present).write(&mut out).map_err(|e| e.to_string())?;
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        let anonymous = connect.login.is_none();
-        if anonymous {
-            debug!("hub: {client_id} connected (session present: {session_present})");
-        } else {
-            info!("hub: {client_id} connected (session present: {session_present})");
-        }
-        self.emit(HubEvent::Connected { client_id: client_id.clone() });
-
-        let keep_alive = Duration::from_secs(u64::from(connect.keep_alive).max(1)) * 3 / 2;
-        let result = self
-            .clone()
-            .serve_client(&mut stream, &mut buf, &client_id, me, &notify, keep_alive, connect.keep_alive > 0)
-            .await;
-
-        let mut state = self.lock();
-        if let Some(session) = state.sessions.get_mut(&client_id) {
-            if session.connection.as_ref().is_some_and(|(n, _)| *n == me) {
-                session.connection = None;
-                if session.clean {
-                    state.sessions.remove(&client_id);
-                }
-            }
-        }
-        drop(state);
-        if anonymous {
-            debug!("hub: {client_id} disconnected");
-        } else {
-            info!("hub: {client_id} disconnected");
-        }
-        self.emit(HubEvent::Disconnected { client_id });
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn serve_client(
-        self: Arc<Self>,
-        stream: &mut TcpStream,
-        buf: &mut BytesMut,
-        client_id: &str,
-        me: u64,
-        notify: &Notify,
-        keep_alive: Duration,
-        keep_alive_on: bool,
-    ) -> Result<(), String> {
-        let mut incoming_qos2: Vec<u16> = Vec::new();
-        loop {
-            let mut out = BytesMut::new();
-            if !self.pump(client_id, me, &mut out)? {
-                return Ok(()); // taken over by a newer connection
-            }
-            if !out.is_empty() {
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
-                continue;
-            }
-            let packet = tokio::select! {
-                p = read_packet(stream, buf) => p?,
-                _ = notify.notified() => continue,
-                _ = tokio::time::sleep(keep_alive), if keep_alive_on => return Err("keep-alive expired".into()),
-            };
-            let mut out = BytesMut::new();
-            match packet {
-                Packet::Publish(p) => {
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce if self.withholding(client_id, p.pkid) => {}
-                        QoS::AtLeastOnce => write(&mut out, Packet::PubAck(PubAck::new(p.pkid)))?,
-                        QoS::ExactlyOnce => {
-                            write(&mut out, Packet::PubRec(PubRec::new(p.pkid)))?;
-                            if incoming_qos2.contains(&p.pkid) {
-                                stream.write_all(&out).await.map_err(|e| e.to_string())?;
-                                continue;
-                            }
-                            incoming_qos2.push(p.pkid);
-                        }
-                    }
-                    let topic = p.topic.clone();
-                    if !valid_topic(&topic) {
-                        return Err(format!("invalid topic {topic:?}"));
-                    }
-                    self.publish(client_id, topic, p.payload, p.qos);
-                }
-                Packet::PubRel(r) => {
-                    incoming_qos2.retain(|id| *id != r.pkid);
-                    write(&mut out, Packet::PubComp(PubComp::new(r.pkid)))?;
-                }
-                Packet::PubAck(a) => {
-                    if let Some(s) = self.lock().sessions.get_mut(client_id) {
-                        s.inflight.remove(&a.pkid);
-                    }
-                }
-                Packet::PubRec(r) => {
-                    // We never send QoS 2, but answer politely.
-                    write(&mut out, Packet::PubRel(rumqttc::PubRel::new(r.pkid)))?;
-                }
-                Packet::PubComp(_) | Packet::PingResp => {}
-                Packet::Subscribe(s) => {
-                    let mut codes = Vec::new();
-                    let mut state = self.lock();
-                    let session = state.sessions.get_mut(client_id).ok_or("session vanished")?;
-                    for f in s.filters {
-                        if !valid_filter(&f.path) {
-                            codes.push(SubscribeReasonCode::Failure);
-                            continue;
-                        }
-                        let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                        session.subscriptions.retain(|(p, _)| *p != f.path);
-                        session.subscriptions.push((f.path, qos));
-                        codes.push(SubscribeReasonCode::Success(qos));
-                    }
-                    drop(state);
-                    write(&mut out, Packet::SubAck(SubAck::new(s.pkid, codes)))?;
-                }
-                Packet::Unsubscribe(u) => {
-                    if let Some(s) = self.lock().sessions.get_mut(client_id) {
-                        s.subscriptions.retain(|(p, _)| !u.topics.contains(p));
-                    }
-                    write(&mut out, Packet::UnsubAck(UnsubAck::new(u.pkid)))?;
-                }
-                Packet::PingReq => write(&mut out, Packet::PingResp)?,
-                Packet::Disconnect => return Ok(()),
-                other => return Err(format!("unexpected packet {other:?}")),
-            }
-            if !out.is_empty() {
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
-            }
-        }
-    }
-
-    /// Moves queued messages into flight (up to the window) and encodes them into `out`.
-    /// Returns false when this connection is no longer the session's.
-    fn pump(&self, client_id: &str, me: u64, out: &mut BytesMut) -> Result<bool, String> {
-        let mut state = self.lock();
-        let releasing = state.withhold_acks_from.is_none();
-        let Some(session) = state.sessions.get_mut(client_id) else { return Ok(false) };
-        if session.connection.as_ref().is_none_or(|(n, _)| *n != me) {
-            return Ok(false);
-        }
-        if releasing {
-            for pkid in session.withheld.drain(..) {
-                write(out, Packet::PubAck(PubAck::new(pkid)))?;
-            }
-        }
-        while session.inflight.len() < INFLIGHT_WINDOW {
-            let Some(m) = session.queue.pop_front() else { break };
-            let mut p = Publish::from_bytes(m.topic.clone(), m.qos, m.payload.clone());
-            p.dup = m.dup;
-            if m.qos != QoS::AtMostOnce {
-                p.pkid = session.next_pkid();
-                session.inflight.insert(p.pkid, m);
-            }
-            write(out, Packet::Publish(p))?;
-        }
-        Ok(true)
-    }
-
-    /// Whether to hold back the acknowledgement of `client_id`'s publish `pkid` (and hold it).
-    fn withholding(&self, client_id: &str, pkid: u16) -> bool {
-        let mut state = self.lock();
-        if state.withhold_acks_from.as_deref() != Some(client_id) {
-            return false;
-        }
-        if let Some(session) = state.sessions.get_mut(client_id) {
-            session.withheld.push(pkid);
-        }
-        true
-    }
-
     /// CONNECT authentication: module identities need a valid token; other clients are anonymous.
-    fn authenticate(&self, client_id: &str, login: Option<(&str, &str)>) -> ConnectReturnCode {
-        let Some((username, password)) = login else { return ConnectReturnCode::Success };
-        let Ok((hub, id)) = parse_module_username(username) else { return ConnectReturnCode::Success };
-        if !hub.eq_ignore_ascii_case(&self.config.hub_hostname) || id.device_id != self.config.device_id {
-            return ConnectReturnCode::NotAuthorized;
-        }
-        if id.client_id() != client_id {
-            return ConnectReturnCode::BadClientId;
-        }
-        let Some(key) = self.config.keys.get(&id.module_id) else { return ConnectReturnCode::NotAuthorized };
-        match crate::sas::validate(password, key, &[&self.config.hub_hostname], &id, crate::module::now_secs()) {
-            Ok(()) => ConnectReturnCode::Success,
-            Err(e) => {
-                warn!("hub: {client_id}: {e}");
-                ConnectReturnCode::BadUserNamePassword
+    /// Returns the verdict and whether the client is a module identity.
+    fn authenticate(&self, client_id: &str, login: Option<(&str, &str)>) -> (ConnectReturnCode, bool) {
+        let Some((username, password)) = login else { return (ConnectReturnCode::Success, false) };
+        let Ok((hub, id)) = parse_module_username(username) else { return (ConnectReturnCode::Success, false) };
+        let code = if !hub.eq_ignore_ascii_case(&self.config.hub_hostname) || id.device_id != self.config.device_id {
+            ConnectReturnCode::NotAuthorized
+        } else if id.client_id() != client_id {
+            ConnectReturnCode::BadClientId
+        } else if let Some(key) = self.config.keys.get(&id.module_id) {
+            match crate::sas::validate(password, key, &[&self.config.hub_hostname], &id, crate::module::now_secs()) {
+                Ok(()) => ConnectReturnCode::Success,
+                Err(e) => {
+                    warn!("hub: {client_id}: {e}");
+                    ConnectReturnCode::BadUserNamePassword
+                }
             }
-        }
+        } else {
+            ConnectReturnCode::NotAuthorized
+        };
+        (code, true)
     }
 
     /// A publish from `client_id`: twin requests, local tooling, routing, then plain fan-out.
@@ -529,29 +277,9 @@ impl Hub {
             }
             _ => (400, Bytes::new()),
         };
-        let msg =
-            Message { topic: topic::twin_response(status, &rid), payload: body, qos: QoS::AtLeastOnce, dup: false };
+        let msg = Message::new(topic::twin_response(status, &rid), body, QoS::AtLeastOnce);
         deliver_to(&mut state, client_id, msg);
     }
-}
-
-/// MQTT topic matching (3.1.1 §4.7): `+` one level, `#` the rest; a wildcard in the first level
-/// does not match topics that start with `$` (so `#` does not see `$iothub/…`).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match levels.next() {
-            Some(t) if f == "+" || f == t => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
 }
 
 /// Delivers to every session with a matching subscription.
@@ -560,8 +288,7 @@ fn fan_out(state: &mut State, topic: &str, payload: &Bytes, qos: QoS) {
     for session in state.sessions.values_mut() {
         if let Some(granted) = session.granted(topic) {
             let qos = if (qos as u8).min(granted as u8) == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            overflow +=
-                enqueue(session, Message { topic: topic.to_string(), payload: payload.clone(), qos, dup: false });
+            overflow += session.enqueue(Message::new(topic.to_string(), payload.clone(), qos));
         }
     }
     state.overflowed += overflow;
@@ -571,41 +298,11 @@ fn fan_out(state: &mut State, topic: &str, payload: &Bytes, qos: QoS) {
 fn deliver_to(state: &mut State, client_id: &str, msg: Message) {
     if let Some(session) = state.sessions.get_mut(client_id) {
         if session.granted(&msg.topic).is_some() {
-            state.overflowed += enqueue(session, msg);
+            state.overflowed += session.enqueue(msg);
         }
     }
 }
 
-fn enqueue(session: &mut Session, msg: Message) -> u64 {
-    let mut dropped = 0;
-    if session.connection.is_none() && (session.clean || msg.qos == QoS::AtMostOnce) {
-        return 0;
-    }
-    if session.queue.len() >= QUEUE_LIMIT {
-        session.queue.pop_front();
-        dropped = 1;
-    }
-    session.queue.push_back(msg);
-    if let Some((_, n)) = &session.connection {
-        n.notify_one();
-    }
-    dropped
-}
-
-fn write(out: &mut BytesMut, packet: Packet) -> Result<(), String> {
+pub(super) fn write(out: &mut BytesMut, packet: Packet) -> Result<(), String> {
     packet.write(out, MAX_PACKET).map(drop).map_err(|e| format!("encoding {e:?}"))
-}
-
-async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, String> {
-    loop {
-        match Packet::read(buf, MAX_PACKET) {
-            Ok(p) => return Ok(p),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => return Err(format!("malformed packet: {e:?}")),
-        }
-        buf.reserve(8 * 1024);
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("connection closed".into());
-        }
-    }
 }

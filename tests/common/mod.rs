@@ -300,8 +300,17 @@ pub fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pa
 }
 
 /// The embedded hub on a free port, with this harness's module and a `sensor` module (same key),
-/// local mode's routes from the sensor to the module, and `desired` as the module's twin.
+/// local mode's routes from the sensor to the module, and `desired` as the module's twin. It
+/// delivers to a module as edgeHub does, one message in flight.
 pub async fn embedded_hub(desired: serde_json::Value) -> (Arc<edgefilter::hub::Hub>, u16) {
+    embedded_hub_with(desired, edgefilter::hub::Delivery::default()).await
+}
+
+/// [`embedded_hub`] delivering to modules as `delivery` says.
+pub async fn embedded_hub_with(
+    desired: serde_json::Value,
+    delivery: edgefilter::hub::Delivery,
+) -> (Arc<edgefilter::hub::Hub>, u16) {
     let key = edgefilter::sas::decode_key(KEY_B64).unwrap();
     let config = edgefilter::hub::HubConfig {
         hub_hostname: HUB.into(),
@@ -312,6 +321,7 @@ pub async fn embedded_hub(desired: serde_json::Value) -> (Arc<edgefilter::hub::H
             MODULE.to_string(),
             desired.as_object().cloned().unwrap_or_default(),
         )]),
+        delivery,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
