@@ -1,6 +1,6 @@
 //! Self-clocked coalescing: how long the module lets input gather before it reads again.
 //!
-//! A broker with a wide window (mosquitto, a backlog drain) sends a module one message per publish,
+//! A broker with a wide window (mosquitto's default of 20, say) sends a module one message per publish,
 //! as the messages come. Reading each one as it arrives costs a wake-up, a read and a write per message (and, over TLS, a record each way),
 //! which is most of the module's cost under a live stream. So, like NAPI's interrupt mitigation or
 //! Nagle's algorithm, once input arrives faster than a few messages per pause, the module lets it

@@ -114,9 +114,9 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
 async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Option<u64>) {
     let id = ModuleId::new(DEVICE_ID, SENSOR_MODULE);
     let mut options = MqttOptions::new(id.client_id(), "127.0.0.1", port);
-    let expiry = crate::module::now_secs() + 365 * 86_400;
+    let expiry = crate::sas::now_secs() + 365 * 86_400;
     options.set_clean_session(false).set_keep_alive(Duration::from_secs(60)).set_credentials(
-        crate::module::username(HUB_HOSTNAME, &id),
+        crate::topic::username(HUB_HOSTNAME, &id),
         crate::sas::token_from_key(&key, HUB_HOSTNAME, &id, expiry),
     );
     let (client, mut eventloop) = AsyncClient::new(options, 64);

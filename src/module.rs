@@ -30,39 +30,18 @@ use crate::limits::MAX_INCOMING_PACKET_SIZE;
 use crate::mqtt::{ConnectOptions, Link, LinkError, Received};
 use crate::session::{Action, Session, READ_BATCH};
 use crate::stats::Stats;
-use crate::topic;
 
 pub use crate::limits::MAX_PACKET_SIZE;
+pub use crate::sas::{now_secs, renewal_margin};
 pub use crate::session::{acks_flush, batch_closes};
 pub use crate::tls::{crypto_provider, tls_config};
+pub use crate::topic::{username, API_VERSION};
 
-/// The Python SDK's `api-version`.
-pub const API_VERSION: &str = "2019-10-01";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the hub to close a connection the module disconnected, before reconnecting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// The MQTT username edgeHub expects from a module (contract §1).
-pub fn username(hub_hostname: &str, id: &topic::ModuleId) -> String {
-    let client_type = topic::quote(concat!("edgefilter/", env!("CARGO_PKG_VERSION")));
-    format!(
-        "{hub_hostname}/{}/{}/?api-version={API_VERSION}&DeviceClientType={client_type}",
-        id.device_id, id.module_id
-    )
-}
-
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// When to renew a token of lifetime `ttl`: 120 s before expiry like the Python SDK, or a fifth of
-/// the lifetime for short test lifetimes.
-pub fn renewal_margin(ttl: Duration) -> Duration {
-    Duration::from_secs(120).min(ttl / 5)
-}
 
 /// Signs a fresh token valid for the configured lifetime; returns it with its expiry.
 async fn fresh_token(config: &Config) -> Result<(String, u64), String> {

@@ -112,3 +112,14 @@ pub fn validate(token: &str, key: &[u8], hostnames: &[&str], id: &ModuleId, now:
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     ring::hmac::verify(&key, string_to_sign(t.sr, t.se).as_bytes(), &sig).map_err(|_| TokenError::BadSignature)
 }
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// When to renew a token of lifetime `ttl`: 120 s before expiry like the Python SDK, or a fifth of
+/// the lifetime for short test lifetimes.
+pub fn renewal_margin(ttl: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(120).min(ttl / 5)
+}

@@ -568,3 +568,15 @@ fn hex(c: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+/// The Python SDK's `api-version`.
+pub const API_VERSION: &str = "2019-10-01";
+
+/// The MQTT username edgeHub expects from a module (contract §1).
+pub fn username(hub_hostname: &str, id: &ModuleId) -> String {
+    let client_type = quote(concat!("edgefilter/", env!("CARGO_PKG_VERSION")));
+    format!(
+        "{hub_hostname}/{}/{}/?api-version={API_VERSION}&DeviceClientType={client_type}",
+        id.device_id, id.module_id
+    )
+}

@@ -190,7 +190,7 @@ impl Hub {
         } else if id.client_id() != client_id {
             ConnectReturnCode::BadClientId
         } else if let Some(key) = self.config.keys.get(&id.module_id) {
-            match crate::sas::validate(password, key, &[&self.config.hub_hostname], &id, crate::module::now_secs()) {
+            match crate::sas::validate(password, key, &[&self.config.hub_hostname], &id, crate::sas::now_secs()) {
                 Ok(()) => ConnectReturnCode::Success,
                 Err(e) => {
                     warn!("hub: {client_id}: {e}");

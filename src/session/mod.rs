@@ -231,7 +231,7 @@ impl Session {
         let report = Duration::from_secs(u64::from(config.settings.report_interval_secs));
         Session {
             id: config.identity.module.clone(),
-            username: crate::module::username(&config.identity.hub_hostname, &config.identity.module),
+            username: crate::topic::username(&config.identity.hub_hostname, &config.identity.module),
             max_unconfirmed: config.max_unconfirmed,
             max_delivery_attempts: config.max_delivery_attempts,
             token_ttl: config.token_ttl,
@@ -397,7 +397,7 @@ impl Session {
         self.token.signing = false;
         match signed {
             Ok(password) => {
-                let margin = crate::module::renewal_margin(self.token_ttl);
+                let margin = crate::sas::renewal_margin(self.token_ttl);
                 let renewal = self.token.password.is_some();
                 self.token = Token {
                     password: Some(password),
