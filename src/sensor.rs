@@ -162,36 +162,6 @@ impl Control {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reset_command_restarts_the_ramp() {
-        let mut s = Sensor::new(7);
-        for _ in 0..50 {
-            s.next_reading(SystemTime::UNIX_EPOCH);
-        }
-        assert!(s.machine_temperature() > 30.0);
-        assert_eq!(s.control(br#"{"command":"reset"}"#), Control::Reset);
-        assert_eq!(s.machine_temperature(), MACHINE_TEMP_MIN);
-        let next = s.next_reading(SystemTime::UNIX_EPOCH).machine_temperature;
-        assert!((MACHINE_TEMP_MIN - 0.25..MACHINE_TEMP_MIN + 1.25).contains(&next), "{next}");
-        for (body, want) in [
-            (&br#"[{"command":"NoOperation"},{"command":0}]"#[..], Control::Reset),
-            (br#"{"command":"Reset"}"#, Control::Reset),
-            (br#"{"command":1}"#, Control::NoOperation),
-        ] {
-            assert_eq!(Control::parse(body), want, "{}", String::from_utf8_lossy(body));
-        }
-        for body in [&b"reset"[..], br#"{"command":"explode"}"#, b"{}"] {
-            let before = { s.next_reading(SystemTime::UNIX_EPOCH); s.machine_temperature() };
-            assert!(matches!(s.control(body), Control::Unreadable(_)));
-            assert_eq!(s.machine_temperature(), before, "an unreadable command changes nothing");
-        }
-    }
-}
-
 /// A double as Json.NET writes it: shortest round-trip, always with a fractional part.
 fn dotnet_double(v: f64) -> String {
     let s = format!("{v}");
@@ -215,5 +185,38 @@ fn json_net_time(now: SystemTime) -> String {
         format!("{date}T{time}Z")
     } else {
         format!("{date}T{time}.{fraction}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_command_restarts_the_ramp() {
+        let mut s = Sensor::new(7);
+        for _ in 0..50 {
+            s.next_reading(SystemTime::UNIX_EPOCH);
+        }
+        assert!(s.machine_temperature() > 30.0);
+        assert_eq!(s.control(br#"{"command":"reset"}"#), Control::Reset);
+        assert_eq!(s.machine_temperature(), MACHINE_TEMP_MIN);
+        let next = s.next_reading(SystemTime::UNIX_EPOCH).machine_temperature;
+        assert!((MACHINE_TEMP_MIN - 0.25..MACHINE_TEMP_MIN + 1.25).contains(&next), "{next}");
+        for (body, want) in [
+            (&br#"[{"command":"NoOperation"},{"command":0}]"#[..], Control::Reset),
+            (br#"{"command":"Reset"}"#, Control::Reset),
+            (br#"{"command":1}"#, Control::NoOperation),
+        ] {
+            assert_eq!(Control::parse(body), want, "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b"reset"[..], br#"{"command":"explode"}"#, b"{}"] {
+            let before = {
+                s.next_reading(SystemTime::UNIX_EPOCH);
+                s.machine_temperature()
+            };
+            assert!(matches!(s.control(body), Control::Unreadable(_)));
+            assert_eq!(s.machine_temperature(), before, "an unreadable command changes nothing");
+        }
     }
 }

@@ -42,7 +42,8 @@ impl Def {
         } else {
             json!({"kind": "hopping", "seconds": self.hop_s * self.hops, "hopSeconds": self.hop_s})
         };
-        let mut a = json!({"path": "v", "window": window, "functions": Function::ALL.map(Function::name), "output": "agg"});
+        let mut a =
+            json!({"path": "v", "window": window, "functions": Function::ALL.map(Function::name), "output": "agg"});
         if let Some(l) = self.late_s {
             a["time"] = json!({"path": "t", "lateSeconds": l, "late": if self.adjust { "adjust" } else { "drop" }});
         }
@@ -238,20 +239,53 @@ fn check(e: &Emitted, want: &(i64, i64, String, Vec<Kept>)) -> Result<(), TestCa
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    let message = (0i64..2500, -7000i64..1500, prop::option::weighted(0.95, -6400i64..6400), 0u8..4, prop::option::weighted(0.7, 0u16..60), any::<bool>())
-        .prop_map(|(advance_ms, offset_ms, value, group, id, iso)| Step::Message { advance_ms, offset_ms, value, group, id, iso });
+    let message = (
+        0i64..2500,
+        -7000i64..1500,
+        prop::option::weighted(0.95, -6400i64..6400),
+        0u8..4,
+        prop::option::weighted(0.7, 0u16..60),
+        any::<bool>(),
+    )
+        .prop_map(|(advance_ms, offset_ms, value, group, id, iso)| Step::Message {
+            advance_ms,
+            offset_ms,
+            value,
+            group,
+            id,
+            iso,
+        });
     let close = (0i64..4000).prop_map(|advance_ms| Step::Close { advance_ms });
     prop::collection::vec(prop_oneof![6 => message, 1 => close], 1..120)
 }
 
 fn def() -> impl Strategy<Value = Def> {
-    (prop_oneof![Just(1i64), Just(2), Just(5)], 1i64..5, prop::option::of(0i64..4), any::<bool>(), any::<bool>(), any::<bool>())
-        .prop_map(|(hop_s, hops, late_s, adjust, group_by, emit_empty)| Def { hop_s, hops, late_s, adjust, group_by, emit_empty: emit_empty && !group_by })
+    (
+        prop_oneof![Just(1i64), Just(2), Just(5)],
+        1i64..5,
+        prop::option::of(0i64..4),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(hop_s, hops, late_s, adjust, group_by, emit_empty)| Def {
+            hop_s,
+            hops,
+            late_s,
+            adjust,
+            group_by,
+            emit_empty: emit_empty && !group_by,
+        })
 }
 
 /// Runs the steps through both, comparing every close; `at` (step, action) is done to the
 /// aggregator only, between steps.
-fn run(def: &Def, start: i64, steps: &[Step], mut between: impl FnMut(usize, &mut Aggregator, i64)) -> Result<usize, TestCaseError> {
+fn run(
+    def: &Def,
+    start: i64,
+    steps: &[Step],
+    mut between: impl FnMut(usize, &mut Aggregator, i64),
+) -> Result<usize, TestCaseError> {
     let mut agg = Aggregator::new(set(&[("A", def)]), start);
     let mut reference = Reference::new(def.clone(), start);
     let mut now = start;
@@ -271,7 +305,14 @@ fn run(def: &Def, start: i64, steps: &[Step], mut between: impl FnMut(usize, &mu
         }
         let got = agg.close(now);
         let want = reference.close(now);
-        prop_assert_eq!(got.len(), want.len(), "at step {}, now {}: {:?}", i, now, got.iter().map(|e| &e.body).collect::<Vec<_>>());
+        prop_assert_eq!(
+            got.len(),
+            want.len(),
+            "at step {}, now {}: {:?}",
+            i,
+            now,
+            got.iter().map(|e| &e.body).collect::<Vec<_>>()
+        );
         for (g, w) in got.iter().zip(&want) {
             check(g, w)?;
         }

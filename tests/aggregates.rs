@@ -57,7 +57,11 @@ fn the_issues_example_parses_and_reads_back_from_its_report() {
     assert_eq!(a.time.as_ref().unwrap().late_ms, 5000);
     assert_eq!(a.body.as_deref(), Some(r#"{"command":"reset"}"#));
     let reported = s.reported();
-    assert_eq!(reported["MachineTemperature30s"]["functions"], json!("avg,min,max,count"), "a string: no arrays in twins");
+    assert_eq!(
+        reported["MachineTemperature30s"]["functions"],
+        json!("avg,min,max,count"),
+        "a string: no arrays in twins"
+    );
     assert_eq!(set(reported).unwrap().aggregates, s.aggregates);
 }
 
@@ -115,7 +119,8 @@ fn invalid_aggregates_are_refused_with_the_aggregate_and_field_named() {
 #[test]
 fn aggregates_are_a_setting_merged_refused_and_reported_like_rules() {
     let base = Settings::default();
-    let full = apply_desired(&base, &base, &obj(json!({"Aggregates": {"M": machine_temperature_30s()}})), Source::FullTwin);
+    let full =
+        apply_desired(&base, &base, &obj(json!({"Aggregates": {"M": machine_temperature_30s()}})), Source::FullTwin);
     assert!(full.rejected.is_empty());
     assert_eq!(full.changed, ["Aggregates"]);
     let s1 = full.settings;
@@ -132,10 +137,18 @@ fn aggregates_are_a_setting_merged_refused_and_reported_like_rules() {
     assert_eq!(names, ["M", "N"]);
     assert_eq!(s2.aggregates.as_ref().unwrap().aggregates[0].window_ms, 60_000);
     let r = reported(&s2, &s1, &[]);
-    assert_eq!(r["Aggregates"], json!({"M": {"window": {"seconds": 60}}, "N": s2.aggregates.as_ref().unwrap().reported()["N"]}));
+    assert_eq!(
+        r["Aggregates"],
+        json!({"M": {"window": {"seconds": 60}}, "N": s2.aggregates.as_ref().unwrap().reported()["N"]})
+    );
 
     // An invalid patch is refused whole: the set stays, and the reason is reported.
-    let bad = apply_desired(&s2, &base, &obj(json!({"Aggregates": {"N": {"functions": "mode"}, "O": {"path": "x"}}})), Source::Patch);
+    let bad = apply_desired(
+        &s2,
+        &base,
+        &obj(json!({"Aggregates": {"N": {"functions": "mode"}, "O": {"path": "x"}}})),
+        Source::Patch,
+    );
     assert_eq!(bad.settings.aggregates, s2.aggregates);
     assert_eq!(bad.rejected.len(), 1);
     assert_eq!(bad.rejected[0].name, "Aggregates");
@@ -190,7 +203,10 @@ fn a_redelivered_message_counts_once() {
         agg.fold(json!({ "v": v }).to_string().as_bytes(), id.map(str::as_bytes), start + 1000).unwrap();
     }
     let out = agg.close(start + 10_001);
-    assert_eq!(out[0].body, r#"{"aggregate":"A","windowStart":"2023-11-14T22:13:30Z","windowEnd":"2023-11-14T22:13:40Z","count":4,"sum":11.0}"#);
+    assert_eq!(
+        out[0].body,
+        r#"{"aggregate":"A","windowStart":"2023-11-14T22:13:30Z","windowEnd":"2023-11-14T22:13:40Z","count":4,"sum":11.0}"#
+    );
     let dup = agg.dropped().find(|(_, d, _)| d.name() == "duplicate").unwrap().2;
     assert_eq!(dup, 1, "without an id a redelivery cannot be told apart");
 }
@@ -203,16 +219,22 @@ fn late_readings_are_dropped_or_adjusted_into_the_oldest_open_window() {
             "time": {"path": "t", "lateSeconds": 2, "late": late}}});
         let mut agg = Aggregator::new(Arc::new(set(def).unwrap()), start);
         let at = |s: i64| (start + s * 1000) as f64 / 1000.0;
-        let fold = |agg: &mut Aggregator, v: f64, t: f64, now: i64| agg.fold(json!({"v": v, "t": t}).to_string().as_bytes(), None, start + now * 1000).unwrap();
+        let fold = |agg: &mut Aggregator, v: f64, t: f64, now: i64| {
+            agg.fold(json!({"v": v, "t": t}).to_string().as_bytes(), None, start + now * 1000).unwrap()
+        };
         fold(&mut agg, 1.0, at(5), 5);
         fold(&mut agg, 3.0, at(13), 13);
         let first = agg.close(start + 13_000);
         fold(&mut agg, 2.0, at(9), 14); // in the closed window, and behind the watermark (11)
         let second = agg.close(start + 30_000);
-        let got: Vec<(u64, f64)> = first.iter().chain(&second).map(|e| {
-            let b: Value = serde_json::from_str(&e.body).unwrap();
-            (b["count"].as_u64().unwrap(), b["sum"].as_f64().unwrap())
-        }).collect();
+        let got: Vec<(u64, f64)> = first
+            .iter()
+            .chain(&second)
+            .map(|e| {
+                let b: Value = serde_json::from_str(&e.body).unwrap();
+                (b["count"].as_u64().unwrap(), b["sum"].as_f64().unwrap())
+            })
+            .collect();
         assert_eq!(got, want.map(|(c, s)| (c as u64, s)), "{late}");
         assert_eq!(agg.dropped().find(|(_, d, _)| d.name() == "late").unwrap().2, u64::from(late == "drop"));
     }

@@ -38,7 +38,9 @@ pub enum RestoreError {
     Truncated,
     Checksum,
     /// Written this long ago (negative: in the future).
-    Stale { age_ms: i64 },
+    Stale {
+        age_ms: i64,
+    },
     Corrupt(&'static str),
 }
 
@@ -131,11 +133,16 @@ impl Aggregator {
         for _ in 0..r.count(super::definition::MAX_AGGREGATES)? {
             let name = r.string()?;
             let hash = r.u64()?;
-            let series = series(&mut r, agg.set.aggregates.iter().find(|a| a.name == name).is_some_and(|a| a.percentiles()))?;
+            let series =
+                series(&mut r, agg.set.aggregates.iter().find(|a| a.name == name).is_some_and(|a| a.percentiles()))?;
             match agg.set.aggregates.iter().position(|a| a.name == name) {
                 Some(i) if definition_hash(&agg.set.aggregates[i]) == hash => agg.series[i] = series,
-                Some(_) => log.push(format!("Aggregates: {name:?} changed since the checkpoint: its windows discarded")),
-                None => log.push(format!("Aggregates: {name:?} is no longer defined: its checkpointed windows discarded")),
+                Some(_) => {
+                    log.push(format!("Aggregates: {name:?} changed since the checkpoint: its windows discarded"))
+                }
+                None => {
+                    log.push(format!("Aggregates: {name:?} is no longer defined: its checkpointed windows discarded"))
+                }
             }
         }
         if !r.0.is_empty() {
@@ -202,7 +209,9 @@ fn summary(r: &mut Reader) -> Result<Summary, RestoreError> {
     for x in &mut f {
         *x = f64::from_bits(r.u64()?);
     }
-    let mut stamped = || -> Result<Stamped, RestoreError> { Ok(Stamped { time: r.i64()?, seq: r.u64()?, value: f64::from_bits(r.u64()?) }) };
+    let mut stamped = || -> Result<Stamped, RestoreError> {
+        Ok(Stamped { time: r.i64()?, seq: r.u64()?, value: f64::from_bits(r.u64()?) })
+    };
     let (first, last) = (stamped()?, stamped()?);
     let sketch = match r.u8()? {
         0 => None,

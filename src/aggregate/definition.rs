@@ -126,7 +126,8 @@ pub fn reported(a: &Aggregate) -> Value {
     o.insert("functions".into(), names.join(",").into());
     if let Some(t) = &a.time {
         let late = if t.late == Late::Drop { "drop" } else { "adjust" };
-        let time = [("path", format_path(&t.path).into()), ("lateSeconds", (t.late_ms / 1000).into()), ("late", late.into())];
+        let time =
+            [("path", format_path(&t.path).into()), ("lateSeconds", (t.late_ms / 1000).into()), ("late", late.into())];
         o.insert("time".into(), Value::Object(time.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
     }
     if let Some(g) = &a.group_by {
@@ -164,7 +165,9 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
     }
     let path_at = |field: &str, v: Option<&Value>| -> Result<Vec<String>, String> {
         match v {
-            Some(Value::String(s)) if s.len() > MAX_TEXT => Err(at(field, format!("at most {MAX_TEXT} bytes, got {}", s.len()))),
+            Some(Value::String(s)) if s.len() > MAX_TEXT => {
+                Err(at(field, format!("at most {MAX_TEXT} bytes, got {}", s.len())))
+            }
             Some(Value::String(s)) => parse_path(s).map_err(|e| at(field, e)),
             Some(other) => Err(at(field, format!("expected a path string, got {}", type_name(other)))),
             None => Err(at(field, "missing".into())),
@@ -213,7 +216,20 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
         return Err(at("emitEmpty", "not with groupBy: an empty window belongs to no group".into()));
     }
     let name = name.to_string();
-    Ok(Aggregate { name, path, window_ms, hop_ms, functions, time, group_by, having, output, properties, body, emit_empty })
+    Ok(Aggregate {
+        name,
+        path,
+        window_ms,
+        hop_ms,
+        functions,
+        time,
+        group_by,
+        having,
+        output,
+        properties,
+        body,
+        emit_empty,
+    })
 }
 
 fn whole_seconds(o: &Map<String, Value>, field: &str, max: u64) -> Result<i64, String> {
@@ -249,20 +265,27 @@ fn window(v: Option<&Value>) -> Result<(i64, i64), String> {
             }
             Ok((seconds, hop))
         }
-        _ => Err(format!("kind: \"tumbling\" or \"hopping\", got {}", o.get("kind").map_or("nothing".into(), |k| k.to_string()))),
+        _ => Err(format!(
+            "kind: \"tumbling\" or \"hopping\", got {}",
+            o.get("kind").map_or("nothing".into(), |k| k.to_string())
+        )),
     }
 }
 
 fn functions(v: Option<&Value>) -> Result<Vec<Function>, String> {
     let names: Vec<&str> = match v {
         Some(Value::String(s)) => s.split(',').map(str::trim).collect(),
-        Some(Value::Array(a)) => a.iter().map(|f| f.as_str().ok_or_else(|| format!("expected names, got {}", type_name(f)))).collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|f| f.as_str().ok_or_else(|| format!("expected names, got {}", type_name(f))))
+            .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("expected a list of names, got {}", type_name(other))),
         None => return Err("missing".into()),
     };
     let mut out = Vec::new();
     for n in names {
-        let f = Function::parse(n).ok_or_else(|| format!("{n:?} is not one of count sum avg min max stdev first last p50 p90 p95 p99"))?;
+        let f = Function::parse(n)
+            .ok_or_else(|| format!("{n:?} is not one of count sum avg min max stdev first last p50 p90 p95 p99"))?;
         if out.contains(&f) {
             return Err(format!("{n:?} twice"));
         }
@@ -279,7 +302,9 @@ fn event_time(t: &Map<String, Value>) -> Result<EventTime, String> {
         return Err(format!("unknown field {k:?} (path, lateSeconds, late)"));
     }
     let path = match t.get("path") {
-        Some(Value::String(s)) if s.len() > MAX_TEXT => return Err(format!("path: at most {MAX_TEXT} bytes, got {}", s.len())),
+        Some(Value::String(s)) if s.len() > MAX_TEXT => {
+            return Err(format!("path: at most {MAX_TEXT} bytes, got {}", s.len()))
+        }
         Some(Value::String(s)) => parse_path(s).map_err(|e| format!("path: {e}"))?,
         Some(other) => return Err(format!("path: expected a path string, got {}", type_name(other))),
         None => return Err("path: missing".into()),
@@ -309,7 +334,9 @@ fn having(v: &Value) -> Result<Having, String> {
         return Err(format!("unknown field {k:?} (function, op, value)"));
     }
     let function = match h.get("function") {
-        Some(Value::String(s)) => Function::parse(s).ok_or_else(|| format!("function: {s:?} is not an aggregate function"))?,
+        Some(Value::String(s)) => {
+            Function::parse(s).ok_or_else(|| format!("function: {s:?} is not an aggregate function"))?
+        }
         _ => return Err("function: expected a function name".into()),
     };
     let op = match h.get("op") {
@@ -317,7 +344,9 @@ fn having(v: &Value) -> Result<Having, String> {
         _ => return Err("op: expected one of > >= < <= == !=".into()),
     };
     let value = match h.get("value") {
-        Some(Value::Number(n)) => n.as_f64().filter(|v| v.is_finite()).ok_or_else(|| format!("value: {n} is not finite"))?,
+        Some(Value::Number(n)) => {
+            n.as_f64().filter(|v| v.is_finite()).ok_or_else(|| format!("value: {n} is not finite"))?
+        }
         Some(other) => return Err(format!("value: expected a number, got {}", type_name(other))),
         None => return Err("value: missing".into()),
     };
@@ -331,8 +360,12 @@ fn properties(v: Option<&Value>) -> Result<Vec<(String, String)>, String> {
             .iter()
             .map(|(k, v)| match v {
                 _ if k.len() > MAX_TEXT => Err(format!("a name of at most {MAX_TEXT} bytes, got {}", k.len())),
-                Value::String(s) if s.len() > MAX_TEXT => Err(format!("{k:?}: at most {MAX_TEXT} bytes, got {}", s.len())),
-                _ if k.is_empty() || k.starts_with('$') => Err(format!("{k:?}: an application property name, not empty or $-prefixed")),
+                Value::String(s) if s.len() > MAX_TEXT => {
+                    Err(format!("{k:?}: at most {MAX_TEXT} bytes, got {}", s.len()))
+                }
+                _ if k.is_empty() || k.starts_with('$') => {
+                    Err(format!("{k:?}: an application property name, not empty or $-prefixed"))
+                }
                 Value::String(s) => Ok((k.clone(), s.clone())),
                 other => Err(format!("{k:?}: expected a string, got {}", type_name(other))),
             })

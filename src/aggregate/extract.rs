@@ -33,15 +33,22 @@ pub struct Reading<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Extractor {
     pub matcher: Matcher,
-    /// Per aggregate: the slots of its value, time and group paths.
-    slots: Vec<(u8, Option<u8>, Option<u8>)>,
-    /// Per aggregate: its time and group paths, for the string walk.
-    paths: Vec<(Option<Vec<String>>, Option<Vec<String>>)>,
+    /// Per aggregate, in the set's order.
+    fields: Vec<Fields>,
+}
+
+/// Where one aggregate's fields are: the scanner slot of each path, and the time and group paths
+/// for the string walk.
+#[derive(Clone, Debug, PartialEq)]
+struct Fields {
+    value: u8,
+    time: Option<(u8, Vec<String>)>,
+    group: Option<(u8, Vec<String>)>,
 }
 
 impl Default for Extractor {
     fn default() -> Extractor {
-        Extractor { matcher: Matcher::new(std::iter::empty::<&[String]>()), slots: Vec::new(), paths: Vec::new() }
+        Extractor { matcher: Matcher::new(std::iter::empty::<&[String]>()), fields: Vec::new() }
     }
 }
 
@@ -62,13 +69,23 @@ impl Extractor {
             .map(|a| (index(&a.path), a.time.as_ref().map(|t| index(&t.path)), a.group_by.as_deref().map(&mut index)))
             .collect();
         if all.len() > MAX_PATHS {
-            return Err(format!("at most {MAX_PATHS} distinct paths (path, time.path, groupBy) in all, got {}", all.len()));
+            return Err(format!(
+                "at most {MAX_PATHS} distinct paths (path, time.path, groupBy) in all, got {}",
+                all.len()
+            ));
         }
         let matcher = Matcher::new(all.iter().map(Vec::as_slice));
         let slot = |i: u8| matcher.slot_of[usize::from(i)];
-        let slots = ids.iter().map(|&(v, t, g)| (slot(v), t.map(slot), g.map(slot))).collect();
-        let paths = set.aggregates.iter().map(|a| (a.time.as_ref().map(|t| t.path.clone()), a.group_by.clone())).collect();
-        Ok(Extractor { matcher, slots, paths })
+        let fields = ids
+            .iter()
+            .zip(&set.aggregates)
+            .map(|(&(v, t, g), a)| Fields {
+                value: slot(v),
+                time: t.map(slot).zip(a.time.as_ref().map(|t| t.path.clone())),
+                group: g.map(slot).zip(a.group_by.clone()),
+            })
+            .collect();
+        Ok(Extractor { matcher, fields })
     }
 
     /// Scans `doc` once: every slot's number, or the reason it is not valid JSON.
@@ -78,27 +95,32 @@ impl Extractor {
 
     /// Aggregate `i`'s fields, given the scan's `values`; `group` is a buffer for a key that needs
     /// one (a number, or an escaped string).
-    pub fn reading<'a>(&self, i: usize, doc: &'a [u8], values: &[f64; MAX_RULES], group: &'a mut String) -> Reading<'a> {
-        let (v, t, g) = self.slots[i];
-        let (time_path, group_path) = &self.paths[i];
-        let time = t.and_then(|t| {
-            let x = values[usize::from(t)];
+    pub fn reading<'a>(
+        &self,
+        i: usize,
+        doc: &'a [u8],
+        values: &[f64; MAX_RULES],
+        group: &'a mut String,
+    ) -> Reading<'a> {
+        let fields = &self.fields[i];
+        let time = fields.time.as_ref().and_then(|(t, path)| {
+            let x = values[usize::from(*t)];
             if !x.is_nan() {
                 return super::time::from_epoch_seconds(x);
             }
-            match find(doc, time_path.as_deref().unwrap_or(&[]))? {
+            match find(doc, path)? {
                 Found::String { raw, escaped: false } => super::time::parse_iso(raw),
                 Found::String { raw, escaped: true } => super::time::parse_iso(unescape(raw)?.as_bytes()),
                 Found::Other => None,
             }
         });
-        let key = g.and_then(|g| {
-            let x = values[usize::from(g)];
+        let key = fields.group.as_ref().and_then(|(g, path)| {
+            let x = values[usize::from(*g)];
             if !x.is_nan() {
                 *group = canonical_number(x);
                 return Some(group.as_str());
             }
-            match find(doc, group_path.as_deref().unwrap_or(&[]))? {
+            match find(doc, path)? {
                 // The raw text with its quotes: canonical when there are no escapes.
                 Found::String { raw, escaped: false } => {
                     let with_quotes = doc.get(offset(doc, raw) - 1..offset(doc, raw) + raw.len() + 1)?;
@@ -111,7 +133,7 @@ impl Extractor {
                 Found::Other => None,
             }
         });
-        Reading { value: values[usize::from(v)], time, group: key }
+        Reading { value: values[usize::from(fields.value)], time, group: key }
     }
 }
 
@@ -248,7 +270,9 @@ mod tests {
     fn at(doc: &str, path: &str) -> Option<String> {
         let path = crate::rules::parse_path(path).unwrap();
         match find(doc.as_bytes(), &path)? {
-            Found::String { raw, escaped } => Some(if escaped { unescape(raw).unwrap() } else { String::from_utf8(raw.to_vec()).unwrap() }),
+            Found::String { raw, escaped } => {
+                Some(if escaped { unescape(raw).unwrap() } else { String::from_utf8(raw.to_vec()).unwrap() })
+            }
             Found::Other => Some("<other>".into()),
         }
     }

@@ -106,7 +106,11 @@ impl Aggregator {
                 Some(i) if self.set.aggregates[i] == *a => series.push(self.series[i].clone()),
                 Some(i) => {
                     let open = self.series[i].open_windows(&self.set.aggregates[i]);
-                    log.push(format!("Aggregates: {:?} changed: {open} open windows discarded; new windows from {}", a.name, time::format_iso(now)));
+                    log.push(format!(
+                        "Aggregates: {:?} changed: {open} open windows discarded; new windows from {}",
+                        a.name,
+                        time::format_iso(now)
+                    ));
                     series.push(Series::new(a, now));
                 }
                 None => {
@@ -126,9 +130,11 @@ impl Aggregator {
 
     /// Readings not counted, per aggregate name and reason (for metrics and logs).
     pub fn dropped(&self) -> impl Iterator<Item = (&str, Dropped, u64)> {
-        self.set.aggregates.iter().zip(&self.series).flat_map(|(a, s)| {
-            Dropped::ALL.into_iter().map(move |d| (a.name.as_str(), d, s.dropped[d as usize]))
-        })
+        self.set
+            .aggregates
+            .iter()
+            .zip(&self.series)
+            .flat_map(|(a, s)| Dropped::ALL.into_iter().map(move |d| (a.name.as_str(), d, s.dropped[d as usize])))
     }
 }
 

@@ -54,8 +54,17 @@ impl Dropped {
     ];
 
     pub fn name(self) -> &'static str {
-        ["malformed", "no_value", "no_time", "no_group", "too_many_groups", "late", "before_start", "duplicate", "early"]
-            [self as usize]
+        [
+            "malformed",
+            "no_value",
+            "no_time",
+            "no_group",
+            "too_many_groups",
+            "late",
+            "before_start",
+            "duplicate",
+            "early",
+        ][self as usize]
     }
 }
 
@@ -94,7 +103,8 @@ pub const MAX_EMPTY_WINDOWS: i64 = 1440;
 impl Series {
     /// A series whose windows start at `since` or later.
     pub fn new(a: &Aggregate, since: i64) -> Series {
-        let first_start = since.div_euclid(a.hop_ms) * a.hop_ms + if since.rem_euclid(a.hop_ms) == 0 { 0 } else { a.hop_ms };
+        let first_start =
+            since.div_euclid(a.hop_ms) * a.hop_ms + if since.rem_euclid(a.hop_ms) == 0 { 0 } else { a.hop_ms };
         Series {
             first_start,
             watermark: i64::MIN,
