@@ -231,8 +231,12 @@ fn check(e: &Emitted, want: &(i64, i64, String, Vec<Kept>)) -> Result<(), TestCa
     }
     let mut sorted = xs.clone();
     sorted.sort_by(f64::total_cmp);
-    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
-        let x = sorted[(q * (n - 1) as f64).floor() as usize];
+    // ASA's PERCENTILE_DISC: the smallest reading whose cumulative share n_le / n is at least p.
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
+        let x = *sorted
+            .iter()
+            .find(|&&x| sorted.iter().filter(|&&y| y <= x).count() as f64 / n as f64 >= p - 1e-12)
+            .unwrap();
         close_enough(name, f(name), x, ALPHA * (1.0 + 1e-9))?;
     }
     Ok(())

@@ -74,7 +74,7 @@ pub struct Aggregate {
 impl Aggregate {
     /// Whether the state keeps a percentile sketch.
     pub fn percentiles(&self) -> bool {
-        self.functions.iter().chain(self.having.as_ref().map(|h| &h.function)).any(|f| f.quantile().is_some())
+        self.functions.iter().chain(self.having.as_ref().map(|h| &h.function)).any(|f| f.percent().is_some())
     }
 
     /// Panes (hops) per window.

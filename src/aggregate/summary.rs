@@ -132,8 +132,8 @@ impl Summary {
             Function::First => self.first.value,
             Function::Last => self.last.value,
             Function::P50 | Function::P90 | Function::P95 | Function::P99 => {
-                let q = f.quantile().unwrap_or(0.5);
-                self.sketch.as_ref()?.quantile(q, n)?.clamp(self.min, self.max)
+                let percent = f.percent().unwrap_or(50);
+                self.sketch.as_ref()?.quantile(percent, n)?.clamp(self.min, self.max)
             }
         })
     }
@@ -180,13 +180,13 @@ impl Function {
         Function::ALL.into_iter().find(|f| f.name() == s)
     }
 
-    /// The quantile a percentile function asks for.
-    pub fn quantile(self) -> Option<f64> {
+    /// The percentile a percentile function asks for.
+    pub fn percent(self) -> Option<u64> {
         match self {
-            Function::P50 => Some(0.50),
-            Function::P90 => Some(0.90),
-            Function::P95 => Some(0.95),
-            Function::P99 => Some(0.99),
+            Function::P50 => Some(50),
+            Function::P90 => Some(90),
+            Function::P95 => Some(95),
+            Function::P99 => Some(99),
             _ => None,
         }
     }
@@ -237,9 +237,11 @@ impl Sketch {
         }
     }
 
-    /// The estimate of the reading of rank ⌊q (n − 1)⌋ (0-based, ascending) among `n`.
-    pub fn quantile(&self, q: f64, n: u64) -> Option<f64> {
-        let rank = (q * (n.saturating_sub(1)) as f64).floor() as u64;
+    /// The estimate of the `percent`th percentile of `n` readings as ASA's `PERCENTILE_DISC` defines
+    /// it: the smallest reading whose cumulative share is at least `percent`/100, the one of rank
+    /// ⌈n·percent/100⌉ − 1 (0-based, ascending).
+    pub fn quantile(&self, percent: u64, n: u64) -> Option<f64> {
+        let rank = (n * percent).div_ceil(100).max(1) - 1;
         let g = gamma_ln().exp();
         let estimate = |key: i32| 2.0 * g.powi(key) / (g + 1.0);
         let mut seen = 0u64;
@@ -305,7 +307,8 @@ mod tests {
         assert_eq!((v(Function::First), v(Function::Last)), (4.0, 3.0), "by time: the last arrived is the earliest");
         assert!((v(Function::Stdev) - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
         assert!((v(Function::P50) - 2.0).abs() <= 0.02);
-        assert!((v(Function::P99) - 3.0).abs() <= 0.03, "rank floor(0.99 * 3) = 2");
+        assert!((v(Function::P99) - 4.0).abs() <= 0.04, "rank ceil(0.99 * 4) - 1 = 3");
+        assert!((v(Function::P90) - 4.0).abs() <= 0.04, "rank ceil(0.9 * 4) - 1 = 3");
         let empty = Summary::new(false);
         assert_eq!((empty.value(Function::Count), empty.value(Function::Avg)), (Some(0.0), None));
     }
@@ -334,6 +337,6 @@ mod tests {
         assert_eq!(s.positive.counts.len(), MAX_BINS);
         assert_eq!(s.positive.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), 100_000);
         let top = 1e-9 * 1.001f64.powi(99_999);
-        assert!((s.quantile(1.0, 100_000).unwrap() - top).abs() <= ALPHA * top);
+        assert!((s.quantile(100, 100_000).unwrap() - top).abs() <= ALPHA * top);
     }
 }
