@@ -133,10 +133,15 @@ impl Aggregator {
         for _ in 0..r.count(super::definition::MAX_AGGREGATES)? {
             let name = r.string()?;
             let hash = r.u64()?;
-            let series =
-                series(&mut r, agg.set.aggregates.iter().find(|a| a.name == name).is_some_and(|a| a.percentiles()))?;
+            let series = series(&mut r)?;
             match agg.set.aggregates.iter().position(|a| a.name == name) {
-                Some(i) if definition_hash(&agg.set.aggregates[i]) == hash => agg.series[i] = series,
+                Some(i) if definition_hash(&agg.set.aggregates[i]) == hash => {
+                    let percentiles = agg.set.aggregates[i].percentiles();
+                    if series.groups.values().flatten().any(|(_, s)| s.sketch.is_some() != percentiles) {
+                        return Err(RestoreError::Corrupt("a sketch where none belongs, or none where one does"));
+                    }
+                    agg.series[i] = series;
+                }
                 Some(_) => {
                     log.push(format!("Aggregates: {name:?} changed since the checkpoint: its windows discarded"))
                 }
@@ -152,7 +157,7 @@ impl Aggregator {
     }
 }
 
-fn series(r: &mut Reader, percentiles: bool) -> Result<Series, RestoreError> {
+fn series(r: &mut Reader) -> Result<Series, RestoreError> {
     let (first_start, watermark, closed) = (r.i64()?, r.i64()?, r.i64()?);
     let seq = r.u64()?;
     let mut dropped = [0; Dropped::ALL.len()];
@@ -163,16 +168,12 @@ fn series(r: &mut Reader, percentiles: bool) -> Result<Series, RestoreError> {
     for _ in 0..r.count(MAX_GROUPS)? {
         let key = r.string()?.into_boxed_str();
         let mut panes: Vec<(i64, Summary)> = Vec::new();
-        for _ in 0..r.count(super::definition::MAX_HOPS as usize * 4 + 1_000)? {
+        for _ in 0..r.count(super::definition::MAX_PANES)? {
             let j = r.i64()?;
             if panes.last().is_some_and(|(last, _)| *last >= j) {
                 return Err(RestoreError::Corrupt("panes out of order"));
             }
-            let s = summary(r)?;
-            if s.sketch.is_some() != percentiles {
-                return Err(RestoreError::Corrupt("a sketch where none belongs, or none where one does"));
-            }
-            panes.push((j, s));
+            panes.push((j, summary(r)?));
         }
         groups.insert(key, panes);
     }

@@ -21,8 +21,12 @@ pub const MAX_GROUPS: usize = 1000;
 pub const MAX_WINDOW_SECONDS: u64 = 7 * 86_400;
 /// The most windows a hopping window's reading falls in (seconds / hopSeconds).
 pub const MAX_HOPS: u64 = 60;
-/// The longest `lateSeconds`: a day.
+/// The longest `lateSeconds`: a day, and at most [`MAX_HOPS`] hops, so that a group keeps at
+/// most [`MAX_PANES`] panes.
 pub const MAX_LATE_SECONDS: u64 = 86_400;
+/// The most panes one group holds: a window's, those `lateSeconds` holds open, those of readings up
+/// to 5 minutes early (at a 1-second hop), and one on either side.
+pub const MAX_PANES: usize = 2 * MAX_HOPS as usize + (super::series::EARLY_MS / 1000) as usize + 2;
 /// The longest `body`, serialised.
 pub const MAX_BODY: usize = 4096;
 
@@ -178,7 +182,14 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
     let functions = functions(o.get("functions")).map_err(|e| at("functions", e))?;
     let time = match o.get("time") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(t)) => Some(event_time(t).map_err(|e| at("time", e))?),
+        Some(Value::Object(t)) => {
+            let time = event_time(t).map_err(|e| at("time", e))?;
+            if time.late_ms > MAX_HOPS as i64 * hop_ms {
+                let most = MAX_HOPS as i64 * hop_ms / 1000;
+                return Err(at("time", format!("lateSeconds: at most {MAX_HOPS} hops of the window ({most} s)")));
+            }
+            Some(time)
+        }
         Some(other) => return Err(at("time", format!("expected an object, got {}", type_name(other)))),
     };
     let group_by = match o.get("groupBy") {

@@ -182,6 +182,9 @@ impl Series {
     pub fn close(&mut self, a: &Aggregate, now: i64) -> Vec<Closed> {
         self.advance(a, now);
         let (hop, hops) = (a.hop_ms, a.hops());
+        if self.watermark <= self.closed + hop {
+            return Vec::new();
+        }
         // The newest window end the watermark has passed (W > end).
         let last = (self.watermark - 1).div_euclid(hop) * hop;
         if last <= self.closed {
