@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use super::definition::{reported, AggregateSet, MAX_GROUPS};
-use super::series::{Dropped, Series};
+use super::series::{Dropped, Hot, Panes, Series};
 use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS};
 use super::{fnv1a, Aggregator, Seen};
 
@@ -137,7 +137,7 @@ impl Aggregator {
             match agg.set.aggregates.iter().position(|a| a.name == name) {
                 Some(i) if definition_hash(&agg.set.aggregates[i]) == hash => {
                     let percentiles = agg.set.aggregates[i].percentiles();
-                    if series.groups.values().flatten().any(|(_, s)| s.sketch.is_some() != percentiles) {
+                    if series.groups.iter().flat_map(|(_, p)| p).any(|(_, s)| s.sketch.is_some() != percentiles) {
                         return Err(RestoreError::Corrupt("a sketch where none belongs, or none where one does"));
                     }
                     agg.series[i] = series;
@@ -164,7 +164,7 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
     for d in &mut dropped {
         *d = r.u64()?;
     }
-    let mut groups = std::collections::BTreeMap::new();
+    let mut groups: Vec<(Box<str>, Panes)> = Vec::new();
     for _ in 0..r.count(MAX_GROUPS)? {
         let key = r.string()?.into_boxed_str();
         let mut panes: Vec<(i64, Summary)> = Vec::new();
@@ -175,9 +175,12 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
             }
             panes.push((j, summary(r)?));
         }
-        groups.insert(key, panes);
+        if groups.last().is_some_and(|(last, _)| *last >= key) {
+            return Err(RestoreError::Corrupt("groups out of order"));
+        }
+        groups.push((key, panes));
     }
-    Ok(Series { first_start, watermark, closed, seq, groups, dropped })
+    Ok(Series { first_start, watermark, closed, seq, groups, dropped, hot: Hot::default() })
 }
 
 fn put_summary(p: &mut Vec<u8>, s: &Summary) {

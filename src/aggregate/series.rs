@@ -11,8 +11,6 @@
 //! is late: dropped, or with `"late": "adjust"` counted at W, in the oldest window still open. A
 //! window closes when W > end, so every reading it can hold has come.
 
-use std::collections::BTreeMap;
-
 use super::definition::{Aggregate, Late};
 use super::summary::Summary;
 
@@ -88,9 +86,31 @@ pub struct Series {
     pub closed: i64,
     /// Arrival order, for `first` and `last`.
     pub seq: u64,
-    /// Per group key, its panes by index (pane j covers (j·hop, (j+1)·hop]), in order.
-    pub groups: BTreeMap<Box<str>, Vec<(i64, Summary)>>,
+    /// Per group key (in key order), its panes by index (pane j covers (j·hop, (j+1)·hop]), in order.
+    pub groups: Vec<(Box<str>, Panes)>,
     pub dropped: [u64; Dropped::ALL.len()],
+    /// The group and pane the last reading went to.
+    pub hot: Hot,
+}
+
+/// One group's panes.
+pub type Panes = Vec<(i64, Summary)>;
+
+/// Where the last reading went: the next one, in order, usually goes there too, and then needs no
+/// division (a library call on armv7) and no search. Not state: equal whatever it holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hot {
+    group: usize,
+    /// The pane (j·hop, (j+1)·hop] as its bounds; empty when none.
+    lo: i64,
+    hi: i64,
+    pane: i64,
+}
+
+impl PartialEq for Hot {
+    fn eq(&self, _: &Hot) -> bool {
+        true
+    }
 }
 
 /// How far ahead of the module's clock an event time may be: ASA's fixed 5 minutes.
@@ -110,8 +130,9 @@ impl Series {
             watermark: i64::MIN,
             closed: first_start + a.window_ms - a.hop_ms,
             seq: 0,
-            groups: BTreeMap::new(),
+            groups: Vec::new(),
             dropped: [0; Dropped::ALL.len()],
+            hot: Hot::default(),
         }
     }
 
@@ -122,7 +143,7 @@ impl Series {
     /// The watermark at `now` (not yet raised by a reading).
     fn advance(&mut self, a: &Aggregate, now: i64) {
         let w = match &a.time {
-            Some(t) => now.saturating_sub(t.late_ms),
+            Some(t) => now - t.late_ms,
             None => now,
         };
         self.watermark = self.watermark.max(w);
@@ -138,7 +159,7 @@ impl Series {
         }
         let mut t = match (&a.time, time) {
             (None, _) => now,
-            (Some(_), Some(t)) if t > now.saturating_add(EARLY_MS) => return self.drop(Dropped::Early),
+            (Some(_), Some(t)) if t - now > EARLY_MS => return self.drop(Dropped::Early),
             (Some(_), Some(t)) => t,
             (Some(_), None) => return self.drop(Dropped::NoTime),
         };
@@ -148,21 +169,39 @@ impl Series {
                 _ => return self.drop(Dropped::Late),
             }
         }
-        let pane = (t - 1).div_euclid(a.hop_ms);
-        if pane * a.hop_ms < self.first_start {
-            return self.drop(Dropped::BeforeStart);
-        }
+        let hot = self.hot;
+        let hop = a.hop_ms;
+        let pane = if hot.lo < t && t <= hot.hi {
+            hot.pane
+        } else if hot.hi < t && t <= hot.hi + hop && hot.lo < hot.hi {
+            hot.pane + 1
+        } else {
+            let pane = (t - 1).div_euclid(a.hop_ms);
+            if pane * a.hop_ms < self.first_start {
+                return self.drop(Dropped::BeforeStart);
+            }
+            pane
+        };
         let key = match (&a.group_by, group) {
             (None, _) => "",
             (Some(_), Some(g)) => g,
             (Some(_), None) => return self.drop(Dropped::NoGroup),
         };
-        let groups = self.groups.len();
-        let panes = match self.groups.get_mut(key) {
-            Some(p) => p,
-            None if groups >= super::definition::MAX_GROUPS => return self.drop(Dropped::TooManyGroups),
-            None => self.groups.entry(key.into()).or_default(),
+        let g = match self.groups.get(hot.group) {
+            // Without groupBy the one group's key is empty: no comparison (a call to bcmp).
+            Some((k, _)) if k.len() == key.len() && (key.is_empty() || **k == *key) => hot.group,
+            _ => match self.groups.binary_search_by(|(k, _)| (**k).cmp(key)) {
+                Ok(g) => g,
+                Err(_) if self.groups.len() >= super::definition::MAX_GROUPS => {
+                    return self.drop(Dropped::TooManyGroups)
+                }
+                Err(g) => {
+                    self.groups.insert(g, (key.into(), Vec::new()));
+                    g
+                }
+            },
         };
+        let panes = &mut self.groups[g].1;
         let at = match panes.iter().rposition(|(j, _)| *j <= pane) {
             Some(i) if panes[i].0 == pane => i,
             found => {
@@ -171,10 +210,11 @@ impl Series {
                 i
             }
         };
+        self.hot = Hot { group: g, lo: pane * hop, hi: (pane + 1) * hop, pane };
         self.seq += 1;
         panes[at].1.fold(value, t, self.seq);
         if let Some(e) = &a.time {
-            self.watermark = self.watermark.max(t.saturating_sub(e.late_ms));
+            self.watermark = self.watermark.max(t - e.late_ms);
         }
     }
 
@@ -191,7 +231,7 @@ impl Series {
             return Vec::new();
         }
         let mut ends = std::collections::BTreeSet::new();
-        for panes in self.groups.values() {
+        for (_, panes) in &self.groups {
             for &(j, _) in panes {
                 let lo = ((j + 1) * hop).max(self.closed + hop);
                 let hi = ((j + hops) * hop).min(last);
@@ -222,17 +262,18 @@ impl Series {
             }
         }
         self.closed = last;
-        for panes in self.groups.values_mut() {
+        for (_, panes) in &mut self.groups {
             panes.retain(|(j, _)| (j + hops) * hop > last);
         }
-        self.groups.retain(|_, panes| !panes.is_empty());
+        self.groups.retain(|(_, panes)| !panes.is_empty());
+        self.hot = Hot::default();
         out
     }
 
     /// When the clock alone next closes a window (`close` then has something to do), if ever.
     pub fn next_deadline(&self, a: &Aggregate) -> Option<i64> {
         let hop = a.hop_ms;
-        let earliest = self.groups.values().filter_map(|p| p.first()).map(|&(j, _)| (j + 1) * hop).min();
+        let earliest = self.groups.iter().filter_map(|(_, p)| p.first()).map(|&(j, _)| (j + 1) * hop).min();
         let end = if a.emit_empty { Some(self.closed + hop) } else { earliest.map(|e| e.max(self.closed + hop)) }?;
         Some(end + a.time.as_ref().map_or(0, |t| t.late_ms) + 1)
     }
@@ -241,8 +282,8 @@ impl Series {
     pub fn open_windows(&self, a: &Aggregate) -> usize {
         let hop = a.hop_ms;
         self.groups
-            .values()
-            .map(|panes| {
+            .iter()
+            .map(|(_, panes)| {
                 let mut ends: Vec<i64> = panes
                     .iter()
                     .flat_map(|&(j, _)| (1..=a.hops()).map(move |k| (j + k) * hop))
