@@ -113,6 +113,18 @@ impl PartialEq for Hot {
     }
 }
 
+/// Byte order of two keys, as `str::cmp`, compared in line: group keys are short, and a call to
+/// memcmp per probe was most of a grouped fold's cost on armv7.
+#[inline]
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 /// How far ahead of the module's clock an event time may be: ASA's fixed 5 minutes.
 pub const EARLY_MS: i64 = 5 * 60 * 1000;
 
@@ -189,8 +201,8 @@ impl Series {
         };
         let g = match self.groups.get(hot.group) {
             // Without groupBy the one group's key is empty: no comparison (a call to bcmp).
-            Some((k, _)) if k.len() == key.len() && (key.is_empty() || **k == *key) => hot.group,
-            _ => match self.groups.binary_search_by(|(k, _)| (**k).cmp(key)) {
+            Some((k, _)) if k.len() == key.len() && key_order(k.as_bytes(), key.as_bytes()).is_eq() => hot.group,
+            _ => match self.groups.binary_search_by(|(k, _)| key_order(k.as_bytes(), key.as_bytes())) {
                 Ok(g) => g,
                 Err(_) if self.groups.len() >= super::definition::MAX_GROUPS => {
                     return self.drop(Dropped::TooManyGroups)
