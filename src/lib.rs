@@ -6,6 +6,7 @@
 //! shell ([`module`]) speaks edgeHub's MQTT dialect; [`hub`], [`sensor`] and [`local`] make the
 //! local mode that runs everything on one machine.
 
+pub mod aggregate;
 pub mod alloc;
 pub mod config;
 pub mod delivery;

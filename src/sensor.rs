@@ -7,6 +7,14 @@
 //! temperature is 21 ± 0.5 and humidity an integer from 24 to 26. Each message carries
 //! `sequenceNumber` (counting from "1") and `batchId` (one GUID per run), content type
 //! `application/json` and encoding `utf-8`, and goes to output `temperatureOutput`.
+//!
+//! Its input `control` takes `{"command": "reset"}`, or an array of such commands, and resets the
+//! machine temperature to its minimum, as the original's `ControlMessageHandle` does
+//! (Azure/iotedge `edge-modules/SimulatedTemperatureSensor/src/Program.cs` @09a6022: Json.NET reads
+//! the command as the enum `ControlCommandEnum { Reset = 0, NoOperation = 1 }`, by name or number;
+//! a reset sets a flag that the send loop turns into `currentTemp = MachineTempMin` before its
+//! next step; every control message is completed, even one it cannot read). This is the loop the
+//! ASA tutorial closes: its alert, routed to `control`, restarts the ramp.
 
 use std::time::SystemTime;
 
@@ -14,6 +22,8 @@ use crate::topic::Properties;
 
 /// The sensor's output name.
 pub const OUTPUT: &str = "temperatureOutput";
+/// The sensor's input for commands.
+pub const CONTROL_INPUT: &str = "control";
 const MACHINE_TEMP_MIN: f64 = 21.0;
 const MACHINE_TEMP_MAX: f64 = 100.0;
 const PRESSURE_MIN: f64 = 1.0;
@@ -55,6 +65,20 @@ impl Sensor {
     /// Restarts the ramp (the sensor's `reset` command).
     pub fn reset(&mut self) {
         self.temperature = MACHINE_TEMP_MIN;
+    }
+
+    /// Handles a message on the `control` input: resets when any command in it is `reset`.
+    pub fn control(&mut self, body: &[u8]) -> Control {
+        let control = Control::parse(body);
+        if control == Control::Reset {
+            self.reset();
+        }
+        control
+    }
+
+    /// The machine temperature the next reading starts from.
+    pub fn machine_temperature(&self) -> f64 {
+        self.temperature
     }
 
     /// The next message, stamped with `now`.
@@ -104,6 +128,40 @@ impl Sensor {
     }
 }
 
+/// What a `control` message asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    Reset,
+    NoOperation,
+    /// Not a command: logged, and (as the original does) still completed.
+    Unreadable(String),
+}
+
+impl Control {
+    /// A command object or an array of them; the command by name (any case, as Json.NET reads an
+    /// enum) or number.
+    pub fn parse(body: &[u8]) -> Control {
+        let command = |v: &serde_json::Value| match v.get("command") {
+            Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("reset") => Ok(Control::Reset),
+            Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("nooperation") => Ok(Control::NoOperation),
+            Some(n) if n.as_u64() == Some(0) => Ok(Control::Reset),
+            Some(n) if n.as_u64() == Some(1) => Ok(Control::NoOperation),
+            Some(other) => Err(format!("unknown command {other}")),
+            None => Err("no command".to_string()),
+        };
+        let commands = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(items)) => items.iter().map(command).collect::<Result<Vec<_>, _>>(),
+            Ok(v) => command(&v).map(|c| vec![c]),
+            Err(e) => Err(format!("not JSON: {e}")),
+        };
+        match commands {
+            Ok(c) if c.contains(&Control::Reset) => Control::Reset,
+            Ok(_) => Control::NoOperation,
+            Err(e) => Control::Unreadable(e),
+        }
+    }
+}
+
 /// A double as Json.NET writes it: shortest round-trip, always with a fractional part.
 fn dotnet_double(v: f64) -> String {
     let s = format!("{v}");
@@ -127,5 +185,38 @@ fn json_net_time(now: SystemTime) -> String {
         format!("{date}T{time}Z")
     } else {
         format!("{date}T{time}.{fraction}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_command_restarts_the_ramp() {
+        let mut s = Sensor::new(7);
+        for _ in 0..50 {
+            s.next_reading(SystemTime::UNIX_EPOCH);
+        }
+        assert!(s.machine_temperature() > 30.0);
+        assert_eq!(s.control(br#"{"command":"reset"}"#), Control::Reset);
+        assert_eq!(s.machine_temperature(), MACHINE_TEMP_MIN);
+        let next = s.next_reading(SystemTime::UNIX_EPOCH).machine_temperature;
+        assert!((MACHINE_TEMP_MIN - 0.25..MACHINE_TEMP_MIN + 1.25).contains(&next), "{next}");
+        for (body, want) in [
+            (&br#"[{"command":"NoOperation"},{"command":0}]"#[..], Control::Reset),
+            (br#"{"command":"Reset"}"#, Control::Reset),
+            (br#"{"command":1}"#, Control::NoOperation),
+        ] {
+            assert_eq!(Control::parse(body), want, "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b"reset"[..], br#"{"command":"explode"}"#, b"{}"] {
+            let before = {
+                s.next_reading(SystemTime::UNIX_EPOCH);
+                s.machine_temperature()
+            };
+            assert!(matches!(s.control(body), Control::Unreadable(_)));
+            assert_eq!(s.machine_temperature(), before, "an unreadable command changes nothing");
+        }
     }
 }

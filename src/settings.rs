@@ -13,6 +13,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::aggregate::AggregateSet;
 pub use crate::names::{merge_patch, type_name, OutputName};
 use crate::rules::{self, Rules};
 
@@ -32,6 +33,8 @@ pub struct Settings {
     pub dead_letter_output: OutputName,
     /// Alert rules from the twin (`Rules`); None: the tutorial's rule from `TemperatureThreshold`.
     pub rules: Option<std::sync::Arc<Rules>>,
+    /// Windowed aggregates from the twin (`Aggregates`); None: none.
+    pub aggregates: Option<std::sync::Arc<AggregateSet>>,
     /// When an input is acknowledged (`AckMode`).
     pub ack_mode: AckMode,
 }
@@ -78,6 +81,8 @@ const DEAD_LETTER_OUTPUT: &str = "DeadLetterOutput";
 const ACK_MODE: &str = "AckMode";
 /// The name of `Rules`, the one setting that is an object (twin only: see [`crate::rules`]).
 pub const RULES: &str = "Rules";
+/// The name of `Aggregates`, an object like `Rules` (twin only: see [`crate::aggregate`]).
+pub const AGGREGATES: &str = "Aggregates";
 
 /// One setting's name, range and how it lives in [`Settings`].
 struct Spec {
@@ -126,7 +131,7 @@ const SPECS: &[Spec] = &[
 
 /// The names of all settings, as they appear in the twin and the environment.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT, ACK_MODE, RULES])
+    SPECS.iter().map(|s| s.name).chain([DEAD_LETTER_OUTPUT, ACK_MODE, RULES, AGGREGATES])
 }
 
 impl Default for Settings {
@@ -138,6 +143,7 @@ impl Default for Settings {
             report_interval_secs: 60,
             dead_letter_output: OutputName::NONE,
             rules: None,
+            aggregates: None,
             ack_mode: AckMode::Confirmed,
         }
     }
@@ -234,10 +240,17 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
             rejected.push(Rejection { name: ACK_MODE, reason: format!("expected a string, got {}", type_name(other)) })
         }
     }
-    match apply_rules(current.rules.as_deref(), desired.get(RULES), source) {
+    let current_rules = current.rules.as_ref().map(|r| &r.desired);
+    match apply_object(current_rules, desired.get(RULES), source, "rules", Rules::parse) {
         Ok(Some(rules)) => next.rules = rules.map(std::sync::Arc::new),
         Ok(None) => {}
         Err(reason) => rejected.push(Rejection { name: RULES, reason }),
+    }
+    let current_aggregates = current.aggregates.as_ref().map(|a| &a.desired);
+    match apply_object(current_aggregates, desired.get(AGGREGATES), source, "aggregates", AggregateSet::parse) {
+        Ok(Some(set)) => next.aggregates = set.map(std::sync::Arc::new),
+        Ok(None) => {}
+        Err(reason) => rejected.push(Rejection { name: AGGREGATES, reason }),
     }
     let mut changed: Vec<&'static str> =
         SPECS.iter().filter(|s| (s.get)(current).to_bits() != (s.get)(&next).to_bits()).map(|s| s.name).collect();
@@ -250,32 +263,37 @@ pub fn apply_desired(current: &Settings, base: &Settings, desired: &Map<String, 
     if current.rules != next.rules {
         changed.push(RULES);
     }
+    if current.aggregates != next.aggregates {
+        changed.push(AGGREGATES);
+    }
     Applied { settings: next, changed, rejected }
 }
 
-/// The rule set after `desired` (`Rules` of a full twin, or of a patch merged into the current
-/// set): Ok(None) when unchanged, Ok(Some(None)) when there are no rules, Err when the result
-/// would be invalid (the current set stays).
-fn apply_rules(
-    current: Option<&Rules>,
+/// An object setting (`Rules`, `Aggregates`) after `desired` (of a full twin, or a patch merged
+/// into the `current` object): Ok(None) when unchanged, Ok(Some(None)) when it is empty, Err when
+/// the result would be invalid (the current value stays).
+fn apply_object<T>(
+    current: Option<&Map<String, Value>>,
     desired: Option<&Value>,
     source: Source,
-) -> Result<Option<Option<Rules>>, String> {
+    what: &str,
+    parse: fn(&Map<String, Value>) -> Result<T, String>,
+) -> Result<Option<Option<T>>, String> {
     let merged = match (desired, source) {
         (None, Source::Patch) => return Ok(None),
         (None | Some(Value::Null), _) => Map::new(),
         (Some(Value::Object(o)), Source::FullTwin) => o.clone(),
         (Some(Value::Object(patch)), Source::Patch) => {
-            let mut merged = current.map(|r| r.desired.clone()).unwrap_or_default();
+            let mut merged = current.cloned().unwrap_or_default();
             merge_patch(&mut merged, patch);
             merged
         }
-        (Some(other), _) => return Err(format!("expected an object of rules, got {}", type_name(other))),
+        (Some(other), _) => return Err(format!("expected an object of {what}, got {}", type_name(other))),
     };
     if merged.is_empty() {
         return Ok(Some(None));
     }
-    Rules::parse(&merged).map(|r| Some(Some(r)))
+    parse(&merged).map(|r| Some(Some(r)))
 }
 
 fn parse(spec: &Spec, v: &Value) -> Result<f64, String> {
@@ -303,9 +321,11 @@ fn check(spec: &Spec, n: f64) -> Result<f64, String> {
 /// for each setting whose last desired value was refused (`null`, which removes the entry, for
 /// the others).
 ///
-/// `Rules` is reported as the patch that turns the `previous` rule set's report into the current
-/// one (removed rules and fields as `null`): reported properties merge like desired ones.
-pub fn reported(settings: &Settings, previous: Option<&Rules>, rejected: &[Rejection]) -> Value {
+/// `Rules` and `Aggregates` are reported as the patch that turns the `previous` settings' report
+/// into the current one (removed entries and fields as `null`): reported properties merge like
+/// desired ones.
+pub fn reported<'a>(settings: &Settings, previous: impl Into<Previous<'a>>, rejected: &[Rejection]) -> Value {
+    let previous = previous.into();
     let mut out = Map::new();
     let mut rejections = Map::new();
     for spec in SPECS {
@@ -322,11 +342,37 @@ pub fn reported(settings: &Settings, previous: Option<&Rules>, rejected: &[Rejec
     let reason = rejected.iter().find(|r| r.name == ACK_MODE).map(|r| Value::from(r.reason.clone()));
     rejections.insert(ACK_MODE.to_string(), reason.unwrap_or(Value::Null));
     let now = settings.rules.as_ref().map_or(Value::Null, |r| r.reported());
-    out.insert(RULES.to_string(), rules::diff(&previous.map_or(Value::Null, Rules::reported), &now));
+    out.insert(RULES.to_string(), rules::diff(&previous.rules.map_or(Value::Null, Rules::reported), &now));
     let reason = rejected.iter().find(|r| r.name == RULES).map(|r| Value::from(r.reason.clone()));
     rejections.insert(RULES.to_string(), reason.unwrap_or(Value::Null));
+    let now = settings.aggregates.as_ref().map_or(Value::Null, |a| a.reported());
+    let was = previous.aggregates.map_or(Value::Null, AggregateSet::reported);
+    out.insert(AGGREGATES.to_string(), rules::diff(&was, &now));
+    let reason = rejected.iter().find(|r| r.name == AGGREGATES).map(|r| Value::from(r.reason.clone()));
+    rejections.insert(AGGREGATES.to_string(), reason.unwrap_or(Value::Null));
     out.insert("RejectedSettings".to_string(), Value::Object(rejections));
     Value::Object(out)
+}
+
+/// The object settings a reported patch is the difference from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Previous<'a> {
+    pub rules: Option<&'a Rules>,
+    pub aggregates: Option<&'a AggregateSet>,
+}
+
+impl<'a> From<&'a Settings> for Previous<'a> {
+    fn from(s: &'a Settings) -> Previous<'a> {
+        Previous { rules: s.rules.as_deref(), aggregates: s.aggregates.as_deref() }
+    }
+}
+
+/// The previous rule set alone: `Aggregates` is then reported whole, as a first report is (pass
+/// the previous [`Settings`] for a patch that also removes aggregates).
+impl<'a> From<Option<&'a Rules>> for Previous<'a> {
+    fn from(rules: Option<&'a Rules>) -> Previous<'a> {
+        Previous { rules, aggregates: None }
+    }
 }
 
 /// The rejections to report after `desired` was applied: what it refused, and what was refused

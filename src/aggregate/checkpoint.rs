@@ -1,0 +1,288 @@
+//! The open windows as bytes, and back: what the shell writes to the state directory on SIGTERM and
+//! every `CheckpointSeconds`, and reads at start.
+//!
+//! ```text
+//! "EFAGGR" version:u8 length:u32 payload checksum:u64      (little-endian; checksum: FNV-1a 64 of payload)
+//! payload = written_at:i64 ids:u32 id:u64* aggregates:u32 aggregate*
+//! aggregate = name:str definition:u64 first_start watermark closed:i64 seq:u64 dropped:u64*9
+//!             groups:u32 (key:str panes:u32 (index:i64 summary)*)*
+//! summary = count:u64 sum compensation mean m2 min max:f64 first last:(i64 u64 f64)
+//!           sketch:u8 [zeros:u64 (offset:i32 bins:u32 count:u32*)*2]
+//! str = length:u32 utf-8
+//! ```
+//!
+//! An aggregate is matched to the current set by name and by the hash of its canonical definition:
+//! one the set no longer holds, or holds changed, is left out with a log line, as a live change
+//! would. Anything wrong with the bytes is a [`RestoreError`], never a panic: the shell logs it
+//! and starts afresh.
+
+use std::sync::Arc;
+
+use super::definition::{reported, AggregateSet, MAX_GROUPS};
+use super::series::{Dropped, Hot, Panes, Series};
+use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS};
+use super::{fnv1a, Aggregator, Seen};
+
+const MAGIC: &[u8; 6] = b"EFAGGR";
+pub const VERSION: u8 = 1;
+/// A checkpoint older than this is stale: its windows are long gone (the longest window and
+/// lateness, and a day).
+pub const MAX_AGE_MS: i64 = (super::definition::MAX_WINDOW_SECONDS as i64 + 2 * 86_400) * 1000;
+
+/// Why a checkpoint was not restored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RestoreError {
+    Empty,
+    NotACheckpoint,
+    Version(u8),
+    Truncated,
+    Checksum,
+    /// Written this long ago (negative: in the future).
+    Stale {
+        age_ms: i64,
+    },
+    Corrupt(&'static str),
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Empty => write!(f, "the state file is empty"),
+            RestoreError::NotACheckpoint => write!(f, "the state file is not an aggregates checkpoint"),
+            RestoreError::Version(v) => write!(f, "checkpoint version {v}, this module reads {VERSION}"),
+            RestoreError::Truncated => write!(f, "the checkpoint is truncated"),
+            RestoreError::Checksum => write!(f, "the checkpoint's checksum does not match its content"),
+            RestoreError::Stale { age_ms } => write!(f, "the checkpoint was written {} s from now", -age_ms / 1000),
+            RestoreError::Corrupt(what) => write!(f, "the checkpoint is corrupt: {what}"),
+        }
+    }
+}
+
+/// The hash naming a definition.
+pub fn definition_hash(a: &super::Aggregate) -> u64 {
+    fnv1a(reported(a).to_string().as_bytes())
+}
+
+impl Aggregator {
+    /// Every open window, the watermarks and the latest message ids, as bytes (written at `now`).
+    pub fn checkpoint(&self, now: i64) -> Vec<u8> {
+        let mut p = Vec::with_capacity(256);
+        put_i64(&mut p, now);
+        let ids: Vec<u64> = self.seen.order.iter().rev().take(Seen::PERSISTED).rev().copied().collect();
+        put_u32(&mut p, ids.len());
+        ids.iter().for_each(|&id| put_u64(&mut p, id));
+        put_u32(&mut p, self.series.len());
+        for (a, s) in self.set.aggregates.iter().zip(&self.series) {
+            put_str(&mut p, &a.name);
+            put_u64(&mut p, definition_hash(a));
+            [s.first_start, s.watermark, s.closed].iter().for_each(|&x| put_i64(&mut p, x));
+            put_u64(&mut p, s.seq);
+            s.dropped.iter().for_each(|&d| put_u64(&mut p, d));
+            put_u32(&mut p, s.groups.len());
+            for (key, panes) in &s.groups {
+                put_str(&mut p, key);
+                put_u32(&mut p, panes.len());
+                for (j, summary) in panes {
+                    put_i64(&mut p, *j);
+                    put_summary(&mut p, summary);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(p.len() + 19);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        put_u32(&mut out, p.len());
+        out.extend_from_slice(&p);
+        put_u64(&mut out, fnv1a(&p));
+        out
+    }
+
+    /// The state a checkpoint holds, for the aggregates of `set` it names unchanged (the others
+    /// start afresh from `now`), and the log lines saying which were left out.
+    pub fn restore(set: Arc<AggregateSet>, bytes: &[u8], now: i64) -> Result<(Aggregator, Vec<String>), RestoreError> {
+        if bytes.is_empty() {
+            return Err(RestoreError::Empty);
+        }
+        let mut r = Reader(bytes);
+        if r.take(MAGIC.len()).map_err(|_| RestoreError::NotACheckpoint)? != MAGIC {
+            return Err(RestoreError::NotACheckpoint);
+        }
+        match r.u8()? {
+            VERSION => {}
+            v => return Err(RestoreError::Version(v)),
+        }
+        let len = r.u32()? as usize;
+        let payload = r.take(len)?;
+        if r.u64()? != fnv1a(payload) {
+            return Err(RestoreError::Checksum);
+        }
+        if !r.0.is_empty() {
+            return Err(RestoreError::Corrupt("bytes after the checksum"));
+        }
+        let mut r = Reader(payload);
+        let written = r.i64()?;
+        let age_ms = now.saturating_sub(written);
+        if !(0..=MAX_AGE_MS).contains(&age_ms) {
+            return Err(RestoreError::Stale { age_ms });
+        }
+        let mut agg = Aggregator::new(set, now);
+        for _ in 0..r.count(Seen::PERSISTED)? {
+            agg.seen.insert(r.u64()?);
+        }
+        let mut log = Vec::new();
+        for _ in 0..r.count(super::definition::MAX_AGGREGATES)? {
+            let name = r.string()?;
+            let hash = r.u64()?;
+            let series = series(&mut r)?;
+            match agg.set.aggregates.iter().position(|a| a.name == name) {
+                Some(i) if definition_hash(&agg.set.aggregates[i]) == hash => {
+                    let percentiles = agg.set.aggregates[i].percentiles();
+                    if series.groups.iter().flat_map(|(_, p)| p).any(|(_, s)| s.sketch.is_some() != percentiles) {
+                        return Err(RestoreError::Corrupt("a sketch where none belongs, or none where one does"));
+                    }
+                    agg.series[i] = series;
+                }
+                Some(_) => {
+                    log.push(format!("Aggregates: {name:?} changed since the checkpoint: its windows discarded"))
+                }
+                None => {
+                    log.push(format!("Aggregates: {name:?} is no longer defined: its checkpointed windows discarded"))
+                }
+            }
+        }
+        if !r.0.is_empty() {
+            return Err(RestoreError::Corrupt("bytes after the last aggregate"));
+        }
+        Ok((agg, log))
+    }
+}
+
+fn series(r: &mut Reader) -> Result<Series, RestoreError> {
+    let (first_start, watermark, closed) = (r.i64()?, r.i64()?, r.i64()?);
+    let seq = r.u64()?;
+    let mut dropped = [0; Dropped::ALL.len()];
+    for d in &mut dropped {
+        *d = r.u64()?;
+    }
+    let mut groups: Vec<(Box<str>, Panes)> = Vec::new();
+    for _ in 0..r.count(MAX_GROUPS)? {
+        let key = r.string()?.into_boxed_str();
+        let mut panes: Vec<(i64, Summary)> = Vec::new();
+        for _ in 0..r.count(super::definition::MAX_PANES)? {
+            let j = r.i64()?;
+            if panes.last().is_some_and(|(last, _)| *last >= j) {
+                return Err(RestoreError::Corrupt("panes out of order"));
+            }
+            panes.push((j, summary(r)?));
+        }
+        if groups.last().is_some_and(|(last, _)| *last >= key) {
+            return Err(RestoreError::Corrupt("groups out of order"));
+        }
+        groups.push((key, panes));
+    }
+    Ok(Series { first_start, watermark, closed, seq, groups, dropped, hot: Hot::default() })
+}
+
+fn put_summary(p: &mut Vec<u8>, s: &Summary) {
+    put_u64(p, s.count);
+    for x in [s.sum, s.compensation, s.mean, s.m2, s.min, s.max] {
+        put_u64(p, x.to_bits());
+    }
+    for st in [s.first, s.last] {
+        put_i64(p, st.time);
+        put_u64(p, st.seq);
+        put_u64(p, st.value.to_bits());
+    }
+    match &s.sketch {
+        None => p.push(0),
+        Some(k) => {
+            p.push(1);
+            put_u64(p, k.zeros);
+            for b in [&k.positive, &k.negative] {
+                put_i64(p, i64::from(b.offset));
+                put_u32(p, b.counts.len());
+                b.counts.iter().for_each(|&c| put_u32(p, c as usize));
+            }
+        }
+    }
+}
+
+fn summary(r: &mut Reader) -> Result<Summary, RestoreError> {
+    let count = r.u64()?;
+    let mut f = [0.0; 6];
+    for x in &mut f {
+        *x = f64::from_bits(r.u64()?);
+    }
+    let mut stamped = || -> Result<Stamped, RestoreError> {
+        Ok(Stamped { time: r.i64()?, seq: r.u64()?, value: f64::from_bits(r.u64()?) })
+    };
+    let (first, last) = (stamped()?, stamped()?);
+    let sketch = match r.u8()? {
+        0 => None,
+        1 => {
+            let zeros = r.u64()?;
+            let mut bins = || -> Result<Bins, RestoreError> {
+                let offset = i32::try_from(r.i64()?).map_err(|_| RestoreError::Corrupt("a bin offset"))?;
+                let counts = (0..r.count(MAX_BINS)?).map(|_| r.u32()).collect::<Result<_, _>>()?;
+                Ok(Bins { offset, counts })
+            };
+            let (positive, negative) = (bins()?, bins()?);
+            Some(Box::new(Sketch { positive, negative, zeros }))
+        }
+        _ => return Err(RestoreError::Corrupt("a sketch flag")),
+    };
+    let [sum, compensation, mean, m2, min, max] = f;
+    Ok(Summary { count, sum, compensation, mean, m2, min, max, first, last, sketch })
+}
+
+fn put_u32(p: &mut Vec<u8>, x: usize) {
+    p.extend_from_slice(&(x as u32).to_le_bytes());
+}
+fn put_u64(p: &mut Vec<u8>, x: u64) {
+    p.extend_from_slice(&x.to_le_bytes());
+}
+fn put_i64(p: &mut Vec<u8>, x: i64) {
+    p.extend_from_slice(&x.to_le_bytes());
+}
+fn put_str(p: &mut Vec<u8>, s: &str) {
+    put_u32(p, s.len());
+    p.extend_from_slice(s.as_bytes());
+}
+
+/// Bounds-checked reads from the front of a byte string.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RestoreError> {
+        if self.0.len() < n {
+            return Err(RestoreError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, RestoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, RestoreError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| RestoreError::Truncated)?))
+    }
+    fn u64(&mut self) -> Result<u64, RestoreError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| RestoreError::Truncated)?))
+    }
+    fn i64(&mut self) -> Result<i64, RestoreError> {
+        Ok(self.u64()? as i64)
+    }
+    /// A count of at most `max` items.
+    fn count(&mut self, max: usize) -> Result<usize, RestoreError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(RestoreError::Corrupt("a count beyond its limit"));
+        }
+        Ok(n)
+    }
+    fn string(&mut self) -> Result<String, RestoreError> {
+        let n = self.count(crate::rules::MAX_TEXT * 4)?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| RestoreError::Corrupt("a name that is not UTF-8"))
+    }
+}

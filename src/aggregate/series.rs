@@ -1,0 +1,310 @@
+//! One aggregate's open windows: folding a reading in, the watermark, and closing the windows it
+//! has passed.
+//!
+//! A window is (start, end], aligned to the Unix epoch. State is kept per pane: a hop of the
+//! window (the whole window when tumbling), so a reading is folded once, into one pane, however
+//! many hopping windows it falls in; a window that closes is the merge of its panes.
+//!
+//! The watermark W never moves back. With event time it is max(latest event time, now) − lateSeconds
+//! (ASA's late-arrival rule: an event more than lateSeconds behind the module's clock is late,
+//! and a quiet stream still closes its windows); with arrival time it is now. A reading at t < W
+//! is late: dropped, or with `"late": "adjust"` counted at W, in the oldest window still open. A
+//! window closes when W > end, so every reading it can hold has come.
+
+use super::definition::{Aggregate, Late};
+use super::summary::Summary;
+
+/// Why a reading did not count in an aggregate. One name per reason in logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// The body is not valid JSON.
+    Malformed,
+    /// No number at `path`.
+    NoValue,
+    /// No ISO-8601 UTC string or epoch seconds at `time.path`.
+    NoTime,
+    /// No string or number at `groupBy`.
+    NoGroup,
+    /// A new group beyond the 1,000 an aggregate keeps.
+    TooManyGroups,
+    /// Older than the watermark, with `"late": "drop"`.
+    Late,
+    /// In a window that started before the aggregate was defined (or last changed).
+    BeforeStart,
+    /// A message id seen recently: edgeHub's redelivery of a message already counted.
+    Duplicate,
+    /// An event time more than 5 minutes ahead of the module's clock (ASA's early-arrival rule):
+    /// one wrong clock must not push the watermark past every other reading.
+    Early,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 9] = [
+        Dropped::Malformed,
+        Dropped::NoValue,
+        Dropped::NoTime,
+        Dropped::NoGroup,
+        Dropped::TooManyGroups,
+        Dropped::Late,
+        Dropped::BeforeStart,
+        Dropped::Duplicate,
+        Dropped::Early,
+    ];
+
+    pub fn name(self) -> &'static str {
+        [
+            "malformed",
+            "no_value",
+            "no_time",
+            "no_group",
+            "too_many_groups",
+            "late",
+            "before_start",
+            "duplicate",
+            "early",
+        ][self as usize]
+    }
+}
+
+/// A window that closed, for one group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closed {
+    pub start: i64,
+    pub end: i64,
+    /// The group key as JSON text; empty without `groupBy`.
+    pub group: String,
+    pub summary: Summary,
+}
+
+/// The state of one aggregate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// The earliest window start: windows starting before the definition took effect never open.
+    pub first_start: i64,
+    pub watermark: i64,
+    /// Windows ending at or before this have closed.
+    pub closed: i64,
+    /// Arrival order, for `first` and `last`.
+    pub seq: u64,
+    /// Per group key (in key order), its panes by index (pane j covers (j·hop, (j+1)·hop]), in order.
+    pub groups: Vec<(Box<str>, Panes)>,
+    pub dropped: [u64; Dropped::ALL.len()],
+    /// The group and pane the last reading went to.
+    pub hot: Hot,
+}
+
+/// One group's panes.
+pub type Panes = Vec<(i64, Summary)>;
+
+/// Where the last reading went: the next one, in order, usually goes there too, and then needs no
+/// division (a library call on armv7) and no search. Not state: equal whatever it holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hot {
+    group: usize,
+    /// The pane (j·hop, (j+1)·hop] as its bounds; empty when none.
+    lo: i64,
+    hi: i64,
+    pane: i64,
+}
+
+impl PartialEq for Hot {
+    fn eq(&self, _: &Hot) -> bool {
+        true
+    }
+}
+
+/// Byte order of two keys, as `str::cmp`, compared in line: group keys are short, and a call to
+/// memcmp per probe was most of a grouped fold's cost on armv7.
+#[inline]
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// How far ahead of the module's clock an event time may be: ASA's fixed 5 minutes.
+pub const EARLY_MS: i64 = 5 * 60 * 1000;
+
+/// The windows at most one close emits empty (`emitEmpty`), newest kept: after a long stop, a
+/// day of minute windows.
+pub const MAX_EMPTY_WINDOWS: i64 = 1440;
+
+impl Series {
+    /// A series whose windows start at `since` or later.
+    pub fn new(a: &Aggregate, since: i64) -> Series {
+        let first_start =
+            since.div_euclid(a.hop_ms) * a.hop_ms + if since.rem_euclid(a.hop_ms) == 0 { 0 } else { a.hop_ms };
+        Series {
+            first_start,
+            watermark: i64::MIN,
+            closed: first_start + a.window_ms - a.hop_ms,
+            seq: 0,
+            groups: Vec::new(),
+            dropped: [0; Dropped::ALL.len()],
+            hot: Hot::default(),
+        }
+    }
+
+    pub fn drop(&mut self, why: Dropped) {
+        self.dropped[why as usize] += 1;
+    }
+
+    /// The watermark at `now` (not yet raised by a reading).
+    fn advance(&mut self, a: &Aggregate, now: i64) {
+        let w = match &a.time {
+            Some(t) => now - t.late_ms,
+            None => now,
+        };
+        self.watermark = self.watermark.max(w);
+    }
+
+    /// Folds one reading: `value` (NaN: none), its `time` (ignored with arrival time), its group
+    /// key (ignored without `groupBy`).
+    #[inline]
+    pub fn fold(&mut self, a: &Aggregate, value: f64, time: Option<i64>, group: Option<&str>, now: i64) {
+        self.advance(a, now);
+        if value.is_nan() {
+            return self.drop(Dropped::NoValue);
+        }
+        let mut t = match (&a.time, time) {
+            (None, _) => now,
+            (Some(_), Some(t)) if t - now > EARLY_MS => return self.drop(Dropped::Early),
+            (Some(_), Some(t)) => t,
+            (Some(_), None) => return self.drop(Dropped::NoTime),
+        };
+        if t < self.watermark {
+            match a.time.as_ref().map(|t| t.late) {
+                Some(Late::Adjust) => t = self.watermark,
+                _ => return self.drop(Dropped::Late),
+            }
+        }
+        let hot = self.hot;
+        let hop = a.hop_ms;
+        let pane = if hot.lo < t && t <= hot.hi {
+            hot.pane
+        } else if hot.hi < t && t <= hot.hi + hop && hot.lo < hot.hi {
+            hot.pane + 1
+        } else {
+            let pane = (t - 1).div_euclid(a.hop_ms);
+            if pane * a.hop_ms < self.first_start {
+                return self.drop(Dropped::BeforeStart);
+            }
+            pane
+        };
+        let key = match (&a.group_by, group) {
+            (None, _) => "",
+            (Some(_), Some(g)) => g,
+            (Some(_), None) => return self.drop(Dropped::NoGroup),
+        };
+        let g = match self.groups.get(hot.group) {
+            // Without groupBy the one group's key is empty: no comparison (a call to bcmp).
+            Some((k, _)) if k.len() == key.len() && key_order(k.as_bytes(), key.as_bytes()).is_eq() => hot.group,
+            _ => match self.groups.binary_search_by(|(k, _)| key_order(k.as_bytes(), key.as_bytes())) {
+                Ok(g) => g,
+                Err(_) if self.groups.len() >= super::definition::MAX_GROUPS => {
+                    return self.drop(Dropped::TooManyGroups)
+                }
+                Err(g) => {
+                    self.groups.insert(g, (key.into(), Vec::new()));
+                    g
+                }
+            },
+        };
+        let panes = &mut self.groups[g].1;
+        let at = match panes.iter().rposition(|(j, _)| *j <= pane) {
+            Some(i) if panes[i].0 == pane => i,
+            found => {
+                let i = found.map_or(0, |i| i + 1);
+                panes.insert(i, (pane, Summary::new(a.percentiles())));
+                i
+            }
+        };
+        self.hot = Hot { group: g, lo: pane * hop, hi: (pane + 1) * hop, pane };
+        self.seq += 1;
+        panes[at].1.fold(value, t, self.seq);
+        if let Some(e) = &a.time {
+            self.watermark = self.watermark.max(t - e.late_ms);
+        }
+    }
+
+    /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
+    pub fn close(&mut self, a: &Aggregate, now: i64) -> Vec<Closed> {
+        self.advance(a, now);
+        let (hop, hops) = (a.hop_ms, a.hops());
+        if self.watermark <= self.closed + hop {
+            return Vec::new();
+        }
+        // The newest window end the watermark has passed (W > end).
+        let last = (self.watermark - 1).div_euclid(hop) * hop;
+        if last <= self.closed {
+            return Vec::new();
+        }
+        let mut ends = std::collections::BTreeSet::new();
+        for (_, panes) in &self.groups {
+            for &(j, _) in panes {
+                let lo = ((j + 1) * hop).max(self.closed + hop);
+                let hi = ((j + hops) * hop).min(last);
+                ends.extend((lo..=hi).step_by(hop as usize));
+            }
+        }
+        if a.emit_empty {
+            let lo = (self.closed + hop).max(last - (MAX_EMPTY_WINDOWS - 1) * hop);
+            ends.extend((lo..=last).step_by(hop as usize));
+        }
+        let mut out = Vec::new();
+        for end in ends {
+            let start = end - a.window_ms;
+            let (lo, hi) = (start / hop, end / hop);
+            let mut any = false;
+            for (key, panes) in &self.groups {
+                let mut s = Summary::new(a.percentiles());
+                for (_, p) in panes.iter().filter(|(j, _)| (lo..hi).contains(j)) {
+                    s.merge(p);
+                }
+                if s.count > 0 {
+                    any = true;
+                    out.push(Closed { start, end, group: key.to_string(), summary: s });
+                }
+            }
+            if a.emit_empty && !any {
+                out.push(Closed { start, end, group: String::new(), summary: Summary::new(false) });
+            }
+        }
+        self.closed = last;
+        for (_, panes) in &mut self.groups {
+            panes.retain(|(j, _)| (j + hops) * hop > last);
+        }
+        self.groups.retain(|(_, panes)| !panes.is_empty());
+        self.hot = Hot::default();
+        out
+    }
+
+    /// When the clock alone next closes a window (`close` then has something to do), if ever.
+    pub fn next_deadline(&self, a: &Aggregate) -> Option<i64> {
+        let hop = a.hop_ms;
+        let earliest = self.groups.iter().filter_map(|(_, p)| p.first()).map(|&(j, _)| (j + 1) * hop).min();
+        let end = if a.emit_empty { Some(self.closed + hop) } else { earliest.map(|e| e.max(self.closed + hop)) }?;
+        Some(end + a.time.as_ref().map_or(0, |t| t.late_ms) + 1)
+    }
+
+    /// The windows holding readings.
+    pub fn open_windows(&self, a: &Aggregate) -> usize {
+        let hop = a.hop_ms;
+        self.groups
+            .iter()
+            .map(|(_, panes)| {
+                let mut ends: Vec<i64> = panes
+                    .iter()
+                    .flat_map(|&(j, _)| (1..=a.hops()).map(move |k| (j + k) * hop))
+                    .filter(|&e| e > self.closed && e - a.window_ms >= self.first_start)
+                    .collect();
+                ends.sort_unstable();
+                ends.dedup();
+                ends.len()
+            })
+            .sum()
+    }
+}
