@@ -167,7 +167,12 @@ fn tls(n: usize, mode: AckMode) -> usize {
     total
 }
 
-fn through(srv: &mut rustls::ServerConnection, c: &mut rustls::ClientConnection, plain: &mut BytesMut, sealed: &mut Vec<u8>) -> usize {
+fn through(
+    srv: &mut rustls::ServerConnection,
+    c: &mut rustls::ClientConnection,
+    plain: &mut BytesMut,
+    sealed: &mut Vec<u8>,
+) -> usize {
     srv.writer().write_all(plain).unwrap();
     sealed.clear();
     while srv.wants_write() {
@@ -176,7 +181,12 @@ fn through(srv: &mut rustls::ServerConnection, c: &mut rustls::ClientConnection,
     open_client(c, sealed)
 }
 
-fn through_client(c: &mut rustls::ClientConnection, srv: &mut rustls::ServerConnection, plain: &mut BytesMut, sealed: &mut Vec<u8>) -> usize {
+fn through_client(
+    c: &mut rustls::ClientConnection,
+    srv: &mut rustls::ServerConnection,
+    plain: &mut BytesMut,
+    sealed: &mut Vec<u8>,
+) -> usize {
     seal(c, plain, sealed).unwrap();
     let mut records = &sealed[..];
     let mut got = 0;

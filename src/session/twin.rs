@@ -97,7 +97,7 @@ impl Session {
         self.stats.twin_rejections.fetch_add(applied.rejected.len() as u64, Relaxed);
         self.desired_version = version.or(self.desired_version);
         self.rejected = settings::still_rejected(&self.rejected, &applied.rejected, &desired, source);
-        let reported = settings::reported(&applied.settings, current.rules.as_deref(), &self.rejected);
+        let reported = settings::reported(&applied.settings, &*current, &self.rejected);
         self.settings = Arc::new(applied.settings);
         self.report_properties(reported);
     }
