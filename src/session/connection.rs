@@ -159,11 +159,15 @@ impl Session {
         c.acks_held = 0;
         c.acks_since = None;
         self.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if c.acked.is_empty() && c.unflushed.is_empty() {
+            return;
+        }
+        // One lock for the whole write.
+        let mut l = self.stats.latency();
         for (received, alerted) in c.acked.drain(..) {
             let outcome = if alerted { Turnaround::Alert } else { Turnaround::Dropped };
-            self.stats.record_turnaround(outcome, now.saturating_duration_since(received));
+            record_us(&mut l.turnaround_us[outcome as usize], now.saturating_duration_since(received), 1);
         }
-        let mut l = self.stats.latency();
         if !c.unflushed.is_empty() {
             let _ = l.batch_alerts.record(c.unflushed.len() as u64);
             for pkid in c.unflushed.drain(..) {

@@ -224,13 +224,13 @@ impl Session {
                     return false; // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                let settings = self.settings.clone();
-                let decision = match (topic::input_is(input, filter::INPUT), &settings.rules) {
+                // The rules' Arc is cloned only under rules (sending borrows the session).
+                let decision = match (topic::input_is(input, filter::INPUT), self.settings.rules.clone()) {
                     (false, _) => Decision::Drop(Reason::UnknownInput),
-                    (true, None) => filter::decide(&publish.payload, settings.temperature_threshold),
-                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, rules) {
+                    (true, None) => filter::decide(&publish.payload, self.settings.temperature_threshold),
+                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
                         Matched::Rules(mask) => {
-                            let sent = self.send_copies(publish, bag, rules, mask, received);
+                            let sent = self.send_copies(publish, bag, &rules, mask, received);
                             self.decided(publish.pkid, sent, received);
                             return true;
                         }
@@ -240,10 +240,10 @@ impl Session {
                 // Malformed messages go to the dead-letter output when one is set; the rest of
                 // the drops are acknowledged and counted.
                 let dead_letter = match decision {
-                    Decision::Drop(Reason::Malformed(_)) => settings.dead_letter_output.get(),
-                    _ => None,
+                    Decision::Drop(Reason::Malformed(_)) => self.settings.dead_letter_output,
+                    _ => crate::names::OutputName::NONE,
                 };
-                let sent = match (decision, dead_letter) {
+                let sent = match (decision, dead_letter.get()) {
                     (Decision::Alert, _) => {
                         let sent = self.send(publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received);
                         self.stats.alerts.fetch_add(u64::from(sent), Relaxed);
