@@ -22,6 +22,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
+use crate::pkid::PacketIds;
+
 /// Packet ids are 16-bit counters: a multiplicative hash spreads them well enough, at a fraction
 /// of SipHash's cost on every alert and confirmation.
 #[derive(Default)]
@@ -66,7 +68,7 @@ pub struct Delivery<A> {
     order_of: PkidMap<u64>,
     /// Packet ids held by other requests (SUBSCRIBE) until their acknowledgement.
     others: PkidSet,
-    last_pkid: u16,
+    ids: PacketIds,
 }
 
 impl<A> Default for Delivery<A> {
@@ -83,18 +85,14 @@ impl<A> Delivery<A> {
             first_order: 0,
             order_of: PkidMap::default(),
             others: PkidSet::default(),
-            last_pkid: 0,
+            ids: PacketIds::default(),
         }
     }
 
     /// A free packet id (1..=65535, none in use).
     fn allocate(&mut self) -> u16 {
-        loop {
-            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
-            if !self.order_of.contains_key(&self.last_pkid) && !self.others.contains(&self.last_pkid) {
-                return self.last_pkid;
-            }
-        }
+        let (alerts, others) = (&self.order_of, &self.others);
+        self.ids.next(|id| alerts.contains_key(&id) || others.contains(&id))
     }
 
     /// A packet id for another request, held until [`Delivery::released`].

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod module;
 pub mod mqtt;
 pub mod names;
+pub mod pkid;
 pub mod retry;
 pub mod rules;
 pub mod sas;

@@ -20,6 +20,7 @@ use rumqttc::{Packet, Publish};
 use tokio::sync::Notify;
 
 use super::acks::AckDelay;
+use crate::pkid::PacketIds;
 
 /// Unacknowledged QoS 1 messages sent to a plain client (not a module identity) at most: a
 /// bounded window like a broker's. (edgeHub's `MaxPendingInboundAcknowledgements`, 16, bounds the
@@ -74,7 +75,7 @@ pub(super) struct Session {
     windowed: usize,
     /// Most messages in flight: set at each connection.
     pub window: usize,
-    last_pkid: u16,
+    ids: PacketIds,
     pub clean: bool,
     /// The live connection: its number and how to wake it.
     pub connection: Option<(u64, Arc<Notify>)>,
@@ -84,12 +85,8 @@ pub(super) struct Session {
 
 impl Session {
     fn next_pkid(&mut self) -> u16 {
-        loop {
-            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
-            if !self.inflight.contains_key(&self.last_pkid) {
-                return self.last_pkid;
-            }
-        }
+        let inflight = &self.inflight;
+        self.ids.next(|id| inflight.contains_key(&id))
     }
 
     pub fn granted(&self, topic: &str) -> Option<QoS> {
