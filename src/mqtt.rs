@@ -196,6 +196,9 @@ pub struct Link {
     max_packet: usize,
     /// The last read drained the socket: wait for the event loop before reading again.
     drained: bool,
+    /// Bytes were read since the last write: their TCP acknowledgement has not ridden out on
+    /// data yet (see [`Link::read_batch`]).
+    unanswered: bool,
     /// Runs right after each `recv`: lets a test put data on the wire at the worst moment.
     #[cfg(test)]
     after_read: Option<Box<dyn Fn() + Send + Sync>>,
@@ -284,6 +287,7 @@ impl Link {
             sealed: Vec::new(),
             max_packet,
             drained: false,
+            unanswered: false,
             #[cfg(test)]
             after_read: None,
         };
@@ -335,12 +339,14 @@ impl Link {
                 if !tx.is_empty() {
                     self.tcp.write_all(tx).await?;
                     tx.clear();
+                    self.unanswered = false;
                 }
             }
             Some(session) => {
                 seal(session, tx, &mut self.sealed)?;
                 if !self.sealed.is_empty() {
                     self.tcp.write_all(&self.sealed).await?;
+                    self.unanswered = false;
                 }
                 // A batch of megabytes (a backlog sent again) need not keep its buffer for life.
                 if self.sealed.capacity() > SEALED_KEPT {
@@ -353,6 +359,14 @@ impl Link {
 
     /// Waits for at least one packet, then decodes every complete packet read so far (at most
     /// `max`) into `out`. Cancel-safe: nothing read is lost if the future is dropped.
+    ///
+    /// Before it sleeps on a socket whose last bytes the module read but did not answer (a PUBACK
+    /// to an alert, with the input already acknowledged: `AckMode=pipelined`), it sends their TCP
+    /// acknowledgement at once (`TCP_QUICKACK`). Left to the kernel, that acknowledgement waits
+    /// for data to ride on, up to 40 ms (delayed ACK), and a hub with Nagle on (mosquitto's
+    /// default) holds its next PUBLISH until it comes: measured, 22 messages/s through a
+    /// one-in-flight mosquitto. One system call, only when the module goes to sleep with nothing
+    /// to write.
     pub async fn read_batch(&mut self, out: &mut Vec<Received>, max: usize) -> Result<(), LinkError> {
         loop {
             self.decode(out, max)?;
@@ -360,6 +374,11 @@ impl Link {
                 return Ok(());
             }
             if self.drained {
+                if self.unanswered {
+                    self.unanswered = false;
+                    // Best effort: a socket that refuses it only costs the delay.
+                    let _ = socket2::SockRef::from(&self.tcp).set_tcp_quickack(true);
+                }
                 self.tcp.readable().await?;
             }
             self.receive()?;
@@ -447,6 +466,7 @@ impl Link {
             Err(e) => return Err(e.into()),
         };
         self.drained = n < self.wire.len();
+        self.unanswered |= n > 0;
         let Some(session) = self.tls.as_deref_mut() else {
             self.rx.extend_from_slice(&self.wire[..n]);
             return Ok(());

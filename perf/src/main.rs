@@ -35,6 +35,35 @@ enum Command {
     /// Start the embedded hub and the module in this process, replay at full speed, then the same
     /// load through a pass-through (the hub's own ceiling)
     Bench(BenchArgs),
+    /// Run the embedded hub alone (plain MQTT on 127.0.0.1), delivering to module identities as
+    /// edgeHub does: one message in flight, the module's publishes confirmed late if asked
+    Hub(StandInHubArgs),
+}
+
+#[derive(Args)]
+struct StandInHubArgs {
+    /// The port to listen on
+    #[arg(long)]
+    port: u16,
+    /// The hub's host name (the SAS tokens' audience)
+    #[arg(long, default_value = "h")]
+    hostname: String,
+    /// The device id of the module identities
+    #[arg(long, default_value = "local-device")]
+    device: String,
+    /// A module identity (repeatable), each with the key of --key
+    #[arg(long = "module", required = true)]
+    modules: Vec<String>,
+    /// The modules' shared access key (base64)
+    #[arg(long)]
+    key: String,
+    /// Messages in flight to a module (edgeHub: 1)
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Confirm a module's publishes this many ms late, or MIN-MAX (e.g. 0.5-2), as edgeHub does
+    /// while it persists them
+    #[arg(long, default_value = "0")]
+    ack_delay_ms: String,
 }
 
 /// A `Rules` object from a file, validated as the module validates it.
@@ -185,6 +214,13 @@ struct PassthroughArgs {
     hub: HubArgs,
     #[command(flatten)]
     target: TargetArgs,
+    /// Log in as the module identity with this shared access key (base64), so that a hub that
+    /// delivers to modules one at a time (the embedded hub) treats it as the module
+    #[arg(long)]
+    key: Option<String>,
+    /// The hub's host name, for --key
+    #[arg(long, default_value = "h")]
+    hostname: String,
 }
 
 #[derive(Args)]
@@ -273,15 +309,47 @@ async fn run(command: Command) -> Result<i32, String> {
         }
         Command::Passthrough(a) => {
             let hub = a.hub.hub()?;
+            let login = match &a.key {
+                Some(key) => {
+                    let key = edgefilter::sas::decode_key(key).map_err(|e| format!("--key: {e}"))?;
+                    let expiry = edgefilter::module::now_secs() + 24 * 3600;
+                    let token = edgefilter::sas::token_from_key(&key, &a.hostname, &a.target.id(), expiry);
+                    Some((edgefilter::module::username(&a.hostname, &a.target.id()), token))
+                }
+                None => None,
+            };
             tokio::select! {
-                r = pass_through(hub, a.target.id(), None) => r.map(|()| 0),
+                r = pass_through(hub, a.target.id(), login) => r.map(|()| 0),
                 _ = tokio::signal::ctrl_c() => Ok(0),
                 _ = terminated() => Ok(0),
             }
         }
         Command::Compare(a) => compare(&a),
         Command::Bench(a) => bench(a.count, a.warmup).await,
+        Command::Hub(a) => stand_in_hub(&a).await,
     }
+}
+
+/// The embedded hub alone, until SIGTERM or Ctrl-C.
+async fn stand_in_hub(a: &StandInHubArgs) -> Result<i32, String> {
+    let key = edgefilter::sas::decode_key(&a.key).map_err(|e| format!("--key: {e}"))?;
+    let ack_delay = edgefilter::hub::AckDelay::parse(&a.ack_delay_ms).map_err(|e| format!("--ack-delay-ms: {e}"))?;
+    let config = edgefilter::hub::HubConfig {
+        hub_hostname: a.hostname.clone(),
+        device_id: a.device.clone(),
+        keys: a.modules.iter().map(|m| (m.clone(), key.clone())).collect(),
+        routes: Vec::new(),
+        desired: HashMap::new(),
+        delivery: edgefilter::hub::Delivery { inflight: a.inflight, ack_delay },
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port)).await.map_err(|e| e.to_string())?;
+    let hub = edgefilter::hub::Hub::new(config, None);
+    tokio::select! {
+        () = hub.serve(listener) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated() => {}
+    }
+    Ok(0)
 }
 
 /// Resolves on SIGTERM.
