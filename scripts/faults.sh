@@ -26,15 +26,17 @@ faults=(${FAULTS:-broker cut kill hubkill})
 cargo build -q --release -p edgefilter --bin edgefilter
 cargo build -q --release -p edgefilter-perf
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -n "${KEEP:-}" ] && echo "kept: $work" >&2 || rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null; [ -n "${KEEP:-}" ] && echo "kept: $work" >&2 || rm -rf "$work"' EXIT
 target/release/edgefilter-perf generate --count $((seconds * rate)) --rate "$rate" --alert-ratio 1 -o "$work/trace.jsonl"
 
-start_broker() { "$MOSQUITTO" -c "$work/m.conf" >> "$work/broker.log" 2>&1 & echo $! > "$work/broker.pid"; }
+# Started in a subshell (not a job of this shell, so their SIGKILLs are not reported as job
+# deaths); the trap stops them by their pid files.
+start_broker() { ( "$MOSQUITTO" -c "$work/m.conf" >> "$work/broker.log" 2>&1 & echo $! > "$work/broker.pid" ); }
 start_module() {
-  EdgeHubConnectionString="$DEV_CONNECTION_STRING" AckMode="$mode" \
-  EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$cable_port" EDGEFILTER_METRICS_ADDR=off EDGEFILTER_TOKEN_TTL_SECS=10 \
-    target/release/edgefilter >> "$work/module.log" 2>&1 &
-  echo $! > "$work/module.pid"
+  ( EdgeHubConnectionString="$DEV_CONNECTION_STRING" AckMode="$mode" \
+    EDGEFILTER_MQTT_URL="mqtt://127.0.0.1:$cable_port" EDGEFILTER_METRICS_ADDR=off EDGEFILTER_TOKEN_TTL_SECS=10 \
+      target/release/edgefilter >> "$work/module.log" 2>&1 &
+    echo $! > "$work/module.pid" )
 }
 # stop_broker SIGNAL: stops the broker and waits until it is gone (its port free again).
 stop_broker() {
