@@ -5,7 +5,8 @@
 # window (100) as a second row. The sensor's messages come from edgefilter-perf replay in a closed
 # loop (at most CLOSED outstanding, so the broker always has the next one queued), 66% of them
 # alerts, over TLS (certificates made here) and over plain TCP; mosquitto never drops what it
-# queues (`max_queued_messages 0`). The module runs under qemu with tools/arm-insn-count; each
+# queues (`max_queued_messages 0`) and sends each packet at once (`set_tcp_nodelay true`, as
+# edgeHub's sockets do). The module runs under qemu with tools/arm-insn-count; each
 # figure is a run of N messages less a run with none (the idle cost over a few seconds is a few
 # thousand instructions, far below one message's).
 #   scripts/arm-streaming-insns.sh [N]           (default 4000 messages)
@@ -13,12 +14,14 @@
 #   RATE=2000 scripts/arm-streaming-insns.sh     an open loop at RATE msg/s instead of the closed loop
 #   EDGEFILTER_ARM_BINARY=...                    the binary (default dist/armv7/edgefilter, built if missing)
 #   TLS13_CIPHERS=TLS_AES_128_GCM_SHA256 ...     what mosquitto allows (its ciphers_tls1.3), to measure one suite
+#   ACK_MODE=pipelined scripts/arm-streaming-insns.sh   the module's AckMode (default confirmed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 n=${1:-4000}
 windows=(${INFLIGHTS:-1 100})
 closed=${CLOSED:-1000}
+ack_mode=${ACK_MODE:-confirmed}
 if [ -n "${RATE:-}" ]; then pace=(--rate "$RATE"); load="$RATE msg/s"; else pace=(--closed "$closed"); load="closed loop ($closed outstanding)"; fi
 count=$PWD/tools/arm-insn-count/count
 bin=${EDGEFILTER_ARM_BINARY:-dist/armv7/edgefilter}
@@ -38,7 +41,7 @@ broker() {
   [ -n "$broker_pid" ] && { kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; }
   tls_port=$(free_port)
   tcp_port=$(free_port)
-  write_mosquitto_conf "$work/m.conf" "$tls_port" "max_inflight_messages $1" \
+  write_mosquitto_conf "$work/m.conf" "$tls_port" "max_inflight_messages $1" "set_tcp_nodelay true" \
     "cafile $work/ca.pem" "certfile $work/server.pem" "keyfile $work/server.key" "${suites[@]}" \
     "listener $tcp_port 127.0.0.1"
   "$MOSQUITTO" -c "$work/m.conf" > "$work/mosquitto.log" 2>&1 &
@@ -52,7 +55,7 @@ run() {
   local url=$1 m=$2 ca=()
   [ "${url#mqtts}" != "$url" ] && ca=(--ca "$work/ca.pem")
   EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_MQTT_URL="$url" \
-  EdgeModuleCACertificateFile="$work/ca.pem" EDGEFILTER_METRICS_ADDR=off RuntimeLogLevel=info \
+  EdgeModuleCACertificateFile="$work/ca.pem" EDGEFILTER_METRICS_ADDR=off AckMode="$ack_mode" RuntimeLogLevel=info \
     "$count" --atomic "$bin" > "$work/out" 2>&1 &
   local pid=$!
   sleep 3
@@ -78,4 +81,4 @@ for window in "${windows[@]}"; do
     printf '%-6s %6s %12s %12s %10s %8s  %s\n' "$transport" "$window" "$zero" "$full" "$(( (full - zero) / n ))" "$rate" "$(cat "$work/suite")"
   done
 done
-echo "binary: $bin ($(stat -c %s "$bin") bytes); $n messages, $load, 66% of them alerts; window: mosquitto max_inflight_messages, max_queued_messages 0"
+echo "binary: $bin ($(stat -c %s "$bin") bytes); $n messages, $load, 66% of them alerts; AckMode $ack_mode; window: mosquitto max_inflight_messages, max_queued_messages 0, set_tcp_nodelay true"

@@ -3,7 +3,9 @@
 # module's PUBACK (docs/protocol.md, "Delivery to a module"), which mosquitto reproduces with
 # `max_inflight_messages 1`; then the wide window (100) as a second row. MQTT over TLS
 # (certificates made here); mosquitto never drops what it queues (`max_queued_messages 0`: its
-# default 1000 silently drops for a slow consumer). Load from a separate process
+# default 1000 silently drops for a slow consumer) and sends each packet at once
+# (`set_tcp_nodelay true`, as edgeHub's sockets do; its default Nagle holds a PUBLISH behind an
+# unacknowledged PUBACK, docs/protocol.md). Load from a separate process
 # (edgefilter-perf replay) in a closed loop, every message an alert: at most CLOSED messages
 # outstanding, so the broker always has the next one queued and the module sets the pace. For
 # each window: a fresh release module, then a fresh pass-through (edgefilter-perf passthrough: a
@@ -17,6 +19,7 @@
 #   scripts/streaming.sh                        windows 1 then 100, 3 s warm-up, 10 s measured
 #   INFLIGHTS="1" SECONDS_PER_RUN=5 scripts/streaming.sh
 #   TRANSPORT=tcp scripts/streaming.sh          plain MQTT instead of TLS
+#   ACK_MODE=pipelined scripts/streaming.sh     the module's AckMode (default confirmed)
 #   RATES="200 2000 10000" scripts/streaming.sh also open-loop rows at those rates (latency from
 #                                               the scheduled send, half of the messages alerts)
 set -euo pipefail
@@ -28,6 +31,7 @@ secs=${SECONDS_PER_RUN:-10}
 warmup=${WARMUP_SECONDS:-3}
 closed=${CLOSED:-1000}
 transport=${TRANSPORT:-tls}
+ack_mode=${ACK_MODE:-confirmed}
 cargo build -q --release -p edgefilter --bin edgefilter
 cargo build -q --release -p edgefilter-perf
 bin=${EDGEFILTER_BINARY:-$PWD/target/release/edgefilter}
@@ -45,12 +49,12 @@ broker() {
   local port
   port=$(free_port)
   if [ "$transport" = tls ]; then
-    write_mosquitto_conf "$work/m.conf" "$port" "max_inflight_messages $1" \
+    write_mosquitto_conf "$work/m.conf" "$port" "max_inflight_messages $1" "set_tcp_nodelay true" \
       "cafile $work/ca.pem" "certfile $work/server.pem" "keyfile $work/server.key"
     url="mqtts://localhost:$port"
     tls=(--ca "$work/ca.pem")
   else
-    write_mosquitto_conf "$work/m.conf" "$port" "max_inflight_messages $1"
+    write_mosquitto_conf "$work/m.conf" "$port" "max_inflight_messages $1" "set_tcp_nodelay true"
     url="mqtt://127.0.0.1:$port"
     tls=()
   fi
@@ -59,7 +63,7 @@ broker() {
   sleep 0.5
   module_env=(EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_MQTT_URL="$url"
     EdgeModuleCACertificateFile="$work/ca.pem" EDGEFILTER_METRICS_ADDR="127.0.0.1:$metrics_port"
-    RuntimeLogLevel=warning)
+    AckMode="$ack_mode" RuntimeLogLevel=warning)
 }
 
 # start SUBJECT: starts the module or the pass-through; prints its pid.
@@ -179,6 +183,6 @@ for window in "${windows[@]}"; do
   done
   backlog "$window"
 done
-echo "transport $transport; mosquitto max_inflight_messages WINDOW, max_queued_messages 0 (unlimited);" \
+echo "transport $transport; AckMode $ack_mode; mosquitto max_inflight_messages WINDOW, max_queued_messages 0 (unlimited), set_tcp_nodelay true;" \
   "closed loop: at most $closed outstanding, every message an alert, $warmup s warm-up then about $secs s measured;" \
   "CPU from perf stat's task-clock (user/system split by /proc/PID/stat's ticks), system calls and context switches from perf stat -p, over the measured replay"
