@@ -104,12 +104,19 @@ for line in open(perf):
 cpu = counts["task-clock"] * 1000 / n  # µs per message (task-clock is in ms)
 du, ds = int(u1) - int(u0), int(s1) - int(s0)
 usr = cpu * du / (du + ds) if du + ds else float("nan")
-# edgefilter_turnaround_seconds_KIND{...quantile="Q"...} V, with or without other labels.
+# edgefilter_turnaround_seconds_KIND{...quantile="Q"...} V (and _KIND_count), or the same with
+# the kind as a label (edgefilter_turnaround_seconds{outcome="KIND",...}), with any other labels.
 turn = {}
 for line in open(metrics):
-    m = re.match(r'edgefilter_turnaround_seconds_(\w+)\{[^}]*quantile="([0-9.]+)"[^}]*\}\s+(\S+)', line)
-    if m:
-        turn[f"{m[1]} p{round(float(m[2]) * 100, 1):g}"] = float(m[3]) * 1e6
+    m = re.match(r'edgefilter_turnaround_seconds(?:_(alert|dropped))?(_count)?(?:\{([^}]*)\})?\s+(\S+)', line)
+    if not m:
+        continue
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', m[3] or ""))
+    kind = m[1] or labels.get("outcome") or labels.get("kind")
+    if kind and m[2]:
+        turn[f"{kind} count"] = float(m[4])
+    elif kind and "quantile" in labels:
+        turn[f"{kind} p{round(float(labels['quantile']) * 100, 1):g}"] = float(m[4]) * 1e6
 print(json.dumps({"subject": subject, "ratio": float(ratio), "msgs": n, "rate": r["achievedRate"], "usr": usr,
                   "sys": cpu - usr, "syscalls": counts["raw_syscalls:sys_enter"] / n,
                   "ctxsw": counts["context-switches"] / n, "turnaround_us": turn}))
@@ -136,7 +143,7 @@ for r in rows:
     t = r["turnaround_us"]
     def pair(kind):
         a, z = t.get(f"{kind} p50"), t.get(f"{kind} p99")
-        return f"{a:.0f} / {z:.0f}" if a is not None and z is not None else "-"
+        return f"{a:.0f} / {z:.0f}" if a is not None and z is not None and t.get(f"{kind} count") else "-"
     cpu, bcpu = r["usr"] + r["sys"], b["usr"] + b["sys"]
     print(f"{r['ratio']:>6.2f} {r['subject']:<11} {r['msgs']:>6} {r['rate']:>7.0f} {r['usr']:>7.2f} {r['sys']:>7.2f} "
           f"{r['syscalls']:>8.2f} {r['ctxsw']:>6.2f} {pair('dropped'):>16} {pair('alert'):>17}   "
