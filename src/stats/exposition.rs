@@ -80,12 +80,13 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
     s
 }
 
-/// A latency series: its family, its own label, and the factor from its unit to the base unit.
+/// A latency series: its family, its own label, and its unit in the base unit's (a division by
+/// a power of ten writes `0.008127`, where a multiplication by its inverse may not).
 pub struct Summary {
     pub name: &'static str,
     pub help: &'static str,
     pub label: Option<(&'static str, &'static str)>,
-    pub scale: f64,
+    pub per_base_unit: f64,
 }
 
 /// The series of [`super::Latency::recorders`], in that order.
@@ -96,18 +97,18 @@ pub const SUMMARIES: [Summary; 6] = {
             name: "alert_to_socket_seconds",
             help: "From receiving a message to writing its alert.",
             label: None,
-            scale: 1e-6,
+            per_base_unit: 1e6,
         },
         Summary {
             name: "alert_to_ack_seconds",
             help: "From writing an alert to the hub's acknowledgement.",
             label: None,
-            scale: 1e-6,
+            per_base_unit: 1e6,
         },
-        Summary { name: "decide_seconds", help: "Deciding one message.", label: None, scale: 1e-9 },
-        Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "dropped")), scale: 1e-6 },
-        Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "alert")), scale: 1e-6 },
-        Summary { name: "batch_alerts", help: "Alerts per write.", label: None, scale: 1.0 },
+        Summary { name: "decide_seconds", help: "Deciding one message.", label: None, per_base_unit: 1e9 },
+        Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "dropped")), per_base_unit: 1e6 },
+        Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "alert")), per_base_unit: 1e6 },
+        Summary { name: "batch_alerts", help: "Alerts per write.", label: None, per_base_unit: 1.0 },
     ]
 };
 
@@ -177,11 +178,11 @@ impl Text<'_> {
                 let _ = write!(self.out, ",{k}=\"{v}\"");
             }
             let _ = match snapshot.quantiles {
-                Some(values) => writeln!(self.out, ",quantile=\"{q}\"}} {}", values[i] as f64 * s.scale),
+                Some(values) => writeln!(self.out, ",quantile=\"{q}\"}} {}", values[i] as f64 / s.per_base_unit),
                 None => writeln!(self.out, ",quantile=\"{q}\"}} NaN"),
             };
         }
-        self.sample(s.name, "_sum", s.label, snapshot.sum as f64 * s.scale);
+        self.sample(s.name, "_sum", s.label, snapshot.sum as f64 / s.per_base_unit);
         self.sample(s.name, "_count", s.label, snapshot.count);
     }
 }
