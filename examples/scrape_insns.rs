@@ -21,7 +21,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let stage = args.get(1).map_or("scrape", String::as_str);
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100);
-    let labels = Labels::new("myhub.azure-devices.net", "gateway-01", "edgefilter", "0f8fad5b-d9cb-469f-a165-70867728950e");
+    let labels =
+        Labels::new("myhub.azure-devices.net", "gateway-01", "edgefilter", "0f8fad5b-d9cb-469f-a165-70867728950e");
     let stats = Stats::default();
     counters(&stats);
     traffic(&stats, 10_000);

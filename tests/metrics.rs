@@ -75,7 +75,11 @@ fn instance_numbers(samples: &[Sample]) -> Vec<String> {
         .iter()
         .map(|s| {
             let l = &s.labels;
-            assert_eq!((l.get("iothub"), l.get("edge_device"), l.get("module_name")), (Some(HUB), Some(DEVICE), Some(MODULE)), "{s:?}");
+            assert_eq!(
+                (l.get("iothub"), l.get("edge_device"), l.get("module_name")),
+                (Some(HUB), Some(DEVICE), Some(MODULE)),
+                "{s:?}"
+            );
             let instance = l.get("instance_number").unwrap_or_else(|| panic!("no instance_number: {s:?}"));
             assert!(is_uuid_v4(instance), "{instance} is not a UUID v4");
             instance.to_string()
@@ -130,7 +134,8 @@ async fn every_series_carries_the_hub_device_module_and_a_new_instance_number() 
         .iter()
         .find(|s| s.metric == "edgefilter_turnaround_seconds_count" && s.labels.get("outcome") == Some("alert"));
     assert_eq!(alert_count.map(|s| &s.value), Some(&Value::Untyped(3.0)), "{text}");
-    let quantiles: Vec<f64> = summary(&samples, "edgefilter_turnaround_seconds", Some("alert")).iter().map(|q| q.quantile).collect();
+    let quantiles: Vec<f64> =
+        summary(&samples, "edgefilter_turnaround_seconds", Some("alert")).iter().map(|q| q.quantile).collect();
     assert_eq!(quantiles, [0.1, 0.5, 0.9, 0.99]);
     let to_ack = summary(&samples, "edgefilter_alert_to_ack_seconds", None);
     assert!(to_ack.iter().all(|q| q.count > 0.0 && q.count < 10.0), "seconds, not µs: {to_ack:?}");

@@ -58,7 +58,8 @@ fn the_optional_metrics_collector_scrapes_edgehub_edgeagent_and_the_module() {
     }
     // The module serves /metrics on 9600 unless told otherwise.
     let cs = "HostName=h;DeviceId=d;ModuleId=edgefilter;SharedAccessKey=c2VjcmV0";
-    let config = edgefilter::config::resolve(|n| (n == "EdgeHubConnectionString").then(|| cs.to_string()), None).unwrap();
+    let config =
+        edgefilter::config::resolve(|n| (n == "EdgeHubConnectionString").then(|| cs.to_string()), None).unwrap();
     assert_eq!(config.metrics_addr.map(|a| a.port()), Some(9600));
 }
 

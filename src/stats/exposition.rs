@@ -106,7 +106,12 @@ pub const SUMMARIES: [Summary; 6] = {
             per_base_unit: 1e6,
         },
         Summary { name: "decide_seconds", help: "Deciding one message.", label: None, per_base_unit: 1e9 },
-        Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "dropped")), per_base_unit: 1e6 },
+        Summary {
+            name: "turnaround_seconds",
+            help: TURNAROUND,
+            label: Some(("outcome", "dropped")),
+            per_base_unit: 1e6,
+        },
         Summary { name: "turnaround_seconds", help: TURNAROUND, label: Some(("outcome", "alert")), per_base_unit: 1e6 },
         Summary { name: "batch_alerts", help: "Alerts per write.", label: None, per_base_unit: 1.0 },
     ]

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 pub use exposition::Labels;
 pub use serve::serve_metrics;
-pub use window::{Recorder, Snapshot, QUANTILES, STEP, WINDOW};
 use window::Window;
+pub use window::{Recorder, Snapshot, QUANTILES, STEP, WINDOW};
 
 use crate::filter::Reason;
 

@@ -51,7 +51,12 @@ impl Recorder {
         self.hist.record_n(value, n.min(u32::MAX as u64) as u32)
     }
 
-    /// Observations recorded.
+    /// The highest value recorded since the last drain (0 if none).
+    pub fn max(&self) -> u64 {
+        self.hist.max()
+    }
+
+    /// Observations recorded since the last drain.
     pub fn len(&self) -> u64 {
         self.hist.len()
     }
