@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use exposition::Labels;
+pub use exposition::{instance_number, Labels};
 pub use serve::serve_metrics;
 use window::Window;
 pub use window::{Recorder, Snapshot, QUANTILES, STEP, WINDOW};
