@@ -23,8 +23,10 @@ fn main() {
         ("module_name", "edgefilter".to_string()),
         ("instance_number", edgefilter::stats::instance_number()),
     ];
-    let mut registry =
-        Registry::with_prefix_and_labels("edgefilter", labels.into_iter().map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v))));
+    let mut registry = Registry::with_prefix_and_labels(
+        "edgefilter",
+        labels.into_iter().map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v))),
+    );
     let counters = [
         ("messages_received", "Input messages received", &stats.received),
         ("alerts", "Alerts sent to output1", &stats.alerts),
@@ -35,7 +37,11 @@ fn main() {
         ("twin_rejections", "Desired values rejected", &stats.twin_rejections),
         ("overloaded", "Messages held back", &stats.overloaded),
         ("dead_lettered", "Malformed messages sent to DeadLetterOutput", &stats.dead_lettered),
-        ("metrics_accept_failures", "Connections to /metrics that could not be accepted", &stats.metrics_accept_failures),
+        (
+            "metrics_accept_failures",
+            "Connections to /metrics that could not be accepted",
+            &stats.metrics_accept_failures,
+        ),
     ];
     for (name, help, value) in counters {
         registry.register(name, help, ConstCounter::new(value.load(Relaxed)));

@@ -5,7 +5,8 @@
 use edgefilter::stats::{Labels, Stats};
 
 fn main() {
-    let labels = Labels::new("myhub.azure-devices.net", "gateway-01", "edgefilter", &edgefilter::stats::instance_number());
+    let labels =
+        Labels::new("myhub.azure-devices.net", "gateway-01", "edgefilter", &edgefilter::stats::instance_number());
     let stats = Stats::default();
     stats.received.fetch_add(std::env::args().count() as u64, std::sync::atomic::Ordering::Relaxed);
     print!("{}", stats.prometheus(&labels));
