@@ -167,6 +167,7 @@ impl Text<'_> {
     }
 
     /// `edgefilter_{name}{suffix}{labels,label} value`; `value` a whole number or a float.
+    #[inline(never)]
     fn sample(&mut self, name: &str, suffix: &str, label: Option<(&str, &str)>, value: impl std::fmt::Display) {
         let _ = write!(self.out, "edgefilter_{name}{suffix}{{{}", self.labels);
         if let Some((k, v)) = label {
@@ -176,6 +177,7 @@ impl Text<'_> {
     }
 
     /// Quantiles (NaN while the window is empty, as edgeHub's), `_sum` and `_count`.
+    #[inline(never)]
     fn summary(&mut self, s: &Summary, snapshot: &Snapshot) {
         for (i, q) in QUANTILES.iter().enumerate() {
             let _ = write!(self.out, "edgefilter_{}{{{}", s.name, self.labels);

@@ -20,14 +20,12 @@ use super::{Labels, Stats, STEP};
 pub async fn serve_metrics(listener: tokio::net::TcpListener, stats: Arc<Stats>, labels: Labels) {
     let labels = Arc::new(labels);
     let mut backoff = Backoff::default();
-    let mut step = tokio::time::interval(STEP);
+    let mut step = tokio::time::Instant::now() + STEP;
     loop {
-        let accepted = tokio::select! {
-            _ = step.tick() => {
-                stats.snapshots(Instant::now());
-                continue;
-            }
-            accepted = listener.accept() => accepted,
+        let Ok(accepted) = tokio::time::timeout_at(step, listener.accept()).await else {
+            stats.snapshots(Instant::now());
+            step += STEP;
+            continue;
         };
         match accepted {
             Ok((stream, _)) => {
@@ -40,7 +38,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, stats: Arc<Stats>,
                 stats.metrics_accept_failures.fetch_add(1, Relaxed);
                 let (pause, first_of_kind) = backoff.failed(e.raw_os_error());
                 if first_of_kind {
-                    warn!("metrics endpoint: cannot accept a connection: {e} (retrying, at most every {MAX_PAUSE:?})");
+                    warn!("metrics endpoint: cannot accept a connection: {e} (retrying, at most every second)");
                 }
                 tokio::time::sleep(pause).await;
             }

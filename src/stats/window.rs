@@ -131,6 +131,7 @@ impl Series {
         Series { steps: vec![vec![0; buckets]; STEPS], total: vec![0; buckets], step_len: [0; STEPS], sum: 0, count: 0 }
     }
 
+    #[inline(never)] // one copy, not one per series
     fn add(&mut self, head: usize, r: &Recorder) {
         if r.is_empty() {
             return;
@@ -145,6 +146,7 @@ impl Series {
     }
 
     /// The step at `i` leaves the window.
+    #[inline(never)] // one copy, not one per series
     fn expire(&mut self, i: usize) {
         if self.step_len[i] == 0 {
             return;
@@ -156,6 +158,7 @@ impl Series {
         self.step_len[i] = 0;
     }
 
+    #[inline(never)] // one copy, not one per series
     fn snapshot(&self) -> Snapshot {
         let len: u64 = self.step_len.iter().sum();
         let quantiles = (len > 0).then(|| {
