@@ -164,7 +164,9 @@ impl Stats {
         let scrape = &mut *guard;
         self.take_latency(&mut scrape.spare);
         scrape.window.absorb(&mut scrape.spare.recorders(), now);
-        std::array::from_fn(|i| scrape.window.snapshot(i))
+        let mut out = [Snapshot::default(); 6];
+        scrape.window.snapshots(&mut out);
+        out
     }
 
     /// Prometheus text (format 0.0.4), every series labelled with `labels`.

@@ -195,6 +195,7 @@ impl Window {
 
     /// Moves the steps on to `now`, then adds what `taken` recorded to the newest one and empties
     /// `taken`.
+    #[inline(never)] // a loop over the series, not one copy per series
     pub fn absorb(&mut self, taken: &mut [&mut Recorder], now: Instant) {
         self.advance(now);
         for (series, r) in self.series.iter_mut().zip(taken.iter_mut()) {
@@ -214,15 +215,24 @@ impl Window {
         self.head_started += STEP * passed.min(u32::MAX as u128) as u32;
     }
 
-    /// Series `i` as a scrape reports it.
-    pub fn snapshot(&self, i: usize) -> Snapshot {
-        self.series[i].snapshot()
+    /// Every series as a scrape reports it, in order.
+    #[inline(never)]
+    pub fn snapshots(&self, out: &mut [Snapshot]) {
+        for (o, s) in out.iter_mut().zip(&self.series) {
+            *o = s.snapshot();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn first(w: &Window) -> Snapshot {
+        let mut out = [Snapshot::default()];
+        w.snapshots(&mut out);
+        out[0]
+    }
 
     fn window(now: Instant) -> (Recorder, Window) {
         let mut r = Recorder::new(1_000_000);
@@ -234,13 +244,13 @@ mod tests {
     fn quantiles_cover_the_window_and_sum_and_count_the_start() {
         let t0 = Instant::now();
         let (mut r, mut w) = window(t0);
-        assert_eq!(w.snapshot(0), Snapshot { quantiles: None, sum: 0, count: 0 });
+        assert_eq!(first(&w), Snapshot { quantiles: None, sum: 0, count: 0 });
         for v in 1..=100 {
             r.record(v * 1000);
         }
         w.absorb(&mut [&mut r], t0);
         assert!(r.is_empty(), "a drain empties the recorder");
-        let s = w.snapshot(0);
+        let s = first(&w);
         assert_eq!((s.sum, s.count), (5_050_000, 100));
         let [p10, p50, p90, p99] = s.quantiles.unwrap();
         for (got, want) in [(p10, 10_000), (p50, 50_000), (p90, 90_000), (p99, 99_000)] {
@@ -250,14 +260,14 @@ mod tests {
         // Still in the window one step short of its end; gone at its end; sum and count stay.
         r.record(7);
         w.absorb(&mut [&mut r], t0 + WINDOW - STEP);
-        assert_eq!(w.snapshot(0).count, 101);
-        assert!(w.snapshot(0).quantiles.unwrap()[0].abs_diff(10_000) <= 100, "the first step is still in");
+        assert_eq!(first(&w).count, 101);
+        assert!(first(&w).quantiles.unwrap()[0].abs_diff(10_000) <= 100, "the first step is still in");
         w.absorb(&mut [&mut r], t0 + WINDOW);
-        let s = w.snapshot(0);
+        let s = first(&w);
         assert_eq!(s.quantiles, Some([7; 4]), "only the later observation is left");
         assert_eq!((s.sum, s.count), (5_050_007, 101));
         w.absorb(&mut [&mut r], t0 + WINDOW * 3);
-        assert_eq!(w.snapshot(0).quantiles, None, "an idle window is empty");
+        assert_eq!(first(&w).quantiles, None, "an idle window is empty");
     }
 
     #[test]
@@ -295,7 +305,7 @@ mod tests {
             w.absorb(&mut [&mut r], t0);
             let mut sorted = values.clone();
             sorted.sort_unstable();
-            let got = w.snapshot(0).quantiles.unwrap();
+            let got = first(&w).quantiles.unwrap();
             for (q, got) in QUANTILES.iter().zip(got) {
                 let rank = ((q * values.len() as f64).ceil() as usize).max(1);
                 let exact = sorted[rank - 1];
