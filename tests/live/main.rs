@@ -14,6 +14,7 @@ mod hostile;
 mod hub_delivery;
 mod large;
 mod local_mode;
+mod metrics;
 mod module_mosquitto;
 mod pipeline;
 mod reconnect;

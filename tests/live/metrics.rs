@@ -4,15 +4,13 @@
 //! off, count and recover rather than spin. `promtool check metrics` and a real Prometheus server
 //! check the same text in `scripts/prometheus.sh`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
 
