@@ -130,7 +130,7 @@ wait_for "the 40° alert" 10 grep -q 'sequenceNumber=6' "$work/alerts"
 sleep 0.5
 seqs=$(grep -o 'sequenceNumber=[0-9]*' "$work/alerts" | cut -d= -f2 | tr '\n' ' ')
 [ "$seqs" = "1 3 6 " ] || fail "alerts for sequence numbers $seqs, expected 1 3 6"
-curl -sf "http://127.0.0.1:$metrics/metrics" | grep -q '^edgefilter_alerts_confirmed_total 3$' \
+curl -sf "http://127.0.0.1:$metrics/metrics" | grep -q '^edgefilter_alerts_confirmed_total{.*} 3$' \
   || fail "/metrics does not count 3 confirmed alerts"
 
 # SIGTERM, as `podman stop` / `docker stop` / IoT Edge send it.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what edgefilter needs on a fresh Debian/Ubuntu machine (root or sudo). Safe to run again.
 #   scripts/setup.sh          everything the tests need: mosquitto and its clients (the real broker
-#                             the tests talk to), the armv7 cross toolchain, qemu, strace, the target
+#                             the tests talk to), Prometheus and promtool (scripts/prometheus.sh),
+#                             the armv7 cross toolchain, qemu, strace, curl, the target
 #   scripts/setup.sh build    only what a release build needs (the Dockerfiles' build stage)
 #   scripts/setup.sh images   what scripts/images.sh needs: podman, buildah and runc, debootstrap
 #                             (the stand-in base image), mosquitto and qemu (running the images)
@@ -19,6 +20,8 @@ if [ "$mode" = test ]; then
   have qemu-arm || need+=(qemu-user)
   have strace || need+=(strace)
   have gcc || need+=(gcc)
+  have curl || need+=(curl)
+  { have prometheus && have promtool; } || need+=(prometheus)
 fi
 if [ "$mode" = images ]; then
   have podman || need+=(podman)

@@ -300,7 +300,8 @@ async fn serve_metrics(config: &Config, stats: &Arc<Stats>) -> Option<tokio::tas
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
             info!("metrics on http://{}/metrics", listener.local_addr().map_or(addr, |a| a));
-            Some(tokio::spawn(crate::stats::serve_metrics(listener, stats.clone())))
+            let labels = crate::stats::Labels::for_module(&config.identity);
+            Some(tokio::spawn(crate::stats::serve_metrics(listener, stats.clone(), labels)))
         }
         Err(e) => {
             error!("cannot serve metrics on {addr}: {e} (set EDGEFILTER_METRICS_ADDR, or off)");

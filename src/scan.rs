@@ -53,6 +53,14 @@
 //! Measured under qemu on armv7 (the target), simd-json runs its scalar fallback and costs more
 //! instructions per message than serde_json; a DOM of any kind is the dominant cost for a
 //! 129-byte message of which one number matters.
+//!
+//! # Why one long file
+//! This is the one file in `src/` over 500 lines, on purpose: the grammar's functions are
+//! specialised loops that share the register-held cursor, the masked reads of `Padded` and the
+//! in-place variant's checks, and they are written twice (padded and in place) so that neither
+//! pays for the other's bounds. Kept together they stay private to one module, inline into one
+//! another, and are read side by side; only the cold part, unescaping a key, is its own file
+//! (`scan/unescape.rs`).
 
 use crate::rules::{Matcher, MAX_RULES};
 

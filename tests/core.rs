@@ -959,3 +959,21 @@ fn a_hub_that_refuses_the_module_is_asked_less_and_less_often() {
     assert_eq!(delays[1], REFUSED_MIN * 2);
     assert_eq!(*delays.last().unwrap(), REFUSED_MAX);
 }
+
+#[test]
+fn a_messages_size_counts_the_body_its_bag_and_what_edgehub_adds() {
+    use edgefilter::limits::EDGEHUB_ADDED_PROPERTIES as ADDED;
+    use edgefilter::topic::message_size;
+    let topic = "devices/dev/modules/filter/messages/events/%24.on=output1&MessageType=Alert";
+    assert_eq!(message_size(10, topic), 10 + "%24.on=output1&MessageType=Alert".len() + ADDED);
+    // Ids that look like the marker do not move the bag.
+    let odd = "devices/messages/modules/events/messages/events/a=b";
+    assert_eq!(message_size(1, odd), 1 + 3 + ADDED);
+    // No bag: only the body and what edgeHub adds.
+    assert_eq!(message_size(5, "devices/dev/modules/filter/messages/events/"), 5 + ADDED);
+    assert_eq!(message_size(5, "devices/dev/modules/filter/inputs/input1/a=b"), 5 + ADDED);
+    // Near the limit, the bag's decoded size counts, not its encoded one.
+    let big = format!("devices/d/modules/m/messages/events/k={}", "%41".repeat(1000));
+    let body = edgefilter::limits::MAX_MESSAGE_SIZE;
+    assert_eq!(message_size(body, &big), body + 1 + 1000 + ADDED);
+}

@@ -1,5 +1,6 @@
 //! The IoT Edge solution files: valid JSON, routes that name the module's real input and output,
-//! twin values the module itself accepts, and Dockerfiles that build with the CI script.
+//! twin values the module itself accepts, the optional metrics-collector scraping the module where
+//! it serves `/metrics`, and Dockerfiles that build with the CI script.
 
 use edgefilter::settings::{apply_desired, Settings, Source};
 use serde_json::Value;
@@ -37,6 +38,29 @@ fn deployment_twin_values_pass_the_modules_validation() {
     for key in desired.keys() {
         assert!(known.contains(&key.as_str()), "{key} is not a setting of the module");
     }
+}
+
+#[test]
+fn the_optional_metrics_collector_scrapes_edgehub_edgeagent_and_the_module() {
+    let d = read("deployment.template.json");
+    let modules = &d["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"];
+    let collector = &modules["metricsCollector"];
+    let image = collector["settings"]["image"].as_str().unwrap();
+    assert!(image.starts_with("mcr.microsoft.com/azureiotedge-metrics-collector:"), "{image}");
+    // Optional: it needs a Log Analytics workspace, so it is deployed stopped.
+    assert_eq!(collector["status"], "stopped");
+    let env = &collector["env"];
+    let endpoints = env["MetricsEndpointsCSV"]["value"].as_str().unwrap();
+    assert_eq!(endpoints, "http://edgeHub:9600/metrics,http://edgeAgent:9600/metrics,http://edgefilter:9600/metrics");
+    assert!(modules["edgefilter"].is_object(), "the module is reached by its name in the deployment");
+    for key in ["ResourceId", "LogAnalyticsWorkspaceId", "LogAnalyticsSharedKey"] {
+        assert!(env[key]["value"].is_string(), "{key} is shown for the operator to fill in");
+    }
+    // The module serves /metrics on 9600 unless told otherwise.
+    let cs = "HostName=h;DeviceId=d;ModuleId=edgefilter;SharedAccessKey=c2VjcmV0";
+    let config =
+        edgefilter::config::resolve(|n| (n == "EdgeHubConnectionString").then(|| cs.to_string()), None).unwrap();
+    assert_eq!(config.metrics_addr.map(|a| a.port()), Some(9600));
 }
 
 #[test]

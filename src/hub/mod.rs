@@ -175,6 +175,12 @@ impl Hub {
         }
     }
 
+    /// How many clients hold a subscription to exactly `filter`: tests wait on it instead of
+    /// sleeping after a third-party client (mosquitto_sub) subscribes.
+    pub fn subscribers(&self, filter: &str) -> usize {
+        self.lock().sessions.values().filter(|s| s.subscriptions.iter().any(|(f, _)| f == filter)).count()
+    }
+
     /// The messages dropped because a client did not keep up.
     pub fn overflowed(&self) -> u64 {
         self.lock().overflowed

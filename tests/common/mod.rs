@@ -156,11 +156,28 @@ impl RunningModule {
     }
 }
 
+/// Watches a broker for the module's twin request, which the module sends right behind its
+/// SUBSCRIBE: once it has arrived, the broker (which takes a client's packets in order) holds the
+/// module's subscriptions. Start it before the module.
+pub struct SubscribedWatch(Peer);
+
+impl SubscribedWatch {
+    pub async fn start(port: u16) -> SubscribedWatch {
+        SubscribedWatch(Peer::connect(port, "watch-subscribed", true, &["$iothub/twin/GET/#"]).await)
+    }
+
+    /// Waits for the module's next subscription.
+    pub async fn wait(&mut self) {
+        self.0.next(Duration::from_secs(10)).await.expect("the module subscribed (its twin request)");
+    }
+}
+
 /// An MQTT client whose received publishes arrive on a channel (acknowledged automatically).
 pub struct Peer {
     pub client: AsyncClient,
     pub rx: mpsc::UnboundedReceiver<Publish>,
     task: JoinHandle<()>,
+    acks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Peer {
@@ -178,6 +195,8 @@ impl Peer {
         let (ready_tx, ready_rx) = oneshot::channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let sub = client.clone();
+        let acks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let acked = acks.clone();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             let mut pending_subacks = 0;
@@ -205,13 +224,49 @@ impl Peer {
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         let _ = tx.send(p);
                     }
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("peer did not connect").unwrap();
-        Peer { client, rx, task }
+        Peer { client, rx, task, acks }
+    }
+
+    /// Waits until the broker has confirmed `n` of this peer's publishes in all.
+    pub async fn wait_confirmed(&self, n: u64) {
+        let acks = self.acks.clone();
+        wait_until("the broker confirmed the publishes", Duration::from_secs(10), || {
+            acks.load(std::sync::atomic::Ordering::Relaxed) >= n
+        })
+        .await;
+    }
+
+    /// The next message the module sent on one of its outputs (`…/messages/events/…`), skipping
+    /// its twin traffic; None after `wait`.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<Publish> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let p = self.next(until.saturating_duration_since(tokio::time::Instant::now())).await?;
+            if p.topic.contains("/messages/events/") {
+                return Some(p);
+            }
+        }
+    }
+
+    /// The next publish that `matches`, skipping the others; panics when none came within `wait`.
+    pub async fn next_matching(&mut self, wait: Duration, mut matches: impl FnMut(&Publish) -> bool) -> Publish {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let p = self.next(left).await.expect("the publish awaited");
+            if matches(&p) {
+                return p;
+            }
+        }
     }
 
     pub async fn publish(&self, topic: &str, body: impl Into<Vec<u8>>) {

@@ -3,12 +3,10 @@
 //! late acknowledgements of a module's publishes; and two defects of its connection task (a
 //! keep-alive its own wake-ups reset, anonymous clients given one id).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::BytesMut;
-use common::*;
 use edgefilter::hub::{AckDelay, Delivery};
 use edgefilter::topic::ModuleId;
 use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
@@ -250,8 +248,8 @@ async fn a_silent_client_is_dropped_after_its_keep_alive_while_messages_keep_com
     let (_hub, port) = embedded_hub(serde_json::json!({})).await;
     // Keep-alive 1 s: the hub must drop it 1.5 s after the last packet it sent (its SUBSCRIBE).
     let mut dead = Raw::anonymous(port, "dead", 1).await;
+    let subscribed = Instant::now(); // before the hub can have read the SUBSCRIBE
     dead.subscribe("plant/#").await;
-    let subscribed = Instant::now();
     let sensor = Peer::connect(port, "feeder", true, &[]).await;
     let feeding = tokio::spawn(async move {
         loop {

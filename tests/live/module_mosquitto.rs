@@ -2,12 +2,10 @@
 //! the module's input topic with edgeHub's property bag, twin answers, TLS with real certificates,
 //! a broker restart mid-stream.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +70,7 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     let send = |seq: u64, t: f64| hot(seq, t);
     let (topic, body) = send(1, 28.0);
     edge.publish(&topic, body).await;
-    assert!(edge.next(Duration::from_secs(1)).await.is_none(), "28 is below 30");
+    assert!(edge.next_event(Duration::from_secs(1)).await.is_none(), "28 is below 30");
 
     // A live patch lowers it.
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=4", r#"{"TemperatureThreshold":20,"$version":4}"#)
@@ -83,7 +81,7 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     assert_eq!(reported[0]["RejectedSettings"]["TemperatureThreshold"], json!(null));
     let (topic, body) = send(2, 28.0);
     edge.publish(&topic, body).await;
-    let alert = edge.next(Duration::from_secs(2)).await.expect("28 is above 20");
+    let alert = edge.next_event(Duration::from_secs(2)).await.expect("28 is above 20");
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("2"));
 
     // A bad value is rejected, the previous one stays, and both the log and reported say so.
@@ -99,7 +97,7 @@ async fn twin_sets_the_threshold_live_and_bad_values_are_rejected() {
     edge.publish("$iothub/twin/PATCH/properties/desired/?$version=6", r#"[[[["#).await;
     let (topic, body) = send(3, 21.0);
     edge.publish(&topic, body).await;
-    let alert = edge.next(Duration::from_secs(2)).await.expect("21 is above 20");
+    let alert = edge.next_event(Duration::from_secs(2)).await.expect("21 is above 20");
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("3"));
 
     // Removing the desired value falls back to the environment's 10.
@@ -117,7 +115,7 @@ async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     let certs = tempfile::tempdir().unwrap();
     let (broker, tls_port, ca) = tls_broker(certs.path()); // certificate for "localhost"
     let mut edge = Peer::connect(broker.port, "edgehub-side", true, &EDGE_SIDE).await;
-    let proxy = common::proxy::Proxy::start(tls_port).await;
+    let proxy = crate::common::proxy::Proxy::start(tls_port).await;
     let env = |ca: &std::path::Path| {
         vec![
             ("EdgeHubConnectionString", connection_string()),
@@ -129,7 +127,7 @@ async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     serve_twin(&mut edge, &module, &json!({"$version": 1})).await;
     let (topic, body) = hot(1, 40.0);
     edge.publish(&topic, body).await;
-    let alert = edge.next(Duration::from_secs(3)).await.expect("an alert over TLS");
+    let alert = edge.next_event(Duration::from_secs(3)).await.expect("an alert over TLS");
     assert_eq!(bag_value(&alert.topic, "MessageType").as_deref(), Some("Alert"));
     module.stop().await.unwrap();
 
@@ -145,7 +143,7 @@ async fn tls_to_a_broker_whose_certificate_chains_to_the_module_ca() {
     .await;
     let (topic, body) = hot(2, 40.0);
     edge.publish(&topic, body).await;
-    assert!(edge.next(Duration::from_millis(500)).await.is_none());
+    assert!(edge.next_event(Duration::from_millis(500)).await.is_none());
     assert_eq!(module.stats.connections.load(std::sync::atomic::Ordering::Relaxed), 0);
     module.stop().await.unwrap();
 }
@@ -158,8 +156,9 @@ async fn a_broker_restart_mid_stream_loses_no_alert() {
     let mut upstream =
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     let sensor = Peer::connect(broker.port, "sensor", false, &[]).await;
+    let mut watch = SubscribedWatch::start(broker.port).await;
     let module = RunningModule::on(broker.port, &[]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.wait().await;
 
     const N: u64 = 400;
     for seq in 1..=N {

@@ -1,15 +1,13 @@
 //! The pipeline under pressure: batches that fill, a settings change mid-stream, a hub that
 //! withholds acknowledgements, and SIGTERM in the middle of a batch, all through real brokers.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// The `edgefilter` binary as a process, against the broker on `port`.
@@ -27,15 +25,16 @@ fn module_process(port: u16, stdout: Stdio, env: &[(&str, String)]) -> std::proc
 /// Starts and stops the module once so that its persistent session exists, then queues `n`
 /// hot messages in it.
 async fn queue_while_offline(broker: &Broker, n: u64, env: &[(&str, String)]) {
+    let mut watch = SubscribedWatch::start(broker.port).await;
     let module = RunningModule::on(broker.port, env);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.wait().await;
     module.stop().await.unwrap();
     let sensor = Peer::connect(broker.port, "sensor", true, &[]).await;
     for seq in 1..=n {
         let (topic, body) = hot(seq, 30.0);
         sensor.publish(&topic, body).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sensor.wait_confirmed(n).await;
 }
 
 fn sequence(p: &rumqttc::Publish) -> u64 {
@@ -102,28 +101,37 @@ async fn a_backlog_goes_out_in_batches_of_at_most_batch_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_short_of_batch_size_goes_out_when_input_pauses_and_so_do_its_acknowledgements() {
     // The longest interval and a batch that never fills: each alert still goes out at once, and
-    // the inputs are acknowledged once their alerts are confirmed, not an interval later.
-    let broker = Broker::start("max_queued_messages 0");
+    // the inputs are acknowledged once their alerts are confirmed, not an interval later. The
+    // broker delivers as edgeHub does, one message in flight: alert k + 1 coming out proves that
+    // input k was acknowledged.
+    let broker = Broker::start("max_queued_messages 0\nmax_inflight_messages 1");
     let mut upstream =
         Peer::connect(broker.port, "upstream", true, &["devices/dev/modules/filter/messages/events/#"]).await;
     let env = [("BatchSize", "10000".to_string()), ("BatchIntervalMs", "60000".to_string())];
+    let mut watch = SubscribedWatch::start(broker.port).await;
     let mut module = module_process(broker.port, Stdio::null(), &env);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.wait().await;
     let sensor = Peer::connect(broker.port, "sensor", true, &[]).await;
-    for seq in 1..=5 {
+    for seq in 1..=6 {
         let (topic, body) = hot(seq, 30.0);
         sensor.publish(&topic, body).await;
         let alert = upstream.next(Duration::from_secs(2)).await.expect("the alert went out without its batch filling");
         assert_eq!(sequence(&alert), seq);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // No graceful stop (which would write whatever is queued): the process dies here.
     module.kill().unwrap();
     module.wait().unwrap();
-    // Had the acknowledgements waited for the interval, the broker would redeliver the inputs now.
+    // Had the acknowledgements waited for the interval, the broker would redeliver inputs 1..=5
+    // now, ahead of a new one; at most input 6 may come again.
     let again = RunningModule::on(broker.port, &env);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(again.stats.received.load(Relaxed), 0, "every input was acknowledged");
+    watch.wait().await;
+    let (topic, body) = hot(7, 30.0);
+    sensor.publish(&topic, body).await;
+    let mut after = Vec::new();
+    while after.last() != Some(&7) {
+        after.push(sequence(&upstream.next(Duration::from_secs(5)).await.expect("the alert of input 7")));
+    }
+    assert!(after == [7] || after == [6, 7], "every input before the last was acknowledged: {after:?}");
     again.stop().await.unwrap();
 }
 
@@ -146,8 +154,12 @@ async fn a_threshold_change_applies_from_the_next_message() {
         let (topic, body) = hot(seq, 28.0);
         edge.publish(&topic, body).await;
     }
-    let got = edge.drain(Duration::from_secs(2)).await;
-    let alerts: Vec<u64> = got.iter().filter(|p| p.topic.contains("/messages/events/")).map(sequence).collect();
+    // Alerts arrive in order: any wrong one would come before the last.
+    let mut alerts = Vec::new();
+    while alerts.last() != Some(&100) && alerts.len() <= 100 {
+        let p = edge.next_matching(Duration::from_secs(10), |p| p.topic.contains("/messages/events/")).await;
+        alerts.push(sequence(&p));
+    }
     assert_eq!(alerts, (51..=100).collect::<Vec<_>>());
     module.stop().await.unwrap();
 }
@@ -159,7 +171,7 @@ async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recover
     let held = module.stats.alerts.load(Relaxed);
     assert_eq!(held, window, "the module holds only the hub's window of inputs, unacknowledged");
     assert_eq!(module.stats.alerts_confirmed.load(Relaxed), 0);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a window to see nothing in
     assert_eq!(module.stats.alerts.load(Relaxed), held, "and reads nothing more while the hub is silent");
 
     hub.withhold_acks(None);
@@ -173,12 +185,8 @@ async fn a_hub_that_stops_acknowledging_stops_the_module_reading_then_it_recover
     // Alerts held back are redelivered (at least once), so the upstream sees every one.
     assert!(upstream_alerts >= 300, "{upstream_alerts}");
     // The hub routes an alert before the module has read its PUBACK: let the last ones arrive.
-    for _ in 0..100 {
-        if module.stats.alerts_confirmed.load(Relaxed) >= 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stats = module.stats.clone();
+    wait_until("all confirmed", Duration::from_secs(10), || stats.alerts_confirmed.load(Relaxed) >= 300).await;
     assert_eq!(module.stats.alerts_confirmed.load(Relaxed), 300, "all alerts confirmed after recovery");
     assert_eq!(module.stats.received.load(Relaxed), 300);
     module.stop().await.unwrap();
@@ -191,20 +199,27 @@ const WIDE_WINDOW: usize = 16;
 /// Sends 300 hot messages (with `seq` in the body) through the embedded hub, with
 /// [`WIDE_WINDOW`] messages in flight to the module, while it withholds the acknowledgements of a
 /// module started with `env`; returns the running module, the upstream peer and the hub once it
-/// has held for a second.
+/// has taken the window's inputs.
 async fn withheld(env: &[(&str, String)]) -> (RunningModule, Peer, Arc<edgefilter::hub::Hub>) {
     let delivery = edgefilter::hub::Delivery { inflight: WIDE_WINDOW, ..Default::default() };
     let (hub, port) = embedded_hub_with(json!({}), delivery).await;
     let upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
     let module = RunningModule::on(port, env);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("subscribed", Duration::from_secs(10), || hub.subscribers("devices/dev/modules/filter/inputs/#") == 1)
+        .await;
     hub.withhold_acks(Some("dev/filter"));
     let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
     for seq in 1..=300 {
         let topic = format!("devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber={seq}");
         sensor.publish(&topic, format!(r#"{{"machine":{{"temperature":30}},"seq":{seq}}}"#)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    sensor.wait_confirmed(300).await;
+    // Every input of the window either alerted or was held back (or left to the hub).
+    let stats = module.stats.clone();
+    wait_until("the window's inputs taken", Duration::from_secs(10), || {
+        stats.alerts.load(Relaxed) + stats.overloaded.load(Relaxed) >= WIDE_WINDOW as u64
+    })
+    .await;
     (module, upstream, hub)
 }
 
@@ -218,12 +233,8 @@ async fn recovers(module: RunningModule, mut upstream: Peer, hub: Arc<edgefilter
         seen.insert(body["seq"].as_u64().unwrap());
     }
     assert_eq!(seen, (1..=300).collect(), "every alert reaches the upstream, at least once");
-    for _ in 0..100 {
-        if module.stats.alerts_confirmed.load(Relaxed) >= 300 && module.stats.overloaded.load(Relaxed) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stats = module.stats.clone();
+    wait_until("all confirmed", Duration::from_secs(10), || stats.alerts_confirmed.load(Relaxed) >= 300).await;
     assert!(module.stats.alerts_confirmed.load(Relaxed) >= 300);
     module.stop().await.unwrap();
 }
@@ -360,8 +371,9 @@ async fn the_network_cut_and_restored_mid_stream_loses_nothing() {
     let mut upstream =
         Peer::connect(broker.port, "upstream", false, &["devices/dev/modules/filter/messages/events/#"]).await;
     let sensor = Peer::connect(broker.port, "sensor", true, &[]).await;
+    let mut watch = SubscribedWatch::start(broker.port).await;
     let module = RunningModule::on(cable.port, &[]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.wait().await;
     const N: u64 = 600;
     for seq in 1..=N {
         let (topic, body) = hot(seq, 30.0);

@@ -2,15 +2,13 @@
 //! paths, queries and bodies exactly, signing with a test key), the module configured by IOTEDGE_*
 //! variables, the embedded hub validating the tokens, and mosquitto with TLS chained to the bundle.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -29,6 +27,8 @@ struct Daemon {
     bundle: Mutex<String>,
     signs: AtomicU64,
     bundles: AtomicU64,
+    /// Requests answered with a 500.
+    failed: AtomicU64,
     /// Requests that did not match the API exactly.
     wrong: Mutex<Vec<String>>,
 }
@@ -47,6 +47,7 @@ async fn serve(
     let reply =
         |status: u16, body: String| Ok(Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap());
     if mode == Mode::Error500 {
+        daemon.failed.fetch_add(1, Relaxed);
         return reply(500, "daemon is unhappy".into());
     }
     if method == "POST" && path == format!("/modules/{MODULE}/genid/{GENID}/sign?api-version={API}") {
@@ -84,6 +85,7 @@ fn start_daemon(dir: &std::path::Path, bundle: String) -> (Arc<Daemon>, String) 
         bundle: Mutex::new(bundle),
         signs: AtomicU64::new(0),
         bundles: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
         wrong: Mutex::new(Vec::new()),
     });
     let d = daemon.clone();
@@ -122,33 +124,33 @@ fn edge_env(workload_uri: &str, mqtt_url: &str, ttl: &str) -> Vec<(&'static str,
 async fn tokens_signed_by_the_daemon_are_accepted_and_renewed() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, uri) = start_daemon(dir.path(), String::new());
-    let (_hub, port) = embedded_hub(json!({})).await;
+    let (hub, port) = embedded_hub(json!({})).await;
     let mut upstream = Peer::connect(port, "watch", true, &["local/upstream/#"]).await;
     let module = RunningModule::start(&edge_env(&uri, &format!("mqtt://127.0.0.1:{port}"), "10"));
     // The hub validates every token against the module key: a connection proves the signature.
     let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(module.stats.connections.load(Relaxed), 1);
+    wait_until("subscribed", Duration::from_secs(10), || hub.subscribers("devices/dev/modules/filter/inputs/#") == 1)
+        .await;
     let topic = "devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber=1";
     sensor.publish(topic, r#"{"machine":{"temperature":40}}"#).await;
     assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "alert through the hub");
 
-    // A 10 s token is renewed through the daemon after 8 s; the hub accepts the new one.
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(daemon.signs.load(Relaxed) >= 2, "renewed through the daemon");
-    assert!(module.stats.connections.load(Relaxed) >= 2, "reconnected with the new token");
-    sensor.publish(topic, r#"{"machine":{"temperature":41}}"#).await;
-    assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "alert after renewal");
-
-    // The daemon fails: the module keeps its current token and connection, and recovers.
+    // A 10 s token is due for renewal after 8 s, and the daemon fails then: the module keeps its
+    // current token and connection, and signs again (0.5 s, doubling) until the daemon answers.
     *daemon.mode.lock().unwrap() = Mode::Error500;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    sensor.publish(topic, r#"{"machine":{"temperature":42}}"#).await;
+    wait_until("renewal refused twice", Duration::from_secs(15), || daemon.failed.load(Relaxed) >= 2).await;
+    assert_eq!(module.stats.connections.load(Relaxed), 1, "the connection outlives a failing daemon");
+    sensor.publish(topic, r#"{"machine":{"temperature":41}}"#).await;
     assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "still filtering on the current token");
+
+    // The daemon recovers: the token is renewed through it, and the hub accepts the new one.
     *daemon.mode.lock().unwrap() = Mode::Normal;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let connections = module.stats.connections.load(Relaxed);
-    assert!(connections >= 3, "renewed once the daemon recovered ({connections})");
+    wait_until("renewed through the daemon", Duration::from_secs(10), || {
+        daemon.signs.load(Relaxed) >= 2 && module.stats.connections.load(Relaxed) >= 2
+    })
+    .await;
+    sensor.publish(topic, r#"{"machine":{"temperature":42}}"#).await;
+    assert!(upstream.next(Duration::from_secs(3)).await.is_some(), "alert after renewal");
     assert!(daemon.wrong.lock().unwrap().is_empty(), "{:?}", daemon.wrong.lock().unwrap());
     module.stop().await.unwrap();
 }
@@ -166,7 +168,7 @@ async fn tls_trust_comes_from_the_daemons_bundle() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let (daemon, uri) = start_daemon(dir.path(), std::fs::read_to_string(&ca).unwrap());
-    let proxy = common::proxy::Proxy::start(tls_port).await;
+    let proxy = crate::common::proxy::Proxy::start(tls_port).await;
     let url = format!("mqtts://localhost:{}", proxy.port);
     let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
     // Subscribed: the module's twin request follows its SUBSCRIBE, and the broker takes them in order.
@@ -193,8 +195,7 @@ async fn tls_trust_comes_from_the_daemons_bundle() {
     *daemon.mode.lock().unwrap() = Mode::Garbage;
     let before = daemon.bundles.load(Relaxed);
     let module = RunningModule::start(&edge_env(&uri, &url, "3600"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(daemon.bundles.load(Relaxed) >= before + 2, "retried");
+    wait_until("asked again", Duration::from_secs(10), || daemon.bundles.load(Relaxed) >= before + 2).await;
     assert_eq!(module.stats.connections.load(Relaxed), 0);
     module.stop().await.unwrap();
 }

@@ -4,12 +4,10 @@
 //! fails, so that a run that never reached the binary cannot pass; `EDGEFILTER_SKIP_ARM=1` skips
 //! it on purpose (a machine without qemu-arm or the cross toolchain).
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,12 @@
 //! Local mode's embedded hub, checked with third-party clients (mosquitto_pub / mosquitto_sub) and
 //! with the module itself; and the `edgefilter` binary as a user runs it.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use edgefilter::hub::Hub;
 use edgefilter::topic::ModuleId;
 
@@ -53,7 +51,7 @@ async fn third_party_clients_use_the_hub_as_a_broker_and_as_edgehub() {
         let a: Vec<&str> = sub_args.iter().map(String::as_str).collect();
         mosquitto("mosquitto_sub", &a).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("subscribed", Duration::from_secs(10), || hub.subscribers("plant/+/temp") == 1).await;
     let out = mosquitto("mosquitto_pub", &["-p", &p, "-t", "plant/line1/temp", "-m", "42", "-q", "1"]).await;
     assert!(out.status.success());
     let got = sub.await.unwrap();
@@ -86,7 +84,8 @@ async fn third_party_clients_use_the_hub_as_a_broker_and_as_edgehub() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         mosquitto("mosquitto_sub", &args).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let desired = "$iothub/twin/PATCH/properties/desired/#";
+    wait_until("subscribed", Duration::from_secs(10), || hub.subscribers(desired) == 1).await;
     let out = mosquitto(
         "mosquitto_pub",
         &["-p", &p, "-t", &format!("local/twin/{MODULE}/desired"), "-m", r#"{"TemperatureThreshold":30}"#],
@@ -158,16 +157,15 @@ async fn routes_twin_and_token_renewal_through_the_hub() {
 
     // With a 10 s token the module renews after 8 s, reconnects, and alerts keep flowing; the hub
     // would refuse an expired token, so the new connection proves the renewal.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(module.stats.connections.load(Relaxed) >= 2, "renewed and reconnected");
+    wait_until("renewed and reconnected", Duration::from_secs(15), || module.stats.connections.load(Relaxed) >= 2)
+        .await;
     sensor.publish(&sensor_topic(4), r#"{"machine":{"temperature":40}}"#).await;
-    let mut alerts = Vec::new();
-    while let Some(p) = upstream.next(Duration::from_secs(3)).await {
-        if p.topic.starts_with("local/upstream/") {
-            alerts.push(p.payload);
+    loop {
+        let p = upstream.next(Duration::from_secs(5)).await.expect("alert after renewal");
+        if p.topic.starts_with("local/upstream/") && p.payload.as_ref() == br#"{"machine":{"temperature":40}}"# {
+            break;
         }
     }
-    assert!(alerts.iter().any(|b| b.as_ref() == br#"{"machine":{"temperature":40}}"#), "alert after renewal");
     module.stop().await.unwrap();
 }
 
@@ -318,16 +316,32 @@ fn upstream(port: u16, count: u32, secs: u32) -> String {
 
 /// Types `line` at local mode's console; returns the filter's next reported properties.
 fn typed(child: &mut std::process::Child, port: u16, line: &str) -> String {
-    let reported = std::thread::spawn(move || {
-        Command::new("mosquitto_sub")
-            .args(["-p", &port.to_string(), "-t", "local/twin/edgefilter/reported", "-C", "1", "-W", "10"])
-            .output()
-            .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    use std::io::Write as _;
+    use std::io::{BufRead as _, Write as _};
+    // `-d` prints the client's protocol events: the line is typed once its SUBACK is in (stdbuf:
+    // line by line, as a pipe would otherwise hold them until the client exits).
+    let mut sub = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "local/twin/edgefilter/reported",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(sub.stdout.take().unwrap()).lines().map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l.contains("received SUBACK")), "mosquitto_sub never subscribed");
     child.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
-    String::from_utf8_lossy(&reported.join().unwrap().stdout).into_owned()
+    let body = lines.find(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed")).unwrap_or_default();
+    let _ = sub.wait();
+    body
 }
 
 #[test]
@@ -346,7 +360,6 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
     // alerts stop.
     let reported = typed(&mut child, port, "TemperatureThreshold=1000");
     assert!(reported.contains(r#""TemperatureThreshold":1000.0"#), "{reported}");
-    std::thread::sleep(Duration::from_millis(200));
     let after = upstream(port, 1, 2);
     assert!(after.is_empty(), "no alert above 1000: {after}");
     terminate(&child);
@@ -376,7 +389,6 @@ fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
     let reported = typed(&mut child, port, patch);
     // The hub shows the reported document after merging the module's patch: the removed rule gone.
     assert!(reported.contains(r#""Never":{"#) && !reported.contains("Everything"), "{reported}");
-    std::thread::sleep(Duration::from_millis(200));
     let after = upstream(port, 1, 2);
     assert!(after.is_empty(), "nothing above 1000: {after}");
     terminate(&child);

@@ -1,14 +1,12 @@
 //! Large messages and large batches, over TLS and plain TCP, through a real mosquitto: a path that
 //! only TLS takes (sealing a batch into records) must not go untested again (issue 20).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::proxy::{Budget, Proxy};
-use common::*;
+use crate::common::proxy::{Budget, Proxy};
+use crate::common::*;
 use edgefilter::filter::Reason;
 use serde_json::json;
 
