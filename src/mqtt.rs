@@ -374,9 +374,10 @@ impl Link {
                 return Ok(());
             }
             if self.drained {
-                if self.unanswered {
-                    self.unanswered = false;
-                    // Best effort: a socket that refuses it only costs the delay.
+                if std::mem::take(&mut self.unanswered) {
+                    // Best effort: a socket that refuses it only costs the delay. Linux only
+                    // (the option's home); elsewhere the delayed ACK stays.
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
                     let _ = socket2::SockRef::from(&self.tcp).set_tcp_quickack(true);
                 }
                 self.tcp.readable().await?;
