@@ -79,6 +79,17 @@ pub struct Stats {
     pub overloaded: AtomicU64,
     /// Malformed messages sent to `DeadLetterOutput`.
     pub dead_lettered: AtomicU64,
+    /// Aggregate messages (a closed window's summary or `body`) queued to the hub.
+    pub aggregates_emitted: AtomicU64,
+    /// Aggregate messages the hub acknowledged.
+    pub aggregates_confirmed: AtomicU64,
+    /// Aggregate messages forgotten unsent: more were waiting for the hub than the module keeps.
+    pub aggregates_overflow: AtomicU64,
+    /// Checkpoints of the aggregates' windows written to the state directory, and writes failed.
+    pub checkpoints_saved: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    /// State files found at start and not restored (corrupt, stale, another version, unreadable).
+    pub restore_failures: AtomicU64,
     pub latency: Mutex<Latency>,
 }
 
