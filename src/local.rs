@@ -168,7 +168,9 @@ async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Optio
             Ok(Event::Incoming(Incoming::Publish(p))) => {
                 let before = sensor.lock().unwrap_or_else(|p| p.into_inner()).machine_temperature();
                 match sensor.lock().unwrap_or_else(|p| p.into_inner()).control(&p.payload) {
-                    sensor::Control::Reset => info!("sensor: reset command received at machine temperature {before:.2}"),
+                    sensor::Control::Reset => {
+                        info!("sensor: reset command received at machine temperature {before:.2}")
+                    }
                     sensor::Control::NoOperation => {}
                     sensor::Control::Unreadable(e) => warn!("sensor: control message not understood: {e}"),
                 }

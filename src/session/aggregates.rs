@@ -107,6 +107,11 @@ impl Session {
         self.aggregates.restore.is_some() && c.twin_request.is_some()
     }
 
+    /// A twin message while input waits for the twin to restore the windows: handled at once.
+    pub(super) fn restore_answer(&self, publish: &crate::mqtt::Message) -> bool {
+        self.aggregates.restore.is_some() && publish.topic().starts_with("$iothub/twin/")
+    }
+
     /// Folds one input into every aggregate (a message id from its bag counts a redelivery
     /// once), then sends the windows it closed.
     pub(super) fn aggregate(&mut self, body: &[u8], bag: &str, received: Instant, now: Instant) {

@@ -100,7 +100,7 @@ impl Session {
     /// One packet; true when it was an input message.
     fn packet(&mut self, packet: &Received, now: Instant) -> bool {
         let packet = match packet {
-            Received::Publish(p) if self.holding_back() => {
+            Received::Publish(p) if self.holding_back() && !self.restore_answer(p) => {
                 self.hold_back(p, now);
                 return false;
             }

@@ -288,6 +288,11 @@ impl Session {
         self.delivery.alerts_pending()
     }
 
+    /// Aggregate messages not yet confirmed by the hub.
+    pub fn emits_pending(&self) -> usize {
+        self.delivery.emits_pending()
+    }
+
     /// Until when the connection is left unread for input to gather, if it is.
     pub fn read_after(&self) -> Option<Instant> {
         self.conn().and_then(|c| c.read_after)
