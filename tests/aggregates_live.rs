@@ -234,3 +234,62 @@ async fn a_hostile_aggregates_patch_is_refused_whole_and_the_module_carries_on_o
 async fn a_hostile_aggregates_patch_is_refused_whole_and_the_module_carries_on_over_tcp() {
     a_hostile_aggregates_patch_is_refused_whole_and_the_module_carries_on(Transport::Tcp).await;
 }
+
+/// The ASA tutorial's job as one twin entry in local mode: its reset command leaves on `alert`,
+/// local mode routes it to the simulated sensor's `control` input, and the sensor's ramp restarts
+/// (alerts above 70 are followed by readings back near the minimum, 21). A 1-s window and a
+/// 10-ms sensor make it quick; the entry is otherwise the tutorial's (docs/asa-tutorial.twin.json).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = json!({"TemperatureThreshold": 25, "Aggregates": {"ResetWhenHot": {
+        "path": "machine.temperature",
+        "window": {"kind": "tumbling", "seconds": 1},
+        "functions": "avg",
+        "time": {"path": "timeCreated", "lateSeconds": 0},
+        "having": {"function": "avg", "op": ">", "value": 70},
+        "output": "alert",
+        "body": {"command": "reset"}
+    }}});
+    let twin_file = dir.path().join("twin.json");
+    std::fs::write(&twin_file, twin.to_string()).unwrap();
+    let port = common::free_port();
+    let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
+    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .args(["local", "--port", &port.to_string(), "--interval-ms", "10", "--metrics", "off"])
+        .arg("--twin")
+        .arg(&twin_file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    common::wait_for_port(port);
+    let mut upstream = Peer::connect(port, "console", true, &["local/upstream/#"]).await;
+    let temperature = |p: &rumqttc::Publish| {
+        serde_json::from_slice::<Value>(&p.payload).ok().and_then(|b| b["machine"]["temperature"].as_f64())
+    };
+    let (mut hottest, mut reset) = (0.0f64, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let cooled = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(p) = upstream.next(left).await else { break None };
+        if p.topic.ends_with("/alert") {
+            assert_eq!(serde_json::from_slice::<Value>(&p.payload).unwrap(), json!({"command": "reset"}));
+            reset = true;
+        } else if let Some(t) = temperature(&p) {
+            hottest = hottest.max(t);
+            if reset && t < 30.0 {
+                break Some(t);
+            }
+        }
+    };
+    let _ = local.kill();
+    let _ = local.wait();
+    let log = std::fs::read_to_string(dir.path().join("local.log")).unwrap_or_default();
+    assert!(reset, "no reset command reached the upstream (hottest alert {hottest})\n{log}");
+    assert!(hottest > 70.0, "{hottest}");
+    assert!(cooled.is_some(), "the sensor never restarted its ramp after the reset\n{log}");
+    assert!(log.contains("sensor: reset command received"), "{log}");
+}
