@@ -27,7 +27,7 @@ enum Command {
     /// Capture the messages on a live topic into a trace
     Record(RecordArgs),
     /// Replay a trace at a module and check every alert (exit 1 when alerts are missing or unexpected)
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Forward every input unchanged to output1, in the module's place: a baseline for the module
     Passthrough(PassthroughArgs),
     /// Compare two replay reports (--json files): a table of the differences and one plot
