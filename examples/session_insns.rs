@@ -3,13 +3,22 @@
 //! costs on armv7 apart from the event loop and the system calls. `scripts/arm-session-insns.sh`
 //! runs every stage; the whole module under a live stream is `scripts/arm-streaming-insns.sh`.
 //!
-//!     session_insns STAGE MODE N
+//!     session_insns STAGE MODE N [AGGREGATES [SPACING_MS]]
 //!
 //! STAGE: `core` (the session core: every event of one message, the packets already decoded),
 //! `decode` (decoding the packets one message brings: the input and the alert's PUBACK), `tls`
 //! (sealing what the module writes for one message and opening what it reads, with an in-memory
 //! rustls server as the hub: the figure is half the pair's, the server doing the mirror work).
 //! MODE: `confirmed` or `pipelined`. Two of every three messages alert, as in the streaming script.
+//!
+//! `stream` is `core` as the sensor sends, for the aggregates' cost beside the filter: messages
+//! 5 s apart, each with its own `sequenceNumber` (its message id) and `timeCreated`, every timer
+//! the core asks for fired, every message it writes confirmed. AGGREGATES: `none`, `tumbling` (one
+//! 30-s tumbling aggregate of `machine.temperature`, avg min max count, arrival time) or
+//! `tutorial` (the ASA tutorial's job: event time, `having`, a reset body); SPACING_MS the time
+//! between messages (default 5,000: the sensor's; 10 is a 100 msg/s stream, where a window and a
+//! checkpoint come once per 3,000 and 500 messages). `stream-prep` makes the N messages and
+//! nothing else: `stream` less `stream-prep` is the core's own cost.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -24,6 +33,7 @@ use edgefilter::settings::AckMode;
 use edgefilter::stats::Stats;
 use edgefilter::topic::ModuleId;
 use rumqttc::mqttbytes::v4::{Packet, PubAck, SubAck};
+use serde_json::Value;
 
 const SENSOR: &[u8] = br#"{"machine":{"temperature":31.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}"#;
 const COLD: &[u8] = br#"{"machine":{"temperature":21.13,"pressure":2.15},"ambient":{"temperature":21,"humidity":25},"timeCreated":"2026-11-26T07:06:23Z"}"#;
@@ -34,8 +44,14 @@ fn main() {
     let (stage, mode) = (args.get(1).map_or("core", String::as_str), args.get(2).map_or("confirmed", String::as_str));
     let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mode = AckMode::parse(mode).expect("confirmed or pipelined");
+    let aggregates = args.get(4).map_or("none", String::as_str);
     let total = match stage {
         "core" => core(n, mode),
+        "stream" => {
+            let spacing = args.get(5).and_then(|v| v.parse::<u64>().ok()).unwrap_or(5_000);
+            stream(n, mode, aggregates, Duration::from_millis(spacing))
+        }
+        "stream-prep" => stream_inputs(n, SENSOR_PERIOD).len(),
         "decode" => decode(n),
         "tls" => tls(n, mode),
         _ => {
@@ -62,11 +78,18 @@ fn puback(pkid: u16) -> BytesMut {
 
 /// The session core, connected, its SUBSCRIBE answered.
 fn connected(mode: AckMode) -> (Session, Instant) {
+    connected_with(mode, None)
+}
+
+/// [`connected`], its wall clock at [`STREAM_START`], with the twin request answered with
+/// `desired` when there is one.
+fn connected_with(mode: AckMode, desired: Option<Value>) -> (Session, Instant) {
     let mut config = Config::local("hub", ModuleId::new("dev", "filter"), 1, b"key".to_vec());
     config.settings.ack_mode = mode;
     config.settings.report_interval_secs = 86_400;
     let now = Instant::now();
     let mut s = Session::new(&config, Arc::new(Stats::default()), now, 1);
+    s.set_wall_clock(now, STREAM_START);
     while let Some(a) = s.poll(now) {
         match a {
             Action::Sign => s.on_token(now, Ok("token".into())),
@@ -77,11 +100,30 @@ fn connected(mode: AckMode) -> (Session, Instant) {
     let mut tx = s.transmit(now).unwrap().clone();
     s.on_written(now);
     while !tx.is_empty() {
-        if let Ok(Packet::Subscribe(sub)) = Packet::read(&mut tx, 1 << 16) {
-            s.inbox().push(Received::Other(Packet::SubAck(SubAck::new(sub.pkid, vec![]))));
-            s.on_read(now);
+        match Packet::read(&mut tx, 1 << 16) {
+            Ok(Packet::Subscribe(sub)) => {
+                s.inbox().push(Received::Other(Packet::SubAck(SubAck::new(sub.pkid, vec![]))));
+                s.on_read(now);
+            }
+            Ok(Packet::Publish(p)) if desired.is_some() => {
+                let rid = edgefilter::topic::query_param(p.topic.rsplit('/').next().unwrap(), "$rid").unwrap();
+                let body = serde_json::json!({"desired": desired, "reported": {}}).to_string();
+                let mut b = BytesMut::new();
+                write_publish(&mut b, edgefilter::topic::twin_response(200, rid).as_bytes(), 1, body.as_bytes(), false)
+                    .unwrap();
+                let mut m = read_publish(&mut b, 1 << 20).unwrap().unwrap();
+                m.pkid = 0;
+                s.inbox().push(Received::Publish(m));
+                s.on_read(now);
+            }
+            _ => {}
         }
     }
+    while s.poll(now).is_some() {}
+    if let Some(tx) = s.transmit(now) {
+        tx.clear();
+    }
+    s.on_written(now);
     (s, now)
 }
 
@@ -119,6 +161,106 @@ fn core(n: usize, mode: AckMode) -> usize {
         black_box(&mut s);
     }
     written
+}
+
+/// 2026-11-26T07:06:30Z, a 30-s window's start, in Unix ms.
+const STREAM_START: i64 = 1_795_590_390_000;
+/// The sensor's period.
+const SENSOR_PERIOD: Duration = Duration::from_secs(5);
+
+/// The aggregate set `name` (none, tumbling, tutorial), as the twin's `Aggregates`.
+fn aggregate_set(name: &str) -> Option<Value> {
+    let definition = match name {
+        "none" => return None,
+        "tumbling" => serde_json::json!({"T30s": {
+            "path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 30},
+            "functions": "avg,min,max,count", "output": "aggregates", "properties": {"MessageType": "Aggregate"}
+        }}),
+        "tutorial" => serde_json::json!({"ResetWhenHot": {
+            "path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 30}, "functions": "avg",
+            "time": {"path": "timeCreated"}, "having": {"function": "avg", "op": ">", "value": 70},
+            "output": "alert", "body": {"command": "reset"}
+        }}),
+        other => panic!("aggregates: none, tumbling or tutorial, not {other}"),
+    };
+    Some(definition)
+}
+
+/// N sensor messages 5 s apart, each with its sequence number and time; two of three alert, and
+/// in the tutorial's terms every other window is hot (its average above 70).
+fn stream_inputs(n: usize, spacing: Duration) -> Vec<edgefilter::mqtt::Message> {
+    (0..n)
+        .map(|i| {
+            let at = STREAM_START + 100 + (spacing.as_millis() as i64) * i as i64;
+            let t = if i % 3 == 2 { 21.13 } else if (i / 6) % 2 == 0 { 31.13 } else { 100.5 };
+            let body = format!(
+                r#"{{"machine":{{"temperature":{t},"pressure":2.15}},"ambient":{{"temperature":21,"humidity":25}},"timeCreated":"{}"}}"#,
+                edgefilter::aggregate::time::format_iso(at)
+            );
+            let topic = TOPIC.replacen("sequenceNumber=1", &format!("sequenceNumber={}", i + 1), 1);
+            let mut b = BytesMut::new();
+            write_publish(&mut b, topic.as_bytes(), (i % 60_000) as u16 + 1, body.as_bytes(), false).unwrap();
+            read_publish(&mut b, 1 << 20).unwrap().unwrap()
+        })
+        .collect()
+}
+
+/// The packet ids of the publishes in `tx`, from their headers (QoS 1: after the topic).
+fn publish_ids(tx: &[u8], out: &mut Vec<u16>) {
+    let mut at = 0;
+    while at < tx.len() {
+        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+        loop {
+            len |= usize::from(tx[i] & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if tx[i - 1] & 0x80 == 0 {
+                break;
+            }
+        }
+        if tx[at] >> 4 == 3 {
+            let topic_len = u16::from_be_bytes([tx[i], tx[i + 1]]) as usize;
+            out.push(u16::from_be_bytes([tx[i + 2 + topic_len], tx[i + 3 + topic_len]]));
+        }
+        at = i + len;
+    }
+}
+
+/// [`core`] as the sensor sends (see the module docs), with `aggregates`; every timer fired and
+/// every publish confirmed. Returns the bytes written.
+fn stream(n: usize, mode: AckMode, aggregates: &str, spacing: Duration) -> usize {
+    let inputs = stream_inputs(n, spacing);
+    let desired = serde_json::json!({ "Aggregates": aggregate_set(aggregates) });
+    let (mut s, start) = connected_with(mode, Some(desired));
+    assert_eq!(s.aggregator().is_some(), aggregates != "none");
+    let (mut written, mut publishes) = (0, Vec::new());
+    for (i, m) in inputs.into_iter().enumerate() {
+        let now = start + spacing * i as u32;
+        if s.deadline().is_some_and(|at| at <= now) {
+            s.on_timer(now);
+        }
+        // The checkpoints asked for are written by the shell's thread: not counted here.
+        while s.poll(now).is_some() {}
+        s.inbox().push(Received::Publish(m));
+        loop {
+            let turn = s.on_read(now);
+            if turn.more {
+                s.end_turn(now, 0);
+            }
+            let Some(tx) = s.transmit(now) else { break };
+            written += tx.len();
+            publish_ids(tx, &mut publishes);
+            s.on_written(now);
+            if publishes.is_empty() {
+                break;
+            }
+            for pkid in publishes.drain(..) {
+                s.inbox().push(Received::Other(Packet::PubAck(PubAck::new(pkid))));
+            }
+        }
+        black_box(&mut s);
+    }
+    written + s.emits_pending()
 }
 
 /// Decoding what one message brings: the input, and for an alert its PUBACK.

@@ -17,6 +17,8 @@
 //!   make the module hold.
 //! - `EDGEFILTER_MAX_DELIVERY_ATTEMPTS`: after how many failed connections in a row an alert is
 //!   given up (`delivery_failed`, 5 by default, 1 to 100).
+//! - `EDGEFILTER_STATE_DIR`: where the aggregates' open windows are saved (docs/aggregates.md);
+//!   unset: nowhere, and a restart starts every window afresh.
 //!
 //! On an IoT Edge device edgeAgent sets `IOTEDGE_*` instead, and the security daemon's workload
 //! API signs the tokens and serves the CA bundle ([`crate::workload`]). As in the Python SDK these
@@ -49,6 +51,8 @@ pub struct Config {
     /// thread. On a shared runtime (local mode, tests) it waits on a timer instead, which lets
     /// the other tasks run but wakes for every packet that arrives meanwhile.
     pub dedicated_thread: bool,
+    /// Where the aggregates' checkpoint is kept (`EDGEFILTER_STATE_DIR`; None: nowhere).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -65,6 +69,7 @@ impl Config {
             max_unconfirmed: DEFAULT_MAX_UNCONFIRMED,
             max_delivery_attempts: crate::limits::MAX_DELIVERY_ATTEMPTS,
             dedicated_thread: false,
+            state_dir: None,
         }
     }
 }
@@ -140,6 +145,7 @@ const TOKEN_TTL: &str = "EDGEFILTER_TOKEN_TTL_SECS";
 const METRICS_ADDR: &str = "EDGEFILTER_METRICS_ADDR";
 const MAX_UNCONFIRMED: &str = "EDGEFILTER_MAX_UNCONFIRMED";
 const MAX_DELIVERY_ATTEMPTS: &str = "EDGEFILTER_MAX_DELIVERY_ATTEMPTS";
+const STATE_DIR: &str = "EDGEFILTER_STATE_DIR";
 /// Alerts awaiting confirmation at most, by default. Throughput needs the alerts of one hub
 /// round trip in flight (at 30,000 alerts/s and a few milliseconds, about 100); more only queues
 /// at the hub, adding latency and memory (10,000 held 17 MB at peak under full load).
@@ -269,6 +275,7 @@ pub fn resolve(lookup: impl Fn(&str) -> Option<String>, mqtt_url_flag: Option<&s
         max_unconfirmed,
         max_delivery_attempts,
         dedicated_thread: false,
+        state_dir: lookup(STATE_DIR).filter(|v| !v.trim().is_empty()).map(PathBuf::from),
     })
 }
 

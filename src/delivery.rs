@@ -16,6 +16,11 @@
 //! confirms them in (MQTT 3.1.1 §4.6): a confirmation takes its alert out and the queue's front
 //! moves past what is done, so steady traffic allocates nothing here.
 //!
+//! Messages the module emits on its own (aggregate summaries, [`Delivery::emit`]) come from no
+//! input: they wait in a queue of their own, share the packet ids, are sent again with the alerts
+//! after a reconnect, and nothing input-related ever waits for them (no input's acknowledgement,
+//! and not [`Delivery::alerts_pending`], which holds input back).
+//!
 //! Pure state, no I/O: the MQTT shell feeds it events and does what it says.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -68,6 +73,8 @@ pub struct Delivery<A> {
     order_of: PkidMap<u64>,
     /// Packet ids held by other requests (SUBSCRIBE) until their acknowledgement.
     others: PkidSet,
+    /// Emitted messages not yet confirmed, oldest first, with their packet ids.
+    emits: VecDeque<(u16, A)>,
     ids: PacketIds,
 }
 
@@ -85,14 +92,15 @@ impl<A> Delivery<A> {
             first_order: 0,
             order_of: PkidMap::default(),
             others: PkidSet::default(),
+            emits: VecDeque::new(),
             ids: PacketIds::default(),
         }
     }
 
     /// A free packet id (1..=65535, none in use).
     fn allocate(&mut self) -> u16 {
-        let (alerts, others) = (&self.order_of, &self.others);
-        self.ids.next(|id| alerts.contains_key(&id) || others.contains(&id))
+        let (alerts, others, emits) = (&self.order_of, &self.others, &self.emits);
+        self.ids.next(|id| alerts.contains_key(&id) || others.contains(&id) || emits.iter().any(|(p, _)| *p == id))
     }
 
     /// A packet id for another request, held until [`Delivery::released`].
@@ -146,6 +154,29 @@ impl<A> Delivery<A> {
         }
     }
 
+    /// A message emitted on its own, from no input; returns its packet id.
+    pub fn emit(&mut self, message: A) -> u16 {
+        let pkid = self.allocate();
+        self.emits.push_back((pkid, message));
+        pkid
+    }
+
+    /// Emitted messages not yet confirmed.
+    pub fn emits_pending(&self) -> usize {
+        self.emits.len()
+    }
+
+    /// Forgets the oldest unconfirmed emitted message (to keep their number bounded).
+    pub fn evict_oldest_emit(&mut self) -> Option<A> {
+        self.emits.pop_front().map(|(_, m)| m)
+    }
+
+    /// The hub acknowledged the publish with this packet id: the emitted message, if it was one.
+    pub fn confirmed_emit(&mut self, pkid: u16) -> Option<A> {
+        let at = self.emits.iter().position(|(p, _)| *p == pkid)?;
+        self.emits.remove(at).map(|(_, m)| m)
+    }
+
     /// The hub acknowledged the publish with this packet id: the alert, if it was one.
     pub fn confirmed(&mut self, pkid: u16) -> Option<A> {
         let order = self.order_of.remove(&pkid)?;
@@ -157,9 +188,11 @@ impl<A> Delivery<A> {
         alert
     }
 
-    /// The unconfirmed alert with this packet id.
+    /// The unconfirmed alert, or emitted message, with this packet id.
     pub fn alert_mut(&mut self, pkid: u16) -> Option<&mut A> {
-        let order = self.order_of.get(&pkid)?;
+        let Some(&order) = self.order_of.get(&pkid) else {
+            return self.emits.iter_mut().find(|(p, _)| *p == pkid).map(|(_, m)| m);
+        };
         self.alerts.get_mut((order - self.first_order) as usize)?.as_mut().map(|(_, a)| a)
     }
 
@@ -197,12 +230,13 @@ impl<A> Delivery<A> {
     }
 
     /// A new connection: pending input acknowledgements are forgotten (the hub redelivers), the
-    /// other requests' ids are free again, and every unconfirmed alert is to be sent again, in
-    /// order, with its packet id.
+    /// other requests' ids are free again, and every unconfirmed alert, then every unconfirmed
+    /// emitted message, is to be sent again, in order, with its packet id.
     pub fn reconnected(&mut self) -> impl Iterator<Item = (u16, &mut A)> {
         self.inputs.clear();
         self.others.clear();
-        self.alerts.iter_mut().flatten().map(|(pkid, a)| (*pkid, &mut *a))
+        let emits = self.emits.iter_mut().map(|(pkid, m)| (*pkid, &mut *m));
+        self.alerts.iter_mut().flatten().map(|(pkid, a)| (*pkid, &mut *a)).chain(emits)
     }
 
     /// Input acknowledgements still owed.

@@ -27,6 +27,7 @@ pub mod scan;
 pub mod sensor;
 pub mod session;
 pub mod settings;
+pub mod statefile;
 pub mod stats;
 pub mod tls;
 pub mod topic;

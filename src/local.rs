@@ -6,6 +6,12 @@
 //! with the same MQTT code and SAS tokens they use against edgeHub. The console shows the
 //! upstream (the alerts), reported properties and statistics; a line typed on standard input
 //! (`TemperatureThreshold=30`, or a JSON patch) changes the filter's desired properties live.
+//!
+//! The ASA tutorial's loop is routed too: the filter's output `alert` goes to the sensor's
+//! `control` input, where `{"command":"reset"}` restarts its ramp; `docs/asa-tutorial.twin.json`
+//! is the tutorial's job as a twin (`edgefilter local --twin docs/asa-tutorial.twin.json`). The
+//! module keeps its aggregates' windows in `--state-dir` (`edgefilter-state` in the current
+//! directory by default).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -48,7 +54,12 @@ pub struct LocalOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How the hub delivers to the modules (`--inflight`, `--ack-delay-ms`).
     pub delivery: Delivery,
+    /// Where the module keeps its aggregates' windows (`--state-dir`; None: nowhere).
+    pub state_dir: Option<PathBuf>,
 }
+
+/// The output the tutorial's reset command leaves the filter on, routed to the sensor's `control`.
+pub const CONTROL_OUTPUT: &str = "alert";
 
 /// A fresh random key.
 fn new_key() -> Vec<u8> {
@@ -74,7 +85,7 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
         hub_hostname: HUB_HOSTNAME.into(),
         device_id: DEVICE_ID.into(),
         keys: [(FILTER_MODULE.to_string(), filter_key.clone()), (SENSOR_MODULE.to_string(), sensor_key.clone())].into(),
-        routes: routes::local_routes(SENSOR_MODULE, FILTER_MODULE),
+        routes: local_routes(),
         desired: [(FILTER_MODULE.to_string(), desired)].into(),
         delivery: options.delivery,
     };
@@ -97,6 +108,7 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
     let module_config = Config {
         settings: options.settings,
         metrics_addr: options.metrics_addr,
+        state_dir: options.state_dir,
         ..Config::local(HUB_HOSTNAME, ModuleId::new(DEVICE_ID, FILTER_MODULE), port, filter_key)
     };
     let sensor_task = tokio::spawn(run_sensor(port, sensor_key, options.interval, options.messages));
@@ -110,7 +122,20 @@ pub async fn run(options: LocalOptions, shutdown: impl Future<Output = ()>) -> R
     result
 }
 
-/// The simulated sensor as a module of its own, publishing over MQTT like the real one.
+/// iotedgedev's routes, and the tutorial's: the filter's `alert` output into the sensor's
+/// `control` input.
+pub fn local_routes() -> Vec<routes::Route> {
+    let mut r = routes::local_routes(SENSOR_MODULE, FILTER_MODULE);
+    r.push(routes::Route {
+        module: FILTER_MODULE.into(),
+        output: CONTROL_OUTPUT.into(),
+        sink: routes::Sink::ModuleInput { module: SENSOR_MODULE.into(), input: sensor::CONTROL_INPUT.into() },
+    });
+    r
+}
+
+/// The simulated sensor as a module of its own, publishing over MQTT like the real one, and
+/// taking commands on its `control` input.
 async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Option<u64>) {
     let id = ModuleId::new(DEVICE_ID, SENSOR_MODULE);
     let mut options = MqttOptions::new(id.client_id(), "127.0.0.1", port);
@@ -120,14 +145,16 @@ async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Optio
         crate::sas::token_from_key(&key, HUB_HOSTNAME, &id, expiry),
     );
     let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let _ = client.subscribe(id.inputs_filter(), QoS::AtLeastOnce).await;
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let sensor = Arc::new(std::sync::Mutex::new(Sensor::new(seed)));
+    let shared = sensor.clone();
     let publisher = tokio::spawn(async move {
-        let mut sensor = Sensor::new(seed);
         let mut tick = tokio::time::interval(interval);
         let mut sent = 0u64;
         while messages.is_none_or(|m| sent < m) {
             tick.tick().await;
-            let reading = sensor.next_reading(SystemTime::now());
+            let reading = shared.lock().unwrap_or_else(|p| p.into_inner()).next_reading(SystemTime::now());
             let topic = id.events_topic(&reading.properties.to_output_bag(sensor::OUTPUT));
             if client.publish(topic, QoS::AtLeastOnce, false, reading.body.into_bytes()).await.is_err() {
                 break;
@@ -138,6 +165,16 @@ async fn run_sensor(port: u16, key: Vec<u8>, interval: Duration, messages: Optio
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => info!("sensor: connected"),
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let before = sensor.lock().unwrap_or_else(|p| p.into_inner()).machine_temperature();
+                match sensor.lock().unwrap_or_else(|p| p.into_inner()).control(&p.payload) {
+                    sensor::Control::Reset => {
+                        info!("sensor: reset command received at machine temperature {before:.2}")
+                    }
+                    sensor::Control::NoOperation => {}
+                    sensor::Control::Unreadable(e) => warn!("sensor: control message not understood: {e}"),
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!("sensor: {e}");

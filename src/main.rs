@@ -35,9 +35,10 @@ ENVIRONMENT:
     EDGEFILTER_TOKEN_TTL_SECS    SAS token lifetime (default 3600)
     EDGEFILTER_METRICS_ADDR      where /metrics is served (default 0.0.0.0:9600; off: nowhere)
     EDGEFILTER_MAX_UNCONFIRMED   most alerts awaiting the hub's confirmation (default 1000)
+    EDGEFILTER_STATE_DIR         where the aggregates' windows are saved (default: nowhere)
     IOTEDGE_*                    set by IoT Edge: identity and the workload API (take precedence)
-    TemperatureThreshold, BatchSize, BatchIntervalMs, ReportIntervalSecs, DeadLetterOutput
-                                 settings when the twin sets none (defaults 25, 100, 10, 60, none)
+    TemperatureThreshold, BatchSize, BatchIntervalMs, ReportIntervalSecs, CheckpointSeconds,
+    DeadLetterOutput             settings when the twin sets none (defaults 25, 100, 10, 60, 5, none)
     RuntimeLogLevel / RUST_LOG   log level (info)
 ";
 
@@ -56,6 +57,8 @@ OPTIONS:
     --inflight N       messages the hub has in flight to a module (default 1, as edgeHub)
     --ack-delay-ms T   the hub acknowledges a module's publishes T ms late (or MIN-MAX, e.g.
                        0.5-2), as edgeHub does while it persists them (default 0)
+    --state-dir DIR    where the module keeps its aggregates' windows (default ./edgefilter-state;
+                       off: nowhere)
     -h, --help         this help
 
 Type TemperatureThreshold=40 and Enter while it runs to change the module twin.
@@ -157,6 +160,7 @@ fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
         settings,
         metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9600))),
         delivery: Default::default(),
+        state_dir: Some("edgefilter-state".into()),
     };
     while let Some(arg) = args.next()? {
         match arg {
@@ -177,6 +181,10 @@ fn local_options(mut args: lexopt::Parser) -> Result<Mode, Failure> {
                 let v = args.value()?.string()?;
                 options.delivery.ack_delay =
                     edgefilter::hub::AckDelay::parse(&v).map_err(|e| Failure::Usage(format!("--ack-delay-ms: {e}")))?;
+            }
+            Long("state-dir") => {
+                let v = args.value()?.string()?;
+                options.state_dir = (v != "off").then(|| v.into());
             }
             Long("metrics") => {
                 let v = args.value()?.string()?;

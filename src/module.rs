@@ -29,6 +29,7 @@ use crate::config::{Config, Credentials};
 use crate::limits::MAX_INCOMING_PACKET_SIZE;
 use crate::mqtt::{ConnectOptions, Link, LinkError, Received};
 use crate::session::{Action, Session, READ_BATCH};
+use crate::statefile::Saver;
 use crate::stats::Stats;
 
 pub use crate::limits::MAX_PACKET_SIZE;
@@ -119,9 +120,20 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
         None => None,
     };
     let metrics = serve_metrics(&config, &stats).await;
-    let session = Session::new(&config, stats.clone(), std::time::Instant::now(), seed());
-    let mut shell =
-        Shell { config: &config, stats: &stats, tls, session, io: Io::Offline, signing: None, timer: Timer::default() };
+    let mut session = Session::new(&config, stats.clone(), std::time::Instant::now(), seed());
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    session.set_wall_clock(std::time::Instant::now(), unix_ms);
+    let saver = restore(&config, &stats, &mut session);
+    let mut shell = Shell {
+        config: &config,
+        stats: &stats,
+        tls,
+        session,
+        io: Io::Offline,
+        signing: None,
+        timer: Timer::default(),
+        saver,
+    };
     let mut stopping = false;
     while shell.act().await {
         let event = shell.wait(&mut shutdown, stopping).await;
@@ -131,8 +143,32 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: impl Future<Output
     if let Some(m) = metrics {
         m.abort();
     }
+    if let Some(saver) = &mut shell.saver {
+        saver.finish();
+    }
     info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+/// Reads the aggregates' state file into the core, and starts the writer of new ones; None
+/// without a state directory.
+fn restore(config: &Config, stats: &Arc<Stats>, session: &mut Session) -> Option<Saver> {
+    let Some(dir) = &config.state_dir else {
+        info!("aggregates' windows are not kept across restarts (EDGEFILTER_STATE_DIR is not set)");
+        return None;
+    };
+    match crate::statefile::read(dir) {
+        Ok(Some(bytes)) => {
+            info!("aggregates' state file read from {} ({} bytes)", dir.display(), bytes.len());
+            session.restore_state(bytes);
+        }
+        Ok(None) => info!("aggregates' state in {}: no file yet", dir.display()),
+        Err(e) => {
+            stats.restore_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::warn!("cannot read the aggregates' state file in {}: {e}; windows start afresh", dir.display());
+        }
+    }
+    Some(Saver::new(dir.clone(), stats.clone()))
 }
 
 /// The shell's state between turns: the session core and what it does I/O for.
@@ -144,6 +180,8 @@ struct Shell<'a> {
     io: Io,
     signing: Option<Signing<'a>>,
     timer: Timer,
+    /// Writes the aggregates' checkpoints (None: no state directory).
+    saver: Option<Saver>,
 }
 
 impl<'a> Shell<'a> {
@@ -163,6 +201,11 @@ impl<'a> Shell<'a> {
                         link.closed_by_hub(CLOSE_TIMEOUT).await;
                     }
                     self.session.on_closed(std::time::Instant::now());
+                }
+                Action::Save(bytes) => {
+                    if let Some(saver) = &self.saver {
+                        saver.save(bytes);
+                    }
                 }
                 Action::Exit => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), self.write()).await;

@@ -35,6 +35,9 @@ pub struct Settings {
     pub rules: Option<std::sync::Arc<Rules>>,
     /// Windowed aggregates from the twin (`Aggregates`); None: none.
     pub aggregates: Option<std::sync::Arc<AggregateSet>>,
+    /// How often the aggregates' open windows are saved to the state directory, in seconds
+    /// (`CheckpointSeconds`): also the most input a crash can lose from them.
+    pub checkpoint_secs: u32,
     /// When an input is acknowledged (`AckMode`).
     pub ack_mode: AckMode,
 }
@@ -127,6 +130,14 @@ const SPECS: &[Spec] = &[
         get: |s| f64::from(s.report_interval_secs),
         set: |s, v| s.report_interval_secs = v as u32,
     },
+    Spec {
+        name: "CheckpointSeconds",
+        min: 1.0,
+        max: 3_600.0,
+        integer: true,
+        get: |s| f64::from(s.checkpoint_secs),
+        set: |s, v| s.checkpoint_secs = v as u32,
+    },
 ];
 
 /// The names of all settings, as they appear in the twin and the environment.
@@ -144,6 +155,7 @@ impl Default for Settings {
             dead_letter_output: OutputName::NONE,
             rules: None,
             aggregates: None,
+            checkpoint_secs: 5,
             ack_mode: AckMode::Confirmed,
         }
     }

@@ -293,8 +293,8 @@ fn corrupt_stale_or_missing_checkpoints_are_errors() {
         assert!(restore(&b, now).is_err(), "a flipped bit at {i}");
     }
     let mut v2 = bytes.clone();
-    v2[6] = 2;
-    assert_eq!(restore(&v2, now), Err(RestoreError::Version(2)));
+    v2[6] = 3;
+    assert_eq!(restore(&v2, now), Err(RestoreError::Version(3)));
     let ten_days = 10 * 86_400_000;
     assert!(matches!(restore(&bytes, now + ten_days), Err(RestoreError::Stale { .. })));
     assert!(matches!(restore(&bytes, now - 60_000), Err(RestoreError::Stale { .. })), "written in the future");

@@ -303,12 +303,12 @@ fn invalid_desired_values_are_rejected_keeping_the_previous_value() {
         assert_eq!(a.rejected[0].reason, reason);
     }
     let a = apply_desired(&current, &Settings::default(), &obj(json!({"TemperatureThreshold": "x"})), Source::Patch);
-    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null, "DeadLetterOutput": null, "AckMode": null, "Rules": null, "Aggregates": null});
+    let all_null = json!({"TemperatureThreshold": null, "BatchSize": null, "BatchIntervalMs": null, "ReportIntervalSecs": null, "CheckpointSeconds": null, "DeadLetterOutput": null, "AckMode": null, "Rules": null, "Aggregates": null});
     let mut rejected = all_null.clone();
     rejected["TemperatureThreshold"] = json!("expected a number, got a string");
     assert_eq!(
         reported(&a.settings, None, &a.rejected),
-        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "DeadLetterOutput": "", "AckMode": "confirmed", "Rules": null, "Aggregates": null, "RejectedSettings": rejected})
+        json!({"TemperatureThreshold": 30.0, "BatchSize": 100, "BatchIntervalMs": 10, "ReportIntervalSecs": 60, "CheckpointSeconds": 5, "DeadLetterOutput": "", "AckMode": "confirmed", "Rules": null, "Aggregates": null, "RejectedSettings": rejected})
     );
     assert_eq!(reported(&a.settings, None, &[])["RejectedSettings"], all_null);
 }
@@ -323,6 +323,8 @@ fn batch_settings_are_whole_numbers_in_range() {
         (json!({"BatchIntervalMs": -1}), "-1 is out of range 0..=60000"),
         (json!({"BatchIntervalMs": "10"}), "expected a number, got a string"),
         (json!({"ReportIntervalSecs": 0}), "0 is out of range 1..=86400"),
+        (json!({"CheckpointSeconds": 0}), "0 is out of range 1..=3600"),
+        (json!({"CheckpointSeconds": 1e9}), "1000000000 is out of range 1..=3600"),
     ] {
         let a = apply_desired(&current, &current, &obj(patch), Source::Patch);
         assert_eq!(a.settings, current);

@@ -7,6 +7,7 @@
 //! load down (coordinated omission). Every message carries a unique `sequenceNumber`; the
 //! expected alerts are the messages whose body the module's own decision function alerts on.
 
+pub mod aggregates;
 pub mod hub;
 pub mod output;
 pub mod trace;
@@ -64,6 +65,8 @@ pub struct ReplayOptions {
     pub pid: Option<u32>,
     /// Progress on standard error.
     pub progress: bool,
+    /// The twin's `Aggregates` to set for the run (`--aggregates`).
+    pub aggregates: Option<aggregates::Aggregates>,
 }
 
 /// What a replay found.
@@ -94,6 +97,9 @@ pub struct Report {
     /// The publisher's reconnections, and the publishes it sent again after them.
     pub publisher_reconnects: u64,
     pub publisher_resent: u64,
+    /// Aggregate messages received, and the readings their counts add up to (of how many).
+    pub summaries: aggregates::Summaries,
+    pub expected_readings: u64,
 }
 
 /// Why a replay could not run.
@@ -226,11 +232,19 @@ pub fn schedule(messages: &[Message], pace: Pace) -> Vec<Duration> {
 pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, ReplayError> {
     let tag = std::process::id();
     let events = format!("devices/{}/modules/{}/messages/events/#", o.target.device_id, o.target.module_id);
+    let mut filters = vec![events.clone()];
+    if o.aggregates.is_some() {
+        filters.push(aggregates::REPORTED.into());
+    }
     let mut subscriber =
-        Subscriber::connect(&o.hub, &format!("perf-sub-{tag}"), std::slice::from_ref(&events), Duration::from_secs(5))
-            .await?;
+        Subscriber::connect(&o.hub, &format!("perf-sub-{tag}"), &filters, Duration::from_secs(5)).await?;
     let alerts = &mut subscriber.alerts;
     let mut publisher = Publisher::connect(&o.hub, &format!("perf-pub-{tag}"), Duration::from_secs(5)).await?;
+    if let Some(a) = &o.aggregates {
+        a.apply(&mut publisher, alerts, Duration::from_secs(10)).await?;
+    }
+    let outputs = o.aggregates.as_ref().map_or(Vec::new(), |a| a.outputs.clone());
+    let expected_readings = o.aggregates.as_ref().map_or(0, |a| a.counting * messages.len() as u64);
     let due = schedule(messages, o.pace);
     let closed = match o.pace {
         Pace::Closed(n) => Some(n.max(1)),
@@ -256,6 +270,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         highest: 0,
         last: start,
         windows: Vec::new(),
+        outputs,
+        summaries: Default::default(),
     };
     let mut rss_over_time = Vec::new();
     let mut sent = 0u64;
@@ -304,7 +320,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     publisher.finish(hard_stop.into()).await?;
     let sent_at = Instant::now();
     let settle_until = (sent_at + o.settle).min(hard_stop);
-    while tally.received < expected_count {
+    while tally.received < expected_count || tally.summaries.readings < expected_readings {
         let now = Instant::now();
         if now >= settle_until {
             break;
@@ -351,6 +367,8 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         duration: start.elapsed(),
         publisher_reconnects: publisher.reconnects,
         publisher_resent: publisher.resent,
+        summaries: tally.summaries,
+        expected_readings,
     })
 }
 
@@ -392,6 +410,9 @@ struct Tally<'a> {
     /// When the last new alert arrived.
     last: Instant,
     windows: Vec<Histogram<u64>>,
+    /// The aggregates' outputs, and what came on them.
+    outputs: Vec<String>,
+    summaries: aggregates::Summaries,
 }
 
 /// The window length of [`Report::latency_windows`].
@@ -413,6 +434,13 @@ impl Tally<'_> {
         let pairs =
             p.topic.rsplit_once("/messages/events/").and_then(|(_, bag)| parse_bag(bag).ok()).unwrap_or_default();
         let value = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        if p.topic.starts_with("$iothub/twin/") {
+            return;
+        }
+        if value("$.on").is_some_and(|on| self.outputs.iter().any(|o| o == on)) {
+            self.summaries.record(&p.payload);
+            return;
+        }
         let seq = value("sequenceNumber").and_then(|v| v.parse::<u64>().ok());
         let Some(seq) = seq.filter(|s| *s >= 1 && (*s as usize) <= self.expected.len()) else {
             self.unexpected += 1;
@@ -483,6 +511,8 @@ impl Report {
             "module": {"cpuSeconds": self.module_cpu_seconds, "peakRssKb": self.module_peak_rss_kb},
             "durationSeconds": self.duration.as_secs_f64(),
             "publisher": {"reconnects": self.publisher_reconnects, "resent": self.publisher_resent},
+            "aggregates": {"messages": self.summaries.messages, "readings": self.summaries.readings,
+                           "expectedReadings": self.expected_readings},
         })
     }
 
@@ -515,6 +545,12 @@ impl Report {
                 self.publisher_reconnects, self.publisher_resent
             ));
         }
+        if self.summaries.messages > 0 || self.expected_readings > 0 {
+            s.push_str(&format!(
+                "\naggregates: {} messages, counting {} readings of {} expected",
+                self.summaries.messages, self.summaries.readings, self.expected_readings
+            ));
+        }
         if let (Some(cpu), Some(rss)) = (self.module_cpu_seconds, self.module_peak_rss_kb) {
             s.push_str(&format!("\nmodule: {cpu:.2} s CPU, peak RSS {:.1} MB", rss as f64 / 1024.0));
         }
@@ -523,7 +559,7 @@ impl Report {
 
     /// Whether nothing was lost.
     pub fn complete(&self) -> bool {
-        self.missing == 0 && self.unexpected == 0
+        self.missing == 0 && self.unexpected == 0 && self.summaries.readings == self.expected_readings
     }
 }
 

@@ -27,7 +27,7 @@ enum Command {
     /// Capture the messages on a live topic into a trace
     Record(RecordArgs),
     /// Replay a trace at a module and check every alert (exit 1 when alerts are missing or unexpected)
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Forward every input unchanged to output1, in the module's place: a baseline for the module
     Passthrough(PassthroughArgs),
     /// Compare two replay reports (--json files): a table of the differences and one plot
@@ -181,6 +181,11 @@ struct ReplayArgs {
     /// copies and their outputs come from the module's own decision function
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Aggregates for the module to run: a JSON file holding its twin's `Aggregates` object, set
+    /// with a desired patch before the replay; their messages are counted, and the readings
+    /// their counts add up to checked against the messages sent
+    #[arg(long, value_name = "FILE")]
+    aggregates: Option<PathBuf>,
     /// The module's process: its CPU time and peak RSS
     #[arg(long)]
     pid: Option<u32>,
@@ -303,6 +308,7 @@ async fn run(command: Command) -> Result<i32, String> {
                 deadline: Duration::from_secs_f64(a.deadline),
                 pid: a.pid,
                 progress: true,
+                aggregates: a.aggregates.as_deref().map(edgefilter_perf::aggregates::Aggregates::read).transpose()?,
             };
             let report = replay(&messages, &options).await.map_err(|e| e.to_string())?;
             finish(&report, &a.out, "replay")
@@ -499,6 +505,7 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
         deadline: Duration::from_secs(300),
         pid: None,
         progress: false,
+        aggregates: None,
     };
     let module_config = edgefilter::config::Config::local(HOST, target.clone(), port, key.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

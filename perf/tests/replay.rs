@@ -43,6 +43,7 @@ fn options(port: u16, target: &ModuleId, pace: Pace) -> ReplayOptions {
         deadline: Duration::from_secs(60),
         pid: None,
         progress: false,
+        aggregates: None,
     }
 }
 

@@ -40,6 +40,7 @@ async fn the_subscriber_leaves_with_the_replay_and_does_not_subscribe_again() {
         deadline: Duration::from_secs(30),
         pid: None,
         progress: false,
+        aggregates: None,
     };
     for run in 0..2 {
         let report = replay(&messages, &options).await.unwrap();

@@ -95,6 +95,8 @@ pub struct AggregateSet {
     pub desired: Map<String, Value>,
     /// Every path of the set as a slot of the scanner.
     pub extractor: Extractor,
+    /// Each aggregate's [`super::checkpoint::definition_hash`], made once (every checkpoint names them).
+    pub hashes: Vec<u64>,
 }
 
 impl AggregateSet {
@@ -104,7 +106,8 @@ impl AggregateSet {
         }
         let mut aggregates = desired.iter().map(|(n, v)| aggregate(n, v)).collect::<Result<Vec<_>, _>>()?;
         aggregates.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut set = AggregateSet { aggregates, desired: desired.clone(), extractor: Extractor::default() };
+        let hashes = aggregates.iter().map(super::checkpoint::definition_hash).collect();
+        let mut set = AggregateSet { aggregates, desired: desired.clone(), extractor: Extractor::default(), hashes };
         set.extractor = Extractor::new(&set)?;
         Ok(set)
     }

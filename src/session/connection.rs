@@ -113,8 +113,9 @@ impl Session {
         }
     }
 
-    /// Says goodbye and stops.
-    pub(super) fn exit(&mut self) {
+    /// Says goodbye, asks for the last save, and stops.
+    pub(super) fn exit(&mut self, now: Instant) {
+        self.final_save(now);
         if self.connected() {
             let _ = Packet::Disconnect.write(&mut self.tx, MAX_OUT);
         }
@@ -128,9 +129,11 @@ impl Session {
         self.due_acks(now);
         self.left_for_redelivery();
         let draining = self.draining.is_some();
-        if draining && self.connected() && self.delivery.alerts_pending() == 0 && self.delivery.inputs_pending() == 0 {
-            info!("all alerts confirmed and inputs acknowledged");
-            self.exit();
+        let (alerts, emits, inputs) =
+            (self.delivery.alerts_pending(), self.delivery.emits_pending(), self.delivery.inputs_pending());
+        if draining && self.connected() && alerts == 0 && emits == 0 && inputs == 0 {
+            info!("all alerts and aggregate messages confirmed and inputs acknowledged");
+            self.exit(now);
         }
         if self.tx.is_empty() {
             return None;

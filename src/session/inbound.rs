@@ -33,7 +33,7 @@ use crate::stats::Stats;
 use crate::topic::{self, Inbound};
 
 /// The size of each new arena that alert topics are written into.
-const TOPIC_ARENA: usize = 64 * 1024;
+pub(super) const TOPIC_ARENA: usize = 64 * 1024;
 /// How many alerts given up on are remembered ([`Session::given_up`]).
 const GIVEN_UP_KEPT: usize = 16;
 /// How often holding input back is logged at most.
@@ -100,7 +100,7 @@ impl Session {
     /// One packet; true when it was an input message.
     fn packet(&mut self, packet: &Received, now: Instant) -> bool {
         let packet = match packet {
-            Received::Publish(p) if self.holding_back() => {
+            Received::Publish(p) if self.holding_back() && !self.restore_answer(p) => {
                 self.hold_back(p, now);
                 return false;
             }
@@ -114,6 +114,8 @@ impl Session {
                     if let Some(written) = held.written {
                         crate::stats::record_us(&mut self.stats.latency().to_ack_us, now - written, 1);
                     }
+                } else if self.delivery.confirmed_emit(ack.pkid).is_some() {
+                    self.emit_confirmed();
                 }
             }
             Packet::SubAck(ack) => {
@@ -132,13 +134,15 @@ impl Session {
     }
 
     /// Whether incoming publishes wait: `max_unconfirmed` alerts await confirmation, or earlier
-    /// ones wait already, or are left for redelivery (acknowledgements keep arrival order).
+    /// ones wait already, or are left for redelivery (acknowledgements keep arrival order), or
+    /// the aggregates' state file waits for the first twin.
     fn holding_back(&self) -> bool {
         self.draining.is_none()
             && self.conn().is_some_and(|c| {
                 !c.deferred.is_empty()
                     || c.left_unacknowledged > 0
                     || self.delivery.alerts_pending() >= self.max_unconfirmed
+                    || self.awaiting_restore(c)
             })
     }
 
@@ -149,9 +153,12 @@ impl Session {
     /// unacknowledged; once everything before it is done the module reconnects and the hub
     /// redelivers it ([`Session::left_for_redelivery`]).
     fn hold_back(&mut self, publish: &Message, now: Instant) {
-        self.stats.overloaded.fetch_add(1, Relaxed);
         let (pending, max) = (self.delivery.alerts_pending(), self.max_unconfirmed);
-        let warned = self.overload_warned;
+        let restoring = self.conn().is_some_and(|c| self.awaiting_restore(c));
+        let warned = if restoring { Some(now) } else { self.overload_warned };
+        if !restoring {
+            self.stats.overloaded.fetch_add(1, Relaxed);
+        }
         let Phase::Up(c) = &mut self.phase else { return };
         if c.left_unacknowledged > 0 || c.deferred.len() >= max {
             if c.left_unacknowledged == 0 {
@@ -176,7 +183,9 @@ impl Session {
     /// Held-back publishes can go now: the hub has confirmed half of `max_unconfirmed` (so that
     /// they go out in full batches, not a few at a time).
     pub(super) fn resumable(&self, c: &super::Conn) -> bool {
-        !c.deferred.is_empty() && self.delivery.alerts_pending() <= self.max_unconfirmed / 2
+        !c.deferred.is_empty()
+            && self.delivery.alerts_pending() <= self.max_unconfirmed / 2
+            && !self.awaiting_restore(c)
     }
 
     /// Handles held-back publishes, in arrival order, while alerts may be sent and the batch has
@@ -224,46 +233,12 @@ impl Session {
                     return false; // not acknowledged: the hub keeps it for the next start
                 }
                 self.stats.received.fetch_add(1, Relaxed);
-                // The rules' Arc is cloned only under rules (sending borrows the session).
-                let decision = match (topic::input_is(input, filter::INPUT), self.settings.rules.clone()) {
-                    (false, _) => Decision::Drop(Reason::UnknownInput),
-                    (true, None) => filter::decide(&publish.payload, self.settings.temperature_threshold),
-                    (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
-                        Matched::Rules(mask) => {
-                            let sent = self.send_copies(publish, bag, &rules, mask, received);
-                            self.decided(publish.pkid, sent, received);
-                            return true;
-                        }
-                        Matched::Drop(reason) => Decision::Drop(reason),
-                    },
-                };
-                // Malformed messages go to the dead-letter output when one is set; the rest of
-                // the drops are acknowledged and counted.
-                let dead_letter = match decision {
-                    Decision::Drop(Reason::Malformed(_)) => self.settings.dead_letter_output,
-                    _ => crate::names::OutputName::NONE,
-                };
-                let sent = match (decision, dead_letter.get()) {
-                    (Decision::Alert, _) => {
-                        let sent = self.send(publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received);
-                        self.stats.alerts.fetch_add(u64::from(sent), Relaxed);
-                        sent
-                    }
-                    (Decision::Drop(reason), Some(output)) => {
-                        debug!("dead-lettered a message on {} to {output}: {}", topic::unquote(input), reason.name());
-                        Stats::drop(&self.stats, reason);
-                        self.stats.dead_lettered.fetch_add(1, Relaxed);
-                        self.send(publish, bag, output, &[(filter::DEAD_LETTER_PROPERTY, reason.name())], received)
-                    }
-                    (Decision::Drop(reason), None) => {
-                        if !matches!(reason, Reason::BelowThreshold | Reason::NoRuleMatched) {
-                            debug!("dropped a message on {}: {}", topic::unquote(input), reason.name());
-                        }
-                        Stats::drop(&self.stats, reason);
-                        false
-                    }
-                };
-                self.decided(publish.pkid, usize::from(sent), received);
+                let known = topic::input_is(input, filter::INPUT);
+                self.decide(publish, input, bag, known, received);
+                // Beside the decision: one message can alert and count.
+                if known {
+                    self.aggregate(&publish.payload, bag, received, now);
+                }
                 true
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
@@ -274,7 +249,7 @@ impl Session {
             }
             Ok(Inbound::DesiredPatch) => {
                 self.delivery.dropped(publish.pkid);
-                self.desired(&publish.payload, crate::settings::Source::Patch);
+                self.desired(now, &publish.payload, crate::settings::Source::Patch);
                 false
             }
             Ok(Inbound::Other) => {
@@ -290,6 +265,51 @@ impl Session {
                 true
             }
         }
+    }
+
+    /// Decides an input on `input` (`known`: the filter's own) and sends its alerts, or its dead
+    /// letter, or drops it.
+    fn decide(&mut self, publish: &Message, input: &str, bag: &str, known: bool, received: Instant) {
+        // The rules' Arc is cloned only under rules (sending borrows the session).
+        let decision = match (known, self.settings.rules.clone()) {
+            (false, _) => Decision::Drop(Reason::UnknownInput),
+            (true, None) => filter::decide(&publish.payload, self.settings.temperature_threshold),
+            (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
+                Matched::Rules(mask) => {
+                    let sent = self.send_copies(publish, bag, &rules, mask, received);
+                    self.decided(publish.pkid, sent, received);
+                    return;
+                }
+                Matched::Drop(reason) => Decision::Drop(reason),
+            },
+        };
+        // Malformed messages go to the dead-letter output when one is set; the rest of
+        // the drops are acknowledged and counted.
+        let dead_letter = match decision {
+            Decision::Drop(Reason::Malformed(_)) => self.settings.dead_letter_output,
+            _ => crate::names::OutputName::NONE,
+        };
+        let sent = match (decision, dead_letter.get()) {
+            (Decision::Alert, _) => {
+                let sent = self.send(publish, bag, filter::OUTPUT, &[filter::ALERT_PROPERTY], received);
+                self.stats.alerts.fetch_add(u64::from(sent), Relaxed);
+                sent
+            }
+            (Decision::Drop(reason), Some(output)) => {
+                debug!("dead-lettered a message on {} to {output}: {}", topic::unquote(input), reason.name());
+                Stats::drop(&self.stats, reason);
+                self.stats.dead_lettered.fetch_add(1, Relaxed);
+                self.send(publish, bag, output, &[(filter::DEAD_LETTER_PROPERTY, reason.name())], received)
+            }
+            (Decision::Drop(reason), None) => {
+                if !matches!(reason, Reason::BelowThreshold | Reason::NoRuleMatched) {
+                    debug!("dropped a message on {}: {}", topic::unquote(input), reason.name());
+                }
+                Stats::drop(&self.stats, reason);
+                false
+            }
+        };
+        self.decided(publish.pkid, usize::from(sent), received);
     }
 
     /// An input is decided with `sent` alerts: `confirmed` acknowledges it once they are

@@ -18,8 +18,11 @@
 //! - [`inbound`]: the data path, one turn top to bottom (decide each input, forward its alerts,
 //!   hold input back while too many alerts await confirmation, give up alerts that cannot be
 //!   delivered);
-//! - [`twin`]: the twin exchange and the settings it yields.
+//! - [`twin`]: the twin exchange and the settings it yields;
+//! - [`aggregates`]: the twin's windowed aggregates, beside the data path: folding, closing,
+//!   sending at least once, and the checkpoints the shell saves.
 
+mod aggregates;
 mod connection;
 mod inbound;
 mod twin;
@@ -71,6 +74,9 @@ pub enum Action {
     Close,
     /// Write what is queued (a DISCONNECT when connected), close, and stop.
     Exit,
+    /// Save these bytes (the aggregates' open windows) to the state file, replacing it atomically;
+    /// the last one before an [`Action::Exit`] is to be written before the process ends.
+    Save(Vec<u8>),
 }
 
 /// The connection, as the core sees it.
@@ -212,6 +218,7 @@ pub struct Session {
     /// The state of a pseudo-random sequence for jitter, seeded by the shell.
     seed: u64,
     actions: VecDeque<Action>,
+    aggregates: aggregates::Aggregates,
 }
 
 /// What a read turn did.
@@ -257,6 +264,7 @@ impl Session {
             overload_warned: None,
             seed: seed | 1,
             actions: VecDeque::new(),
+            aggregates: aggregates::Aggregates::new(config.settings.aggregates.as_ref(), now),
         }
     }
 
@@ -278,6 +286,11 @@ impl Session {
     /// Alerts not yet confirmed by the hub.
     pub fn alerts_pending(&self) -> usize {
         self.delivery.alerts_pending()
+    }
+
+    /// Aggregate messages not yet confirmed by the hub.
+    pub fn emits_pending(&self) -> usize {
+        self.delivery.emits_pending()
     }
 
     /// Until when the connection is left unread for input to gather, if it is.
@@ -318,7 +331,9 @@ impl Session {
                 info!("stopping while not connected: {pending} alerts unconfirmed; the hub redelivers their inputs");
             }
             self.phase = Phase::Stopped;
-            return Some(Action::Exit);
+            self.final_save(now);
+            self.actions.push_back(Action::Exit);
+            return self.actions.pop_front();
         }
         // Never a CONNECT with a token past its renewal time: a hub away for longer than a token's
         // lifetime would refuse the old one for ever. The renewal is out; its answer wakes us.
@@ -354,19 +369,21 @@ impl Session {
             .min(),
             _ => None,
         };
-        [renew, phase, self.draining].into_iter().flatten().min()
+        let aggregates = self.aggregates_deadline().filter(|_| !matches!(self.phase, Phase::Stopped));
+        [renew, phase, self.draining, aggregates].into_iter().flatten().min()
     }
 
-    /// A deadline passed: ping, judge the connection dead, ask for the twin again, report,
-    /// end a read pause, or give up the drain.
+    /// A deadline passed: close aggregate windows or save them, ping, judge the connection dead,
+    /// ask for the twin again, report, end a read pause, or give up the drain.
     pub fn on_timer(&mut self, now: Instant) {
+        self.aggregates_timer(now);
         let Phase::Up(c) = &mut self.phase else { return };
         if self.draining.is_some_and(|d| now >= d) {
             warn!(
                 "stopping with {} alerts unconfirmed: the hub redelivers their inputs",
                 self.delivery.alerts_pending()
             );
-            self.exit();
+            self.exit(now);
             return;
         }
         if now >= c.last_read + DEAD_AFTER {

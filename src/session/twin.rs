@@ -36,7 +36,7 @@ impl Session {
         self.next_rid.to_string()
     }
 
-    pub(super) fn twin_response(&mut self, _now: Instant, status: u16, rid: &str, body: &[u8]) {
+    pub(super) fn twin_response(&mut self, now: Instant, status: u16, rid: &str, body: &[u8]) {
         let Phase::Up(c) = &mut self.phase else { return };
         if c.twin_request.as_ref().is_none_or(|(r, _)| r != rid) {
             // The response to a reported-properties patch (204), or a stale request.
@@ -52,7 +52,7 @@ impl Session {
         }
         match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(mut twin)) => match twin.remove("desired") {
-                Some(desired) => self.desired_value(desired, Source::FullTwin),
+                Some(desired) => self.desired_value(now, desired, Source::FullTwin),
                 None => warn!("the twin has no desired properties: keeping the current settings"),
             },
             Ok(_) => warn!("the twin is not a JSON object: keeping the current settings"),
@@ -60,9 +60,9 @@ impl Session {
         }
     }
 
-    pub(super) fn desired(&mut self, body: &[u8], source: Source) {
+    pub(super) fn desired(&mut self, now: Instant, body: &[u8], source: Source) {
         match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(v) => self.desired_value(v, source),
+            Ok(v) => self.desired_value(now, v, source),
             Err(e) => {
                 self.stats.twin_rejections.fetch_add(1, Relaxed);
                 warn!("desired properties ignored: not valid JSON ({e})");
@@ -70,7 +70,7 @@ impl Session {
         }
     }
 
-    fn desired_value(&mut self, desired: serde_json::Value, source: Source) {
+    fn desired_value(&mut self, now: Instant, desired: serde_json::Value, source: Source) {
         let serde_json::Value::Object(desired) = desired else {
             self.stats.twin_rejections.fetch_add(1, Relaxed);
             warn!("desired properties ignored: not a JSON object");
@@ -99,6 +99,7 @@ impl Session {
         self.rejected = settings::still_rejected(&self.rejected, &applied.rejected, &desired, source);
         let reported = settings::reported(&applied.settings, &*current, &self.rejected);
         self.settings = Arc::new(applied.settings);
+        self.aggregates_changed(now);
         self.report_properties(reported);
     }
 

@@ -131,6 +131,12 @@ pub fn render(stats: &Stats, latency: &[Snapshot; 6], labels: &Labels) -> String
         ("overloaded_total", "Messages held back, or left for the hub to redeliver, while EDGEFILTER_MAX_UNCONFIRMED alerts await confirmation.", &stats.overloaded),
         ("dead_lettered_total", "Malformed messages sent to DeadLetterOutput.", &stats.dead_lettered),
         ("metrics_accept_failures_total", "Connections to /metrics that could not be accepted.", &stats.metrics_accept_failures),
+        ("aggregates_emitted_total", "Aggregate messages (a closed window's summary or body) queued to the hub.", &stats.aggregates_emitted),
+        ("aggregates_confirmed_total", "Aggregate messages the hub acknowledged.", &stats.aggregates_confirmed),
+        ("aggregates_overflow_total", "Aggregate messages forgotten unsent: more awaited the hub than the module keeps.", &stats.aggregates_overflow),
+        ("checkpoints_saved_total", "Checkpoints of the aggregates' windows written to the state directory.", &stats.checkpoints_saved),
+        ("checkpoint_failures_total", "Checkpoints of the aggregates' windows that could not be written.", &stats.checkpoint_failures),
+        ("restore_failures_total", "State files found at start and not restored (corrupt, stale, another version, unreadable).", &stats.restore_failures),
     ];
     for (name, help, value) in counters {
         t.family(name, "counter", help);

@@ -111,6 +111,17 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Connections to `/metrics` that could not be accepted.
     pub metrics_accept_failures: AtomicU64,
+    /// Aggregate messages (a closed window's summary or `body`) queued to the hub.
+    pub aggregates_emitted: AtomicU64,
+    /// Aggregate messages the hub acknowledged.
+    pub aggregates_confirmed: AtomicU64,
+    /// Aggregate messages forgotten unsent: more were waiting for the hub than the module keeps.
+    pub aggregates_overflow: AtomicU64,
+    /// Checkpoints of the aggregates' windows written to the state directory, and writes failed.
+    pub checkpoints_saved: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    /// State files found at start and not restored (corrupt, stale, another version, unreadable).
+    pub restore_failures: AtomicU64,
     pub latency: Mutex<Latency>,
     scrape: Mutex<Scrape>,
 }
@@ -131,6 +142,12 @@ impl Default for Stats {
             overloaded: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             metrics_accept_failures: AtomicU64::default(),
+            aggregates_emitted: AtomicU64::default(),
+            aggregates_confirmed: AtomicU64::default(),
+            aggregates_overflow: AtomicU64::default(),
+            checkpoints_saved: AtomicU64::default(),
+            checkpoint_failures: AtomicU64::default(),
+            restore_failures: AtomicU64::default(),
             latency: Mutex::new(Latency::default()),
             scrape: Mutex::new(Scrape { window, spare }),
         }

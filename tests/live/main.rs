@@ -8,7 +8,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/process.rs"]
+mod process;
 
+mod aggregates;
 mod arm;
 mod hostile;
 mod hub_delivery;

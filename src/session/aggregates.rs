@@ -1,0 +1,325 @@
+//! Windowed aggregates from the session's side: every input on a known input folded into the
+//! twin's `Aggregates` ([`crate::aggregate::Aggregator`]) beside the filter's decision, windows
+//! closed when the clock gets there, their messages sent at least once, and the open windows
+//! handed to the shell to save ([`Action::Save`]) every `CheckpointSeconds` and at the stop.
+//!
+//! **Time.** Windows are in Unix time; the core reads no clock. The shell reads the wall clock once
+//! and anchors it to an `Instant` ([`Session::set_wall_clock`]); the core's Unix time is then that
+//! anchor plus the monotonic time since. A step of the device's clock (NTP's first sync on a board
+//! without a real-time clock) is therefore not followed until the module restarts: arrival-time
+//! windows keep the time the module started with, and event-time windows follow the messages'
+//! own times (the watermark is the later of the two). The step never moves a watermark back.
+//!
+//! **Delivery.** A window's message is held in [`crate::delivery::Delivery`]'s queue of emitted
+//! messages until the hub confirms it, sent again with DUP after a reconnect, and sent on the next
+//! connection when it closed while offline. Nothing input-related waits for it: not an input's
+//! acknowledgement, not the hold-back of input. At most [`MAX_EMITS_HELD`] wait; beyond that the
+//! oldest is forgotten (`aggregates_overflow`, and a log line).
+//!
+//! **Restart.** The shell reads the state file at start ([`Session::restore_state`]); the bytes
+//! wait for the first twin, which says which aggregates are set. Until it answers, input is held
+//! back (one message under edgeHub's one-in-flight stream) so that no reading lands before its
+//! window is restored. See docs/aggregates.md, "Durability", for what a stop and a crash lose.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use log::{info, warn};
+
+use super::{Action, Held, Phase, Session};
+use crate::aggregate::{AggregateSet, Aggregator, Emitted};
+use crate::mqtt::write_publish;
+use crate::topic;
+
+/// The most aggregate messages kept while the hub has not confirmed them (offline, say): 1,024
+/// windows, 8.5 hours of the tutorial's 30-second aggregate.
+pub const MAX_EMITS_HELD: usize = 1024;
+
+/// The aggregates' state in the session.
+#[derive(Debug)]
+pub(super) struct Aggregates {
+    pub(super) running: Option<Aggregator>,
+    /// The Unix time in milliseconds at an instant.
+    wall: (Instant, i64),
+    /// A state file read at start, waiting for the first twin's set.
+    restore: Option<Vec<u8>>,
+    /// When to save next, and whether anything changed since the last save.
+    next_save: Option<Instant>,
+    dirty: bool,
+    /// Overflow was logged since the queue last emptied.
+    overflow_warned: bool,
+    /// The message id of the input being folded.
+    id: Vec<u8>,
+}
+
+impl Aggregates {
+    pub(super) fn new(set: Option<&Arc<AggregateSet>>, now: Instant) -> Aggregates {
+        Aggregates {
+            running: set.map(|s| Aggregator::new(s.clone(), 0)),
+            wall: (now, 0),
+            restore: None,
+            next_save: None,
+            dirty: false,
+            overflow_warned: false,
+            id: Vec::new(),
+        }
+    }
+
+    fn unix_ms(&self, at: Instant) -> i64 {
+        let (anchor, unix) = self.wall;
+        match at.checked_duration_since(anchor) {
+            Some(d) => unix + d.as_millis() as i64,
+            None => unix - anchor.duration_since(at).as_millis() as i64,
+        }
+    }
+
+    fn instant(&self, unix_ms: i64) -> Instant {
+        let (anchor, unix) = self.wall;
+        anchor + Duration::from_millis(unix_ms.saturating_sub(unix).max(0) as u64)
+    }
+}
+
+impl Session {
+    /// The wall clock: `now` is `unix_ms` milliseconds after the Unix epoch. The shell calls it
+    /// once, at start, before anything else.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: i64) {
+        self.aggregates.wall = (now, unix_ms);
+        if let Some(set) = self.settings.aggregates.clone() {
+            self.aggregates.running = Some(Aggregator::new(set, unix_ms));
+        }
+    }
+
+    /// A state file the shell read at start: restored when the first twin says which aggregates
+    /// are set.
+    pub fn restore_state(&mut self, bytes: Vec<u8>) {
+        self.aggregates.restore = Some(bytes);
+    }
+
+    /// The aggregates running, if any (for tests and the load tester).
+    pub fn aggregator(&self) -> Option<&Aggregator> {
+        self.aggregates.running.as_ref()
+    }
+
+    /// Input waits for the first twin: a state file waits for it to be restored.
+    pub(super) fn awaiting_restore(&self, c: &super::Conn) -> bool {
+        self.aggregates.restore.is_some() && c.twin_request.is_some()
+    }
+
+    /// A twin message while input waits for the twin to restore the windows: handled at once.
+    pub(super) fn restore_answer(&self, publish: &crate::mqtt::Message) -> bool {
+        self.aggregates.restore.is_some() && publish.topic().starts_with("$iothub/twin/")
+    }
+
+    /// Folds one input into every aggregate (a message id from its bag counts a redelivery
+    /// once), then sends the windows it closed.
+    pub(super) fn aggregate(&mut self, body: &[u8], bag: &str, received: Instant, now: Instant) {
+        let time = self.aggregates.unix_ms(received);
+        let Aggregates { running: Some(running), id, dirty, .. } = &mut self.aggregates else { return };
+        let has_id = message_id(bag, id);
+        // A message that is not JSON is counted per aggregate (`malformed`) by the fold.
+        let _ = running.fold(body, has_id.then_some(&id[..]), time);
+        *dirty = true;
+        self.close_windows(now);
+    }
+
+    /// Sends the messages of the windows the clock at `now` has closed.
+    fn close_windows(&mut self, now: Instant) {
+        let unix = self.aggregates.unix_ms(now);
+        let Some(running) = &mut self.aggregates.running else { return };
+        let emitted = running.close(unix);
+        if emitted.is_empty() {
+            return;
+        }
+        self.aggregates.dirty = true;
+        for e in emitted {
+            self.emit(e, now);
+        }
+    }
+
+    /// Queues one window's message, at least once.
+    fn emit(&mut self, e: Emitted, now: Instant) {
+        if self.topics.capacity() - self.topics.len() < 1024 {
+            self.topics = BytesMut::with_capacity(super::inbound::TOPIC_ARENA);
+        }
+        let (output, properties) = (e.output.as_str(), &e.properties);
+        if topic::write_output_topic(&mut self.topics, &self.id, "", output, properties, &mut self.bag).is_err() {
+            return; // an empty bag and validated names: cannot fail
+        }
+        let topic = self.topics.split().freeze();
+        if self.delivery.emits_pending() >= MAX_EMITS_HELD {
+            self.delivery.evict_oldest_emit();
+            self.stats.aggregates_overflow.fetch_add(1, Relaxed);
+            if !std::mem::replace(&mut self.aggregates.overflow_warned, true) {
+                warn!(
+                    "{MAX_EMITS_HELD} aggregate messages await the hub: forgetting the oldest unsent (aggregates_overflow counts them)"
+                );
+            }
+        }
+        let payload = Bytes::from(e.body.into_bytes());
+        let held = Held {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            received: now,
+            written: None,
+            connection: self.connection,
+            strikes: 0,
+            dead_letter: false,
+        };
+        let pkid = self.delivery.emit(held);
+        self.stats.aggregates_emitted.fetch_add(1, Relaxed);
+        if let Phase::Up(c) = &mut self.phase {
+            if !c.closing {
+                c.unflushed.push(pkid);
+                let _ = write_publish(&mut self.tx, &topic, pkid, &payload, false);
+            }
+        }
+    }
+
+    /// The hub confirmed an aggregate message.
+    pub(super) fn emit_confirmed(&mut self) {
+        self.stats.aggregates_confirmed.fetch_add(1, Relaxed);
+        if self.delivery.emits_pending() == 0 {
+            self.aggregates.overflow_warned = false;
+        }
+    }
+
+    /// The settings changed: start, change, restore or stop the aggregates.
+    pub(super) fn aggregates_changed(&mut self, now: Instant) {
+        let unix = self.aggregates.unix_ms(now);
+        let every = self.checkpoint_every();
+        let a = &mut self.aggregates;
+        let restore = a.restore.take();
+        match (self.settings.aggregates.clone(), &mut a.running) {
+            (Some(set), Some(running)) if *running.set != *set => {
+                running.apply(set, unix).iter().for_each(|l| info!("{l}"))
+            }
+            (Some(_), Some(_)) => {}
+            (Some(set), None) => a.running = Some(restored(set, restore, unix, &self.stats)),
+            (None, Some(running)) => {
+                let open: usize =
+                    running.set.aggregates.iter().zip(&running.series).map(|(d, s)| s.open_windows(d)).sum();
+                info!("Aggregates removed: {open} open windows discarded");
+                a.running = None;
+            }
+            (None, None) if restore.is_some() => {
+                info!("the twin sets no Aggregates: the state file's windows are discarded")
+            }
+            (None, None) => {}
+        }
+        a.dirty = a.running.is_some();
+        a.next_save = match (&a.running, a.next_save) {
+            (None, _) => None,
+            (Some(_), Some(at)) => Some(at.min(now + every)),
+            (Some(_), None) => Some(now + every),
+        };
+    }
+
+    fn checkpoint_every(&self) -> Duration {
+        Duration::from_secs(u64::from(self.settings.checkpoint_secs))
+    }
+
+    /// When the aggregates next want [`Session::on_timer`]: a window to close, a save due.
+    pub(super) fn aggregates_deadline(&self) -> Option<Instant> {
+        let a = &self.aggregates;
+        let running = a.running.as_ref().filter(|_| self.draining.is_none())?;
+        let close = running.next_deadline().map(|unix| a.instant(unix));
+        [close, a.next_save.filter(|_| a.dirty)].into_iter().flatten().min()
+    }
+
+    /// A deadline passed: close what the clock closed, save when due.
+    pub(super) fn aggregates_timer(&mut self, now: Instant) {
+        if self.draining.is_some() || self.aggregates.running.is_none() {
+            return;
+        }
+        self.close_windows(now);
+        if self.aggregates.next_save.is_some_and(|at| now >= at) {
+            self.aggregates.next_save = Some(now + self.checkpoint_every());
+            self.save(now);
+        }
+    }
+
+    /// Asks the shell to save the open windows, when anything changed since the last save.
+    fn save(&mut self, now: Instant) {
+        let a = &mut self.aggregates;
+        let Some(running) = a.running.as_ref().filter(|_| a.dirty) else { return };
+        a.dirty = false;
+        self.actions.push_back(Action::Save(running.checkpoint(a.unix_ms(now))));
+    }
+
+    /// The stop: the last save. Windows stay open in it (none is closed while draining) and close
+    /// after the restart; messages of windows closed and still unconfirmed are lost, said here.
+    pub(super) fn final_save(&mut self, now: Instant) {
+        let unsent = self.delivery.emits_pending();
+        if unsent > 0 {
+            warn!("stopping with {unsent} aggregate messages unconfirmed by the hub: they are lost");
+        }
+        self.save(now);
+    }
+}
+
+/// The aggregates of `set`, from the state file when there is one that fits.
+fn restored(set: Arc<AggregateSet>, bytes: Option<Vec<u8>>, unix: i64, stats: &crate::stats::Stats) -> Aggregator {
+    let Some(bytes) = bytes else { return Aggregator::new(set, unix) };
+    match Aggregator::restore(set.clone(), &bytes, unix) {
+        Ok((running, log)) => {
+            log.iter().for_each(|l| info!("{l}"));
+            let open: usize = running.set.aggregates.iter().zip(&running.series).map(|(d, s)| s.open_windows(d)).sum();
+            info!("Aggregates restored from the state file: {open} open windows");
+            running
+        }
+        Err(e) => {
+            stats.restore_failures.fetch_add(1, Relaxed);
+            warn!("the aggregates' state file is not used ({e}): every window starts afresh");
+            Aggregator::new(set, unix)
+        }
+    }
+}
+
+/// Writes an input's message id into `id`: its bag's `$.mid`, otherwise the simulated sensor's
+/// `batchId` and `sequenceNumber` (the tutorial's sensor sets no message id); false for neither.
+/// One pass over the bag's bytes (measured: splitting it with `str::split` cost four times as
+/// much, a call to memchr per entry).
+pub fn message_id(bag: &str, id: &mut Vec<u8>) -> bool {
+    id.clear();
+    let bag = bag.trim_end_matches('/').as_bytes();
+    let (mut batch, mut sequence): (&[u8], &[u8]) = (&[], &[]);
+    let mut start = 0;
+    while start < bag.len() {
+        let end = bag[start..].iter().position(|&b| b == b'&').map_or(bag.len(), |i| start + i);
+        let entry = &bag[start..end];
+        if let Some(v) = entry.strip_prefix(b"%24.mid=").or_else(|| entry.strip_prefix(b"$.mid=")) {
+            id.extend_from_slice(v);
+            return true;
+        } else if let Some(v) = entry.strip_prefix(b"batchId=") {
+            batch = v;
+        } else if let Some(v) = entry.strip_prefix(b"sequenceNumber=") {
+            sequence = v;
+        }
+        start = end + 1;
+    }
+    if batch.is_empty() || sequence.is_empty() {
+        return false;
+    }
+    id.extend_from_slice(batch);
+    id.push(b'/');
+    id.extend_from_slice(sequence);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_message_id_is_the_bags_mid_or_else_the_sensors_batch_and_sequence() {
+        let mut id = Vec::new();
+        assert!(super::message_id("sequenceNumber=7&batchId=b1&%24.mid=m%2F1&%24.cdid=d/", &mut id));
+        assert_eq!(id, b"m%2F1");
+        assert!(super::message_id("sequenceNumber=7&batchId=b1&%24.cdid=d", &mut id));
+        assert_eq!(id, b"b1/7");
+        assert!(!super::message_id("sequenceNumber=7&%24.cdid=d", &mut id));
+        assert!(!super::message_id("", &mut id));
+        assert!(super::message_id("$.mid=x", &mut id));
+        assert_eq!(id, b"x");
+    }
+}
