@@ -16,13 +16,23 @@
 //! record. A short read means the socket is drained (new data raises a new edge-triggered event),
 //! so the socket is not read again just to see `EAGAIN`; after a pause the caller asks for
 //! [`Link::read_ready`], which reads without waiting for the event loop to report readiness.
+//!
+//! Here the link ([`Link`]: connect, read, write, TLS driven in memory); in [`codec`] the PUBLISH
+//! packets decoded in place and encoded directly; in [`seal`] a batch of any size sealed into TLS
+//! records.
 
-use std::io::{Read as _, Write as _};
+mod codec;
+mod seal;
+
+pub use codec::{read_publish, write_publish, Message, Received};
+pub use seal::seal;
+
+use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use rumqttc::mqttbytes::{self, v4::Packet, QoS};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::{self, v4::Packet};
 use rumqttc::tokio_rustls::TlsConnector;
 use rumqttc::{ConnectReturnCode, Login};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -30,99 +40,6 @@ use tokio::net::TcpStream;
 
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// An incoming PUBLISH, read without copying or allocating: its topic and payload are slices of
-/// the read buffer. The topic is valid UTF-8 (checked when it was read).
-#[derive(Clone, Debug)]
-pub struct Message {
-    pub pkid: u16,
-    pub qos: QoS,
-    topic: Bytes,
-    pub payload: Bytes,
-}
-
-impl Message {
-    pub fn topic(&self) -> &str {
-        // SAFETY: `read_publish` only makes a `Message` whose topic is valid UTF-8.
-        unsafe { std::str::from_utf8_unchecked(&self.topic) }
-    }
-}
-
-/// A packet read from the hub: a PUBLISH as a [`Message`], anything else as rumqttc decodes it.
-#[derive(Debug)]
-pub enum Received {
-    Publish(Message),
-    Other(Packet),
-}
-
-/// Decodes one PUBLISH from the front of `rx` (whose first byte must say PUBLISH): None until the
-/// whole packet is there. MQTT 3.1.1 §3.3.
-pub fn read_publish(rx: &mut BytesMut, max_packet: usize) -> Result<Option<Message>, LinkError> {
-    let Some(&first) = rx.first() else { return Ok(None) };
-    let flags = first & 0x0F;
-    let (mut remaining, mut header) = (0usize, 1usize);
-    loop {
-        let Some(&b) = rx.get(header) else { return Ok(None) };
-        remaining |= usize::from(b & 0x7F) << (7 * (header - 1));
-        header += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if header > 4 {
-            return Err(LinkError::Protocol("malformed remaining length".into()));
-        }
-    }
-    if remaining > max_packet {
-        return Err(LinkError::Protocol(format!("a {remaining}-byte packet is over the {max_packet}-byte limit")));
-    }
-    if rx.len() < header + remaining {
-        return Ok(None);
-    }
-    let qos = match (flags >> 1) & 3 {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        _ => return Err(LinkError::Protocol("PUBLISH with QoS 3".into())),
-    };
-    let mut packet = rx.split_to(header + remaining).freeze();
-    packet.advance(header);
-    let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    if packet.len() < 2 || packet.len() < 2 + usize::from(u16::from_be_bytes([packet[0], packet[1]])) + id_len {
-        return Err(LinkError::Protocol("PUBLISH shorter than its topic".into()));
-    }
-    let topic_len = usize::from(packet.get_u16());
-    let topic = packet.split_to(topic_len);
-    if std::str::from_utf8(&topic).is_err() {
-        return Err(LinkError::Protocol("PUBLISH topic is not UTF-8".into()));
-    }
-    let pkid = if qos == QoS::AtMostOnce { 0 } else { packet.get_u16() };
-    Ok(Some(Message { pkid, qos, topic, payload: packet }))
-}
-
-/// Encodes a QoS 1 PUBLISH of `payload` to `topic` into `tx`, without making a packet first
-/// (MQTT 3.1.1 §3.3; `dup` when it is sent again).
-pub fn write_publish(tx: &mut BytesMut, topic: &[u8], pkid: u16, payload: &[u8], dup: bool) -> Result<(), LinkError> {
-    let remaining = 2 + topic.len() + 2 + payload.len();
-    if remaining > MAX_OUTGOING || topic.len() > usize::from(u16::MAX) {
-        return Err(LinkError::Protocol(format!("a {remaining}-byte publish is over the hub's limit")));
-    }
-    tx.reserve(5 + remaining);
-    tx.put_u8(0x32 | if dup { 0x08 } else { 0 });
-    let mut length = remaining;
-    loop {
-        let byte = (length & 0x7F) as u8;
-        length >>= 7;
-        tx.put_u8(if length > 0 { byte | 0x80 } else { byte });
-        if length == 0 {
-            break;
-        }
-    }
-    tx.put_u16(topic.len() as u16);
-    tx.put_slice(topic);
-    tx.put_u16(pkid);
-    tx.put_slice(payload);
-    Ok(())
-}
 
 /// Why a connection failed or ended.
 #[derive(Debug)]
@@ -204,43 +121,11 @@ pub struct Link {
     after_read: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
-/// Seals every byte of `plain` into TLS records appended to `sealed` (cleared first), leaving
-/// `plain` empty.
-///
-/// rustls takes at most its buffer limit of plaintext (64 KiB by default) until `write_tls`
-/// drains its records; past that, `write` returns 0, which `write_all` reports as `WriteZero`.
-/// Writing the whole batch with `write_all` therefore failed every batch over 64 KiB (one 200 KB
-/// alert, 300 alerts sent again after a reconnect), the connection was dropped, and the same
-/// batch failed again on the next one, for ever. So plaintext goes in as much at a time as rustls
-/// takes, and its records are drained into `sealed` after each piece: the whole batch still leaves
-/// in one `send`.
-pub fn seal(
-    session: &mut rustls::ClientConnection,
-    plain: &mut BytesMut,
-    sealed: &mut Vec<u8>,
-) -> Result<(), LinkError> {
-    sealed.clear();
-    loop {
-        while session.wants_write() {
-            session.write_tls(sealed)?;
-        }
-        if plain.is_empty() {
-            return Ok(());
-        }
-        let taken = session.writer().write(plain)?;
-        if taken == 0 {
-            // Nothing buffered (drained above) and nothing taken: rustls will not take more.
-            return Err(LinkError::Tls("the TLS session takes no more data".into()));
-        }
-        plain.advance(taken);
-    }
-}
-
 /// The sealed-records buffer is kept between writes up to this size.
 const SEALED_KEPT: usize = 1024 * 1024;
 
 /// The largest packet the module writes (edgeHub's limit).
-const MAX_OUTGOING: usize = crate::limits::MAX_PACKET_SIZE;
+pub(crate) const MAX_OUTGOING: usize = crate::limits::MAX_PACKET_SIZE;
 
 impl Link {
     /// Connects, sends CONNECT and waits for CONNACK; returns the link and whether the hub had
@@ -511,6 +396,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A hub that accepts one connection and answers its CONNECT; returns its end of the socket.
@@ -566,84 +452,6 @@ mod tests {
                     .unwrap();
                 packets += out.drain(..).count();
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tls_tests {
-    use super::*;
-
-    /// A client and a server session for `localhost`, handshake done, in memory.
-    fn sessions() -> (rustls::ClientConnection, rustls::ServerConnection) {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
-        let der = CertificateDer::from(cert.der().to_vec());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
-        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
-        while c.is_handshaking() || s.is_handshaking() {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            s.read_tls(&mut &wire[..]).unwrap();
-            s.process_new_packets().unwrap();
-            wire.clear();
-            while s.wants_write() {
-                s.write_tls(&mut wire).unwrap();
-            }
-            c.read_tls(&mut &wire[..]).unwrap();
-            c.process_new_packets().unwrap();
-        }
-        (c, s)
-    }
-
-    /// What the server reads of `records`.
-    fn open(s: &mut rustls::ServerConnection, mut records: &[u8]) -> Vec<u8> {
-        let mut plain = Vec::new();
-        while !records.is_empty() {
-            s.read_tls(&mut records).unwrap();
-            let state = s.process_new_packets().unwrap();
-            let at = plain.len();
-            plain.resize(at + state.plaintext_bytes_to_read(), 0);
-            s.reader().read_exact(&mut plain[at..]).unwrap();
-        }
-        plain
-    }
-
-    /// The bug behind the reconnect storm: rustls refuses plaintext past its 64 KiB buffer limit,
-    /// so `write_all` of a whole batch fails. `seal` writes any size, in one buffer of records.
-    #[test]
-    fn batches_of_any_size_are_sealed_whole() {
-        let (mut c, _) = sessions();
-        let big = vec![7u8; 300 * 1024];
-        let refused = c.writer().write_all(&big).unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::WriteZero, "rustls's limit is what broke write_all");
-        for size in [0, 1, 4, 16 * 1024, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 250 * 1024, 300 * 1200, 2 << 20] {
-            let (mut c, mut s) = sessions();
-            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let mut plain = BytesMut::from(&data[..]);
-            let mut sealed = Vec::new();
-            seal(&mut c, &mut plain, &mut sealed).unwrap();
-            assert!(plain.is_empty(), "{size}: everything taken");
-            assert!(!c.wants_write(), "{size}: every record drained into the one buffer");
-            assert_eq!(open(&mut s, &sealed), data, "{size}: the server reads exactly the batch");
         }
     }
 }
