@@ -18,10 +18,10 @@
 
 use std::sync::Arc;
 
-use super::definition::{reported, AggregateSet, MAX_GROUPS};
+use super::definition::{AggregateSet, MAX_GROUPS};
 use super::series::{Dropped, Hot, Panes, Series};
 use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS};
-use super::{fnv1a, Aggregator, Seen};
+use super::{Aggregator, Seen};
 
 const MAGIC: &[u8; 6] = b"EFAGGR";
 pub const VERSION: u8 = 2;
@@ -74,11 +74,6 @@ pub fn checksum(payload: &[u8]) -> u64 {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     h
-}
-
-/// The hash naming a definition.
-pub fn definition_hash(a: &super::Aggregate) -> u64 {
-    fnv1a(reported(a).to_string().as_bytes())
 }
 
 impl Aggregator {

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::extract::Extractor;
+use super::extract::{Extractor, Paths};
 use super::summary::Function;
 use crate::names::{type_name, OutputName};
 use crate::rules::{format_path, parse_path, Op, MAX_TEXT};
@@ -24,9 +24,11 @@ pub const MAX_HOPS: u64 = 60;
 /// The longest `lateSeconds`: a day, and at most [`MAX_HOPS`] hops, so that a group keeps at
 /// most [`MAX_PANES`] panes.
 pub const MAX_LATE_SECONDS: u64 = 86_400;
+/// How far ahead of the module's clock an event time may be: ASA's fixed 5 minutes.
+pub const EARLY_MS: i64 = 5 * 60 * 1000;
 /// The most panes one group holds: a window's, those `lateSeconds` holds open, those of readings up
 /// to 5 minutes early (at a 1-second hop), and one on either side.
-pub const MAX_PANES: usize = 2 * MAX_HOPS as usize + (super::series::EARLY_MS / 1000) as usize + 2;
+pub const MAX_PANES: usize = 2 * MAX_HOPS as usize + (EARLY_MS / 1000) as usize + 2;
 /// The longest `body`, serialised.
 pub const MAX_BODY: usize = 4096;
 
@@ -95,7 +97,7 @@ pub struct AggregateSet {
     pub desired: Map<String, Value>,
     /// Every path of the set as a slot of the scanner.
     pub extractor: Extractor,
-    /// Each aggregate's [`super::checkpoint::definition_hash`], made once (every checkpoint names them).
+    /// Each aggregate's [`definition_hash`], made once (every checkpoint names them).
     pub hashes: Vec<u64>,
 }
 
@@ -106,9 +108,18 @@ impl AggregateSet {
         }
         let mut aggregates = desired.iter().map(|(n, v)| aggregate(n, v)).collect::<Result<Vec<_>, _>>()?;
         aggregates.sort_by(|a, b| a.name.cmp(&b.name));
-        let hashes = aggregates.iter().map(super::checkpoint::definition_hash).collect();
+        let hashes = aggregates.iter().map(definition_hash).collect();
         let mut set = AggregateSet { aggregates, desired: desired.clone(), extractor: Extractor::default(), hashes };
-        set.extractor = Extractor::new(&set)?;
+        let paths: Vec<Paths<'_>> = set
+            .aggregates
+            .iter()
+            .map(|a| Paths {
+                value: &a.path,
+                time: a.time.as_ref().map(|t| t.path.as_slice()),
+                group: a.group_by.as_deref(),
+            })
+            .collect();
+        set.extractor = Extractor::new(&paths)?;
         Ok(set)
     }
 
@@ -386,4 +397,10 @@ fn properties(v: Option<&Value>) -> Result<Vec<(String, String)>, String> {
             .collect(),
         Some(other) => Err(format!("expected an object, got {}", type_name(other))),
     }
+}
+
+/// The hash naming a definition (in checkpoints: a window is restored only into the definition it
+/// was kept for).
+pub fn definition_hash(a: &Aggregate) -> u64 {
+    super::fnv::fnv1a(reported(a).to_string().as_bytes())
 }

@@ -10,7 +10,6 @@
 //! last of duplicate keys as the scanner does. It runs only for an aggregate with `time` or
 //! `groupBy` whose slot held no number.
 
-use super::definition::AggregateSet;
 use crate::rules::{Matcher, MAX_RULES};
 use crate::scan::{scan_paths, Malformed};
 
@@ -27,6 +26,14 @@ pub struct Reading<'a> {
     /// The group key as canonical JSON text (`"m1"`, `7`); None: none at `groupBy` (ignored
     /// without `groupBy`).
     pub group: Option<&'a str>,
+}
+
+/// One aggregate's paths: the value's, the event time's and the group key's.
+#[derive(Clone, Copy, Debug)]
+pub struct Paths<'a> {
+    pub value: &'a [String],
+    pub time: Option<&'a [String]>,
+    pub group: Option<&'a [String]>,
 }
 
 /// A set's paths as scanner slots.
@@ -53,8 +60,9 @@ impl Default for Extractor {
 }
 
 impl Extractor {
-    /// The extractor for a set, or why its paths are too many for the scanner.
-    pub(super) fn new(set: &AggregateSet) -> Result<Extractor, String> {
+    /// The extractor for a set's aggregates, given in its order as their paths (`path`,
+    /// `time.path`, `groupBy`), or why the paths are too many for the scanner.
+    pub(super) fn new(aggregates: &[Paths<'_>]) -> Result<Extractor, String> {
         let mut all: Vec<Vec<String>> = Vec::new();
         let mut index = |p: &[String]| -> u8 {
             let i = all.iter().position(|q| q == p).unwrap_or_else(|| {
@@ -63,11 +71,8 @@ impl Extractor {
             });
             i as u8
         };
-        let ids: Vec<_> = set
-            .aggregates
-            .iter()
-            .map(|a| (index(&a.path), a.time.as_ref().map(|t| index(&t.path)), a.group_by.as_deref().map(&mut index)))
-            .collect();
+        let ids: Vec<_> =
+            aggregates.iter().map(|a| (index(a.value), a.time.map(&mut index), a.group.map(&mut index))).collect();
         if all.len() > MAX_PATHS {
             return Err(format!(
                 "at most {MAX_PATHS} distinct paths (path, time.path, groupBy) in all, got {}",
@@ -78,11 +83,11 @@ impl Extractor {
         let slot = |i: u8| matcher.slot_of[usize::from(i)];
         let fields = ids
             .iter()
-            .zip(&set.aggregates)
+            .zip(aggregates)
             .map(|(&(v, t, g), a)| Fields {
                 value: slot(v),
-                time: t.map(slot).zip(a.time.as_ref().map(|t| t.path.clone())),
-                group: g.map(slot).zip(a.group_by.clone()),
+                time: t.map(slot).zip(a.time.map(<[String]>::to_vec)),
+                group: g.map(slot).zip(a.group.map(<[String]>::to_vec)),
             })
             .collect();
         Ok(Extractor { matcher, fields })

@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod definition;
 pub mod extract;
+mod fnv;
 pub mod series;
 pub mod summary;
 pub mod time;
@@ -24,6 +25,7 @@ pub mod time;
 use std::sync::Arc;
 
 pub use definition::{Aggregate, AggregateSet};
+pub use fnv::fnv1a;
 use series::{Closed, Dropped, Series};
 use summary::Function;
 
@@ -235,9 +237,4 @@ impl std::hash::Hasher for IdHasher {
     fn write_u64(&mut self, x: u64) {
         self.0 = x;
     }
-}
-
-/// FNV-1a, 64 bits: message ids and checkpoint checksums.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

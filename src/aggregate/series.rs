@@ -11,7 +11,7 @@
 //! is late: dropped, or with `"late": "adjust"` counted at W, in the oldest window still open. A
 //! window closes when W > end, so every reading it can hold has come.
 
-use super::definition::{Aggregate, Late};
+use super::definition::{Aggregate, Late, EARLY_MS};
 use super::summary::Summary;
 
 /// Why a reading did not count in an aggregate. One name per reason in logs and metrics.
@@ -124,9 +124,6 @@ fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     }
     a.len().cmp(&b.len())
 }
-
-/// How far ahead of the module's clock an event time may be: ASA's fixed 5 minutes.
-pub const EARLY_MS: i64 = 5 * 60 * 1000;
 
 /// The windows at most one close emits empty (`emitEmpty`), newest kept: after a long stop, a
 /// day of minute windows.
