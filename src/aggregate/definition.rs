@@ -221,17 +221,7 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
         None => return Err(at("output", "missing".into())),
     };
     let properties = properties(o.get("properties")).map_err(|e| at("properties", e))?;
-    let body = match o.get("body") {
-        None | Some(Value::Null) => None,
-        Some(b @ Value::Object(_)) => {
-            let text = b.to_string();
-            if text.len() > MAX_BODY {
-                return Err(at("body", format!("at most {MAX_BODY} bytes, got {}", text.len())));
-            }
-            Some(text)
-        }
-        Some(other) => return Err(at("body", format!("expected an object, got {}", type_name(other)))),
-    };
+    let body = body(o.get("body")).map_err(|e| at("body", e))?;
     let emit_empty = match o.get("emitEmpty") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -240,9 +230,8 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
     if emit_empty && group_by.is_some() {
         return Err(at("emitEmpty", "not with groupBy: an empty window belongs to no group".into()));
     }
-    let name = name.to_string();
     Ok(Aggregate {
-        name,
+        name: name.to_string(),
         path,
         window_ms,
         hop_ms,
@@ -255,6 +244,21 @@ fn aggregate(name: &str, v: &Value) -> Result<Aggregate, String> {
         body,
         emit_empty,
     })
+}
+
+/// `body`: a JSON object sent instead of the summary, kept serialised.
+fn body(v: Option<&Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(b @ Value::Object(_)) => {
+            let text = b.to_string();
+            if text.len() > MAX_BODY {
+                return Err(format!("at most {MAX_BODY} bytes, got {}", text.len()));
+            }
+            Ok(Some(text))
+        }
+        Some(other) => Err(format!("expected an object, got {}", type_name(other))),
+    }
 }
 
 fn whole_seconds(o: &Map<String, Value>, field: &str, max: u64) -> Result<i64, String> {
