@@ -720,44 +720,6 @@ fn qos0_inputs_owe_no_acknowledgement() {
     assert_eq!(d.alerts_pending(), 1);
 }
 
-#[test]
-fn settings_cell_publishes_whole_values() {
-    use edgefilter::settings::SettingsCell;
-    let cell = SettingsCell::new(Settings::default());
-    let mut reader = cell.reader();
-    assert_eq!(reader.get().batch_size, 100);
-    cell.publish(Settings { temperature_threshold: 30.0, batch_size: 7, ..Settings::default() });
-    let s = reader.get().clone();
-    assert_eq!((s.temperature_threshold, s.batch_size), (30.0, 7));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let cell = cell.clone();
-            std::thread::spawn(move || {
-                let mut r = cell.reader();
-                for i in 0..10_000u32 {
-                    if t == 0 {
-                        cell.publish(Settings {
-                            temperature_threshold: f64::from(i),
-                            batch_size: i + 1,
-                            ..Settings::default()
-                        });
-                    }
-                    let s = r.get().clone();
-                    // Never half-applied: the two fields always come from one publish.
-                    assert!(
-                        s.batch_size == 100 && s.temperature_threshold == 25.0
-                            || s.batch_size == 7 && s.temperature_threshold == 30.0
-                            || f64::from(s.batch_size) == s.temperature_threshold + 1.0
-                    );
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-}
-
 // ---- hub ----
 
 #[test]
