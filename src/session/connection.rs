@@ -132,7 +132,7 @@ impl Session {
         let (alerts, emits, inputs) =
             (self.delivery.alerts_pending(), self.delivery.emits_pending(), self.delivery.inputs_pending());
         if draining && self.connected() && alerts == 0 && emits == 0 && inputs == 0 {
-            info!("all alerts and aggregate messages confirmed and inputs acknowledged");
+            info!("all alerts confirmed and inputs acknowledged (aggregate messages too)");
             self.exit(now);
         }
         if self.tx.is_empty() {
