@@ -172,6 +172,27 @@ impl SubscribedWatch {
     }
 }
 
+/// The lines a process writes to `streams`, as they come, on one channel: a thread per stream,
+/// and the channel closes once every stream has ended.
+pub fn log_lines(
+    streams: impl IntoIterator<Item = Box<dyn std::io::Read + Send>>,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for out in streams {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
 /// An MQTT client whose received publishes arrive on a channel (acknowledged automatically).
 pub struct Peer {
     pub client: AsyncClient,
@@ -248,23 +269,21 @@ impl Peer {
     /// The next message the module sent on one of its outputs (`…/messages/events/…`), skipping
     /// its twin traffic; None after `wait`.
     pub async fn next_event(&mut self, wait: Duration) -> Option<Publish> {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            let p = self.next(until.saturating_duration_since(tokio::time::Instant::now())).await?;
-            if p.topic.contains("/messages/events/") {
-                return Some(p);
-            }
-        }
+        self.next_where(wait, |p| p.topic.contains("/messages/events/")).await
     }
 
     /// The next publish that `matches`, skipping the others; panics when none came within `wait`.
-    pub async fn next_matching(&mut self, wait: Duration, mut matches: impl FnMut(&Publish) -> bool) -> Publish {
+    pub async fn next_matching(&mut self, wait: Duration, matches: impl FnMut(&Publish) -> bool) -> Publish {
+        self.next_where(wait, matches).await.expect("the publish awaited")
+    }
+
+    /// The next publish that `matches`, skipping the others; None after `wait`.
+    async fn next_where(&mut self, wait: Duration, mut matches: impl FnMut(&Publish) -> bool) -> Option<Publish> {
         let until = tokio::time::Instant::now() + wait;
         loop {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let p = self.next(left).await.expect("the publish awaited");
+            let p = self.next(until.saturating_duration_since(tokio::time::Instant::now())).await?;
             if matches(&p) {
-                return p;
+                return Some(p);
             }
         }
     }

@@ -4,7 +4,6 @@
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -178,36 +177,29 @@ fn no_secret_reaches_the_log_even_at_verbose() {
             .status()
             .unwrap();
     }
-    // Both streams collected as they come, until a token renewal (after 8 s of a 10 s token).
-    let log = Arc::new(Mutex::new(String::new()));
-    let readers = [collect(child.stdout.take().unwrap(), &log), collect(child.stderr.take().unwrap(), &log)];
+    // Both streams read as they come, until a token renewal (after 8 s of a 10 s token).
+    let lines = log_lines([
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]);
+    let mut log = String::new();
     let renewed = Instant::now() + Duration::from_secs(20);
-    while !log.lock().unwrap().contains("SAS token renewed") && Instant::now() < renewed {
-        std::thread::sleep(Duration::from_millis(50));
+    while !log.contains("SAS token renewed") {
+        let Ok(line) = lines.recv_timeout(renewed.saturating_duration_since(Instant::now())) else { break };
+        log.push_str(&line);
+        log.push('\n');
     }
     terminate(&child);
     child.wait().unwrap();
-    for r in readers {
-        r.join().unwrap();
+    // The rest, until both streams end.
+    for line in lines {
+        log.push_str(&line);
+        log.push('\n');
     }
-    let log = log.lock().unwrap().clone();
     assert!(log.contains("SAS token renewed"), "{log}");
     for secret in [KEY_B64, "SharedAccessSignature", token_sig_marker, "SharedAccessKey="] {
         assert!(!log.contains(secret), "{secret:?} appears in the log:\n{log}");
     }
-}
-
-/// Appends what `stream` yields to `log`, on a thread of its own, until it ends.
-fn collect(stream: impl std::io::Read + Send + 'static, log: &Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
-    let log = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut log = log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

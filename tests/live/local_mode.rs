@@ -232,7 +232,7 @@ fn the_module_binary_stops_cleanly_on_sigterm_with_an_alert_in_flight() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = log_lines(child.stdout.take().unwrap());
+    let lines = log_lines([Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>]);
     let sensor = rt.block_on(Peer::connect(port, "sensor-anon", true, &[]));
     let hot: Vec<(String, String)> =
         (1..=100).map(|seq| (sensor_topic(seq), format!(r#"{{"machine":{{"temperature":{}}}}}"#, 30 + seq))).collect();
@@ -278,21 +278,6 @@ fn the_module_binary_stops_cleanly_on_sigterm_with_an_alert_in_flight() {
     assert_eq!(child.wait().unwrap().code(), Some(0), "{log}");
     assert!(log.contains("[INF] - SIGTERM received"), "{log}");
     assert!(log.lines().all(|l| l.starts_with('<')), "every line is an IoT Edge log line: {log}");
-}
-
-/// A child's output, line by line, on a channel (closed when the child closes it).
-fn log_lines(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// `edgefilter local` on `port` with piped console, sensor every 20 ms, plus `extra` arguments.
