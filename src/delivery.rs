@@ -166,6 +166,11 @@ impl<A> Delivery<A> {
         self.emits.len()
     }
 
+    /// Emitted messages not yet confirmed, oldest first.
+    pub fn emits(&self) -> impl ExactSizeIterator<Item = &A> {
+        self.emits.iter().map(|(_, m)| m)
+    }
+
     /// Forgets the oldest unconfirmed emitted message (to keep their number bounded).
     pub fn evict_oldest_emit(&mut self) -> Option<A> {
         self.emits.pop_front().map(|(_, m)| m)

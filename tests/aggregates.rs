@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use edgefilter::aggregate::checkpoint::RestoreError;
+use edgefilter::aggregate::checkpoint::{checksum, RestoreError, Unsent, MAX_UNSENT};
 use edgefilter::aggregate::time::parse_iso;
 use edgefilter::aggregate::{AggregateSet, Aggregator};
 use edgefilter::sensor::Sensor;
@@ -292,9 +292,9 @@ fn corrupt_stale_or_missing_checkpoints_are_errors() {
         b[i] ^= 0x20;
         assert!(restore(&b, now).is_err(), "a flipped bit at {i}");
     }
-    let mut v2 = bytes.clone();
-    v2[6] = 3;
-    assert_eq!(restore(&v2, now), Err(RestoreError::Version(3)));
+    let mut v4 = bytes.clone();
+    v4[6] = 4;
+    assert_eq!(restore(&v4, now), Err(RestoreError::Version(4)));
     let ten_days = 10 * 86_400_000;
     assert!(matches!(restore(&bytes, now + ten_days), Err(RestoreError::Stale { .. })));
     assert!(matches!(restore(&bytes, now - 60_000), Err(RestoreError::Stale { .. })), "written in the future");
@@ -336,4 +336,29 @@ fn sensor_times_read_as_the_sensor_writes_them() {
     let body: Value = serde_json::from_str(&s.next_reading(at).body).unwrap();
     assert_eq!(body["timeCreated"], json!("2026-12-02T07:18:30.1234567Z"));
     assert_eq!(parse_iso(body["timeCreated"].as_str().unwrap().as_bytes()), Some(1_796_195_910_124));
+}
+
+#[test]
+fn a_checkpoint_keeps_the_newest_unconfirmed_messages_and_reads_version_2_files() {
+    let (set, agg, now) = tutorial_state();
+    let topic = b"devices/d/modules/m/messages/events/%24.on=alert".as_slice();
+    let bodies: Vec<Vec<u8>> = (0..MAX_UNSENT + 2).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    let bytes = agg.checkpoint_with_unsent(now, bodies.iter().map(|b| (topic, b.as_slice())));
+    let (restored, log, unsent) = Aggregator::restore_with_unsent(set.clone(), &bytes, now).unwrap();
+    assert!(log.is_empty());
+    assert_eq!(restored, agg);
+    assert_eq!(unsent.len(), MAX_UNSENT, "at most MAX_UNSENT, the oldest left out");
+    let want = |i: usize| Unsent { topic: String::from_utf8(topic.to_vec()).unwrap(), body: bodies[i].clone() };
+    assert_eq!((unsent[0].clone(), unsent[MAX_UNSENT - 1].clone()), (want(2), want(MAX_UNSENT + 1)));
+
+    // Version 2: the same layout without the unsent section (its count is the payload's last 4 bytes here).
+    let plain = agg.checkpoint(now);
+    let payload = &plain[11..plain.len() - 8];
+    let v2_payload = &payload[..payload.len() - 4];
+    let mut v2 = b"EFAGGR\x02".to_vec();
+    v2.extend_from_slice(&(v2_payload.len() as u32).to_le_bytes());
+    v2.extend_from_slice(v2_payload);
+    v2.extend_from_slice(&checksum(v2_payload).to_le_bytes());
+    let (restored, _, unsent) = Aggregator::restore_with_unsent(set, &v2, now).unwrap();
+    assert_eq!((restored, unsent), (agg, vec![]));
 }

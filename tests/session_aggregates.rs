@@ -429,3 +429,34 @@ fn a_corrupt_state_file_is_counted_and_every_window_starts_afresh() {
     sim.at(1001, start);
     assert_eq!(summaries(&sim.written())[0].2["count"], 1);
 }
+
+#[test]
+fn a_summary_the_hub_never_confirmed_before_a_stop_is_sent_again_after_the_restart() {
+    let mut sim = Sim::up(desired("count", json!({})));
+    let start = sim.now;
+    sim.at(100, start);
+    sim.input(20.0, "a");
+    sim.at(1001, start);
+    let sent = summaries(&sim.written());
+    assert_eq!(sent.len(), 1);
+    // The hub never confirms it: the stop's drain gives up on it after 10 s.
+    sim.s.on_stop(sim.now);
+    sim.written();
+    sim.advance(Duration::from_secs(11));
+    assert!(sim.exited, "the drain gave up");
+    let saved = sim.saves.pop().expect("saved at the stop");
+
+    let mut next = Sim::new(Some(saved));
+    next.s.set_wall_clock(next.now, UNIX0 + 12_500);
+    let again = summaries(&next.connect(desired("count", json!({}))));
+    assert_eq!(again.len(), 1, "sent again once the twin restored the set");
+    assert_eq!(again[0].2, sent[0].2, "the same window's message");
+    next.puback(again[0].0);
+    next.s.on_stop(next.now);
+    next.written();
+    next.settle();
+    assert!(next.exited, "nothing left to drain");
+    let set = Arc::new(AggregateSet::parse(aggregates("count").as_object().unwrap()).unwrap());
+    let (_, _, unsent) = Aggregator::restore_with_unsent(set, next.saves.last().unwrap(), UNIX0 + 13_000).unwrap();
+    assert!(unsent.is_empty(), "confirmed: not in the next checkpoint");
+}

@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! "EFAGGR" version:u8 length:u32 payload checksum:u64      (little-endian; checksum: [`checksum`] of payload)
-//! payload = written_at:i64 ids:u32 id:u64* aggregates:u32 aggregate*
+//! payload = written_at:i64 ids:u32 id:u64* aggregates:u32 aggregate* unsent:u32 (topic:str body:bytes)*
 //! aggregate = name:str definition:u64 first_start watermark closed:i64 seq:u64 dropped:u64*9
 //!             groups:u32 (key:str panes:u32 (index:i64 summary)*)*
 //! summary = count:u64 sum compensation mean m2 min max:f64 first last:(i64 u64 f64)
 //!           sketch:u8 [zeros:u64 (offset:i32 bins:u32 count:u32*)*2]
-//! str = length:u32 utf-8
+//! str = length:u32 utf-8; bytes = length:u32 byte*
 //! ```
+//!
+//! `unsent` (from version 3) are the windows' messages sent and not yet confirmed by the hub:
+//! a stop whose drain gives up on them (the hub away) keeps them here, and they are sent again
+//! after the restart. A version-2 file (no `unsent`) is still read.
 //!
 //! An aggregate is matched to the current set by name and by the hash of its canonical definition:
 //! one the set no longer holds, or holds changed, is left out with a log line, as a live change
@@ -24,7 +28,19 @@ use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS};
 use super::{Aggregator, Seen};
 
 const MAGIC: &[u8; 6] = b"EFAGGR";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+/// The oldest version this module reads: version 2 had no `unsent` section.
+const OLDEST_READ: u8 = 2;
+/// At most this many unsent messages in a checkpoint (the session holds no more).
+pub const MAX_UNSENT: usize = 1024;
+
+/// A window's message the hub had not confirmed when the checkpoint was taken: its topic and
+/// body, sent again as they were.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unsent {
+    pub topic: String,
+    pub body: Vec<u8>,
+}
 /// A checkpoint older than this is stale: its windows are long gone (the longest window and
 /// lateness, and a day).
 pub const MAX_AGE_MS: i64 = (super::definition::MAX_WINDOW_SECONDS as i64 + 2 * 86_400) * 1000;
@@ -49,7 +65,9 @@ impl std::fmt::Display for RestoreError {
         match self {
             RestoreError::Empty => write!(f, "the state file is empty"),
             RestoreError::NotACheckpoint => write!(f, "the state file is not an aggregates checkpoint"),
-            RestoreError::Version(v) => write!(f, "checkpoint version {v}, this module reads {VERSION}"),
+            RestoreError::Version(v) => {
+                write!(f, "checkpoint version {v}, this module reads {OLDEST_READ} to {VERSION}")
+            }
             RestoreError::Truncated => write!(f, "the checkpoint is truncated"),
             RestoreError::Checksum => write!(f, "the checkpoint's checksum does not match its content"),
             RestoreError::Stale { age_ms } => write!(f, "the checkpoint was written {} s from now", -age_ms / 1000),
@@ -79,6 +97,16 @@ pub fn checksum(payload: &[u8]) -> u64 {
 impl Aggregator {
     /// Every open window, the watermarks and the latest message ids, as bytes (written at `now`).
     pub fn checkpoint(&self, now: i64) -> Vec<u8> {
+        self.checkpoint_with_unsent(now, std::iter::empty())
+    }
+
+    /// As [`Aggregator::checkpoint`], with the windows' messages the hub has not confirmed
+    /// (topic, body), at most [`MAX_UNSENT`] of them (the newest).
+    pub fn checkpoint_with_unsent<'a>(
+        &self,
+        now: i64,
+        unsent: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Vec<u8> {
         let ids = self.seen.order.len().min(Seen::PERSISTED);
         let mut p = Vec::with_capacity(HEADER + 8 + 4 + 8 * ids + 4 + 256 * self.series.len() + 8);
         p.extend_from_slice(MAGIC);
@@ -104,6 +132,12 @@ impl Aggregator {
                 }
             }
         }
+        let skip = unsent.len().saturating_sub(MAX_UNSENT);
+        put_u32(&mut p, unsent.len() - skip);
+        for (topic, body) in unsent.skip(skip) {
+            put_bytes(&mut p, topic);
+            put_bytes(&mut p, body);
+        }
         let len = (p.len() - HEADER) as u32;
         p[HEADER - 4..HEADER].copy_from_slice(&len.to_le_bytes());
         let sum = checksum(&p[HEADER..]);
@@ -114,6 +148,15 @@ impl Aggregator {
     /// The state a checkpoint holds, for the aggregates of `set` it names unchanged (the others
     /// start afresh from `now`), and the log lines saying which were left out.
     pub fn restore(set: Arc<AggregateSet>, bytes: &[u8], now: i64) -> Result<(Aggregator, Vec<String>), RestoreError> {
+        Aggregator::restore_with_unsent(set, bytes, now).map(|(agg, log, _)| (agg, log))
+    }
+
+    /// As [`Aggregator::restore`], with the messages the hub had not confirmed, oldest first.
+    pub fn restore_with_unsent(
+        set: Arc<AggregateSet>,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<(Aggregator, Vec<String>, Vec<Unsent>), RestoreError> {
         if bytes.is_empty() {
             return Err(RestoreError::Empty);
         }
@@ -121,9 +164,9 @@ impl Aggregator {
         if r.take(MAGIC.len()).map_err(|_| RestoreError::NotACheckpoint)? != MAGIC {
             return Err(RestoreError::NotACheckpoint);
         }
-        match r.u8()? {
-            VERSION => {}
-            v => return Err(RestoreError::Version(v)),
+        let version = r.u8()?;
+        if !(OLDEST_READ..=VERSION).contains(&version) {
+            return Err(RestoreError::Version(version));
         }
         let len = r.u32()? as usize;
         let payload = r.take(len)?;
@@ -164,10 +207,18 @@ impl Aggregator {
                 }
             }
         }
+        let mut unsent = Vec::new();
+        if version >= 3 {
+            for _ in 0..r.count(MAX_UNSENT)? {
+                let topic = String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|_| RestoreError::Corrupt("an unsent message's topic that is not UTF-8"))?;
+                unsent.push(Unsent { topic, body: r.bytes()?.to_vec() });
+            }
+        }
         if !r.0.is_empty() {
             return Err(RestoreError::Corrupt("bytes after the last aggregate"));
         }
-        Ok((agg, log))
+        Ok((agg, log, unsent))
     }
 }
 
@@ -263,6 +314,11 @@ fn put_str(p: &mut Vec<u8>, s: &str) {
     p.extend_from_slice(s.as_bytes());
 }
 
+fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
+    put_u32(p, b.len());
+    p.extend_from_slice(b);
+}
+
 /// Bounds-checked reads from the front of a byte string.
 struct Reader<'a>(&'a [u8]);
 
@@ -294,6 +350,11 @@ impl<'a> Reader<'a> {
             return Err(RestoreError::Corrupt("a count beyond its limit"));
         }
         Ok(n)
+    }
+    /// A topic or a body: at most a packet's size.
+    fn bytes(&mut self) -> Result<&'a [u8], RestoreError> {
+        let n = self.count(crate::limits::MAX_PACKET_SIZE)?;
+        self.take(n)
     }
     fn string(&mut self) -> Result<String, RestoreError> {
         let n = self.count(crate::rules::MAX_TEXT * 4)?;

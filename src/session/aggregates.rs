@@ -19,7 +19,9 @@
 //! **Restart.** The shell reads the state file at start ([`Session::restore_state`]); the bytes
 //! wait for the first twin, which says which aggregates are set. Until it answers, input is held
 //! back (one message under edgeHub's one-in-flight stream) so that no reading lands before its
-//! window is restored. See docs/aggregates.md, "Durability", for what a stop and a crash lose.
+//! window is restored. The windows' messages the hub had not confirmed at the checkpoint are in
+//! it too, and are sent again then (at least once: a stop whose drain gave up on an absent hub
+//! loses none of them). See docs/aggregates.md, "Durability", for what a stop and a crash lose.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use log::{info, warn};
 
 use super::{Action, Held, Phase, Session};
+use crate::aggregate::checkpoint::Unsent;
 use crate::aggregate::{AggregateSet, Aggregator, Emitted};
 use crate::mqtt::write_publish;
 use crate::topic;
@@ -148,6 +151,12 @@ impl Session {
             return; // an empty bag and validated names: cannot fail
         }
         let topic = self.topics.split().freeze();
+        self.hold_emit(topic, Bytes::from(e.body.into_bytes()), now);
+        self.stats.aggregates_emitted.fetch_add(1, Relaxed);
+    }
+
+    /// Holds a window's message until the hub confirms it, and writes it when connected.
+    fn hold_emit(&mut self, topic: Bytes, payload: Bytes, now: Instant) {
         if self.delivery.emits_pending() >= MAX_EMITS_HELD {
             self.delivery.evict_oldest_emit();
             self.stats.aggregates_overflow.fetch_add(1, Relaxed);
@@ -157,7 +166,6 @@ impl Session {
                 );
             }
         }
-        let payload = Bytes::from(e.body.into_bytes());
         let held = Held {
             topic: topic.clone(),
             payload: payload.clone(),
@@ -168,7 +176,6 @@ impl Session {
             dead_letter: false,
         };
         let pkid = self.delivery.emit(held);
-        self.stats.aggregates_emitted.fetch_add(1, Relaxed);
         if let Phase::Up(c) = &mut self.phase {
             if !c.closing {
                 c.unflushed.push(pkid);
@@ -180,6 +187,7 @@ impl Session {
     /// The hub confirmed an aggregate message.
     pub(super) fn emit_confirmed(&mut self) {
         self.stats.aggregates_confirmed.fetch_add(1, Relaxed);
+        self.aggregates.dirty = true; // the next checkpoint holds one unsent message fewer
         if self.delivery.emits_pending() == 0 {
             self.aggregates.overflow_warned = false;
         }
@@ -191,12 +199,17 @@ impl Session {
         let every = self.checkpoint_every();
         let a = &mut self.aggregates;
         let restore = a.restore.take();
+        let mut unsent = Vec::new();
         match (self.settings.aggregates.clone(), &mut a.running) {
             (Some(set), Some(running)) if *running.set != *set => {
                 running.apply(set, unix).iter().for_each(|l| info!("{l}"))
             }
             (Some(_), Some(_)) => {}
-            (Some(set), None) => a.running = Some(restored(set, restore, unix, &self.stats)),
+            (Some(set), None) => {
+                let running;
+                (running, unsent) = restored(set, restore, unix, &self.stats);
+                a.running = Some(running);
+            }
             (None, Some(running)) => {
                 let open: usize =
                     running.set.aggregates.iter().zip(&running.series).map(|(d, s)| s.open_windows(d)).sum();
@@ -214,6 +227,7 @@ impl Session {
             (Some(_), Some(at)) => Some(at.min(now + every)),
             (Some(_), None) => Some(now + every),
         };
+        self.resend_unsent(unsent, now);
     }
 
     fn checkpoint_every(&self) -> Duration {
@@ -245,34 +259,61 @@ impl Session {
         let a = &mut self.aggregates;
         let Some(running) = a.running.as_ref().filter(|_| a.dirty) else { return };
         a.dirty = false;
-        self.actions.push_back(Action::Save(running.checkpoint(a.unix_ms(now))));
+        let unsent = self.delivery.emits().map(|h| (&h.topic[..], &h.payload[..]));
+        self.actions.push_back(Action::Save(running.checkpoint_with_unsent(a.unix_ms(now), unsent)));
     }
 
     /// The stop: the last save. Windows stay open in it (none is closed while draining) and close
-    /// after the restart; messages of windows closed and still unconfirmed are lost, said here.
+    /// after the restart; messages of windows closed and still unconfirmed are in it too.
     pub(super) fn final_save(&mut self, now: Instant) {
         let unsent = self.delivery.emits_pending();
         if unsent > 0 {
-            warn!("stopping with {unsent} aggregate messages unconfirmed by the hub: they are lost");
+            warn!(
+                "stopping with {unsent} aggregate messages unconfirmed by the hub: kept in the state file and sent again after the restart (without EDGEFILTER_STATE_DIR they are lost)"
+            );
+            self.aggregates.dirty = true;
         }
         self.save(now);
+    }
+
+    /// The state file's unconfirmed messages, sent again (those for another module's topic, from
+    /// a state directory moved between modules, are left out with a log line).
+    fn resend_unsent(&mut self, unsent: Vec<Unsent>, now: Instant) {
+        if unsent.is_empty() {
+            return;
+        }
+        let ours = format!("devices/{}/modules/{}/messages/events/", self.id.device_id, self.id.module_id);
+        let (mine, others): (Vec<_>, Vec<_>) = unsent.into_iter().partition(|u| u.topic.starts_with(&ours));
+        if !others.is_empty() {
+            warn!("the state file holds {} aggregate messages for another module's topic: not sent", others.len());
+        }
+        info!("{} aggregate messages unconfirmed before the restart: sent again", mine.len());
+        for u in mine {
+            self.hold_emit(Bytes::from(u.topic.into_bytes()), Bytes::from(u.body), now);
+        }
     }
 }
 
 /// The aggregates of `set`, from the state file when there is one that fits.
-fn restored(set: Arc<AggregateSet>, bytes: Option<Vec<u8>>, unix: i64, stats: &crate::stats::Stats) -> Aggregator {
-    let Some(bytes) = bytes else { return Aggregator::new(set, unix) };
-    match Aggregator::restore(set.clone(), &bytes, unix) {
-        Ok((running, log)) => {
+/// The windows' messages the hub had not confirmed come with them.
+fn restored(
+    set: Arc<AggregateSet>,
+    bytes: Option<Vec<u8>>,
+    unix: i64,
+    stats: &crate::stats::Stats,
+) -> (Aggregator, Vec<Unsent>) {
+    let Some(bytes) = bytes else { return (Aggregator::new(set, unix), Vec::new()) };
+    match Aggregator::restore_with_unsent(set.clone(), &bytes, unix) {
+        Ok((running, log, unsent)) => {
             log.iter().for_each(|l| info!("{l}"));
             let open: usize = running.set.aggregates.iter().zip(&running.series).map(|(d, s)| s.open_windows(d)).sum();
             info!("Aggregates restored from the state file: {open} open windows");
-            running
+            (running, unsent)
         }
         Err(e) => {
             stats.restore_failures.fetch_add(1, Relaxed);
             warn!("the aggregates' state file is not used ({e}): every window starts afresh");
-            Aggregator::new(set, unix)
+            (Aggregator::new(set, unix), Vec::new())
         }
     }
 }

@@ -32,9 +32,10 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Waits until something accepts connections on the port.
+/// Waits until something accepts connections on the port (up to 20 s: 64 tests start their
+/// brokers at once on a loaded 2-core machine, and 5 s was once too short).
 pub fn wait_for_port(port: u16) {
-    for _ in 0..200 {
+    for _ in 0..800 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
