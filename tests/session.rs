@@ -4,163 +4,17 @@
 //! answers with packets of its own.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use edgefilter::config::Config;
 use edgefilter::filter::Reason;
-use edgefilter::mqtt::{read_publish, write_publish, LinkError, Message, Received};
-use edgefilter::session::{Action, Session, DEAD_AFTER, DRAIN_TIMEOUT, KEEP_ALIVE, TWIN_TIMEOUT};
-use edgefilter::stats::Stats;
-use edgefilter::topic::ModuleId;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, SubAck};
-use rumqttc::SubscribeReasonCode;
+use edgefilter::mqtt::{LinkError, Received};
+use edgefilter::session::{Action, DEAD_AFTER, DRAIN_TIMEOUT, KEEP_ALIVE, TWIN_TIMEOUT};
+use rumqttc::mqttbytes::v4::Packet;
 use serde_json::{json, Value};
 
-const INPUT: &str = "devices/dev/modules/filter/inputs/input1/sequenceNumber=1&%24.cdid=dev&%24.cmid=sensor";
-
-/// What the module wrote, as the hub reads it.
-#[derive(Debug)]
-enum Out {
-    Publish { topic: String, pkid: u16, dup: bool, body: Vec<u8> },
-    Other(Packet),
-}
-
-struct Sim {
-    s: Session,
-    now: Instant,
-    stats: Arc<Stats>,
-    /// The next packet id the hub gives an input.
-    next_input: u16,
-    /// The passwords the module connected with.
-    passwords: Vec<String>,
-}
-
-fn config(tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config::local("hub.example", ModuleId::new("dev", "filter"), 1883, b"key".to_vec());
-    tweak(&mut c);
-    c
-}
-
-impl Sim {
-    fn new(c: Config) -> Sim {
-        let stats = Arc::new(Stats::default());
-        let now = Instant::now();
-        let s = Session::new(&c, stats.clone(), now, 42);
-        Sim { s, now, stats, next_input: 1, passwords: Vec::new() }
-    }
-
-    /// Runs the core's actions: signs tokens as `token-N`, connects (the hub accepts).
-    fn settle(&mut self) -> Vec<Action> {
-        let mut other = Vec::new();
-        while let Some(a) = self.s.poll(self.now) {
-            match a {
-                Action::Sign => {
-                    let n = self.passwords.len();
-                    self.s.on_token(self.now, Ok(format!("token-{n}")));
-                }
-                Action::Connect(o) => {
-                    self.passwords.push(o.password);
-                    self.s.on_connected(self.now, true, None);
-                }
-                a => other.push(a),
-            }
-        }
-        other
-    }
-
-    /// Connects, answers the SUBSCRIBE and the twin request with `desired`; returns what else
-    /// was written.
-    fn up(c: Config, desired: Value) -> Sim {
-        let mut sim = Sim::new(c);
-        sim.settle();
-        assert!(sim.s.connected());
-        let out = sim.written();
-        sim.answer(&out, desired);
-        sim
-    }
-
-    /// Answers a new connection's SUBSCRIBE and twin request, as `out` wrote them.
-    fn answer(&mut self, out: &[Out], desired: Value) {
-        for o in out {
-            match o {
-                Out::Other(Packet::Subscribe(s)) => {
-                    let ack = SubAck::new(s.pkid, vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce); 3]);
-                    self.hub_sends(Received::Other(Packet::SubAck(ack)));
-                }
-                Out::Publish { topic, .. } if topic.starts_with("$iothub/twin/GET/") => {
-                    let rid = topic.rsplit("$rid=").next().unwrap().to_string();
-                    let body = json!({"desired": desired, "reported": {}}).to_string();
-                    self.hub_publishes(&edgefilter::topic::twin_response(200, &rid), body.as_bytes(), 0);
-                }
-                _ => {}
-            }
-        }
-        self.written();
-    }
-
-    /// What the core writes now (decoded), marked written.
-    fn written(&mut self) -> Vec<Out> {
-        let Some(tx) = self.s.transmit(self.now) else { return Vec::new() };
-        let mut bytes = tx.clone();
-        self.s.on_written(self.now);
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            if bytes[0] >> 4 == 3 {
-                let dup = bytes[0] & 0x08 != 0;
-                let m = read_publish(&mut bytes, 1 << 20).unwrap().unwrap();
-                out.push(Out::Publish { topic: m.topic().to_string(), pkid: m.pkid, dup, body: m.payload.to_vec() });
-            } else {
-                out.push(Out::Other(Packet::read(&mut bytes, 1 << 20).unwrap()));
-            }
-        }
-        out
-    }
-
-    fn hub_sends(&mut self, packet: Received) {
-        self.s.inbox().push(packet);
-        let turn = self.s.on_read(self.now);
-        if turn.more {
-            self.s.end_turn(self.now, 0);
-        }
-    }
-
-    fn hub_publishes(&mut self, topic: &str, body: &[u8], pkid: u16) {
-        self.hub_sends(Received::Publish(message(topic, body, pkid)));
-    }
-
-    /// An input with `body`; returns its packet id.
-    fn input(&mut self, body: &str) -> u16 {
-        let pkid = self.next_input;
-        self.next_input += 1;
-        self.hub_publishes(INPUT, body.as_bytes(), pkid);
-        pkid
-    }
-
-    fn puback(&mut self, pkid: u16) {
-        self.hub_sends(Received::Other(Packet::PubAck(PubAck::new(pkid))));
-    }
-
-    /// Moves the clock on by `d`, firing every deadline on the way, at its time.
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while let Some(at) = self.s.deadline().filter(|at| *at > self.now && *at <= end) {
-            self.now = at;
-            self.s.on_timer(at);
-        }
-        self.now = end;
-        self.s.on_timer(end);
-    }
-}
-
-fn message(topic: &str, body: &[u8], pkid: u16) -> Message {
-    let mut b = BytesMut::new();
-    write_publish(&mut b, topic.as_bytes(), pkid.max(1), body, false).unwrap();
-    let mut m = read_publish(&mut b, 1 << 20).unwrap().unwrap();
-    m.pkid = pkid;
-    m
-}
+#[path = "common/sim.rs"]
+mod sim;
+use sim::{config, pubacks, Out, Sim};
 
 fn hot(t: f64) -> String {
     format!(r#"{{"machine":{{"temperature":{t}}}}}"#)
@@ -170,15 +24,6 @@ fn alerts(out: &[Out]) -> Vec<(u16, bool)> {
     out.iter()
         .filter_map(|o| match o {
             Out::Publish { topic, pkid, dup, .. } if topic.contains("/messages/events/") => Some((*pkid, *dup)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn pubacks(out: &[Out]) -> Vec<u16> {
-    out.iter()
-        .filter_map(|o| match o {
-            Out::Other(Packet::PubAck(a)) => Some(a.pkid),
             _ => None,
         })
         .collect()
@@ -444,7 +289,7 @@ fn a_connection_that_fails_soon_after_it_is_accepted_backs_off() {
         }
         gaps.push((sim.now - lost).as_millis());
         let out = sim.written();
-        sim.answer(&out, json!({}));
+        sim.answer(out, json!({}));
     }
     assert!(gaps[0] >= 400 && gaps[0] <= 610, "0.5 s ±20%: {gaps:?}");
     assert!(gaps.windows(2).all(|w| w[1] > w[0]), "growing: {gaps:?}");
@@ -524,10 +369,10 @@ fn an_alert_that_fails_on_n_connections_is_given_up_dead_lettered_and_its_redeli
         let out = sim.written();
         // Answer the SUBSCRIBE, and fail again on the alert.
         if alerts(&out).first().is_some_and(|(p, _)| *p == poison) {
-            sim.answer(&out, json!({}));
+            sim.answer(out, json!({}));
         } else {
             dead_letter = alerts(&out);
-            sim.answer(&out, json!({}));
+            sim.answer(out, json!({}));
             break;
         }
     }

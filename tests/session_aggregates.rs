@@ -9,36 +9,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use edgefilter::aggregate::{AggregateSet, Aggregator};
-use edgefilter::config::Config;
-use edgefilter::mqtt::{read_publish, write_publish, LinkError, Message, Received};
-use edgefilter::session::{Action, Session};
-use edgefilter::stats::Stats;
-use edgefilter::topic::ModuleId;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, SubAck};
-use rumqttc::SubscribeReasonCode;
+use edgefilter::mqtt::LinkError;
 use serde_json::{json, Value};
+
+#[path = "common/sim.rs"]
+mod sim;
+use sim::{config, pubacks, Out, Sim};
 
 /// A whole second of Unix time, in ms: windows of 1 s start on it.
 const UNIX0: i64 = 1_790_000_000_000;
 const SUMMARY_TOPIC: &str = "devices/dev/modules/filter/messages/events/%24.on=aggregates&MessageType=Aggregate";
-
-#[derive(Debug)]
-enum Out {
-    Publish { topic: String, pkid: u16, dup: bool, body: Vec<u8> },
-    Other(Packet),
-}
-
-struct Sim {
-    s: Session,
-    now: Instant,
-    stats: Arc<Stats>,
-    next_input: u16,
-    /// Checkpoints the core asked the shell to save.
-    saves: Vec<Vec<u8>>,
-    exited: bool,
-}
 
 /// One tumbling 1-s aggregate of `machine.temperature`, arrival time.
 fn aggregates(functions: &str) -> Value {
@@ -51,138 +32,47 @@ fn aggregates(functions: &str) -> Value {
     }})
 }
 
+/// A session of `dev/filter`, its wall clock at [`UNIX0`], with a state file read at start.
+fn session(restore: Option<Vec<u8>>) -> Sim {
+    let mut sim = Sim::new(config(|_| {}));
+    sim.s.set_wall_clock(sim.now, UNIX0);
+    if let Some(bytes) = restore {
+        sim.s.restore_state(bytes);
+    }
+    sim
+}
+
+/// Connected, the SUBSCRIBE and the twin request answered with `desired`.
+fn up(desired: Value) -> Sim {
+    let mut sim = session(None);
+    sim.connect(desired);
+    sim
+}
+
 impl Sim {
-    fn new(restore: Option<Vec<u8>>) -> Sim {
-        let c = Config::local("hub.example", ModuleId::new("dev", "filter"), 1883, b"key".to_vec());
-        let stats = Arc::new(Stats::default());
-        let now = Instant::now();
-        let mut s = Session::new(&c, stats.clone(), now, 42);
-        s.set_wall_clock(now, UNIX0);
-        if let Some(bytes) = restore {
-            s.restore_state(bytes);
-        }
-        Sim { s, now, stats, next_input: 1, saves: Vec::new(), exited: false }
-    }
-
-    /// Connected, the SUBSCRIBE and the twin request answered with `desired`.
-    fn up(desired: Value) -> Sim {
-        let mut sim = Sim::new(None);
-        sim.connect(desired);
-        sim
-    }
-
-    /// Runs the core's actions (tokens signed, the hub accepts, saves kept).
-    fn settle(&mut self) {
-        while let Some(a) = self.s.poll(self.now) {
-            match a {
-                Action::Sign => self.s.on_token(self.now, Ok("token".into())),
-                Action::Connect(_) => self.s.on_connected(self.now, true, None),
-                Action::Save(bytes) => self.saves.push(bytes),
-                Action::Exit => self.exited = true,
-                Action::Close => self.s.on_closed(self.now),
-            }
-        }
-    }
-
-    /// Connects and answers the new connection's SUBSCRIBE and twin request; returns the rest.
-    fn connect(&mut self, desired: Value) -> Vec<Out> {
-        self.settle();
-        assert!(self.s.connected());
-        let out = self.written();
-        let mut rest = Vec::new();
-        for o in out {
-            match o {
-                Out::Other(Packet::Subscribe(s)) => {
-                    let ack = SubAck::new(s.pkid, vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce); 3]);
-                    self.hub_sends(Received::Other(Packet::SubAck(ack)));
-                }
-                Out::Publish { topic, .. } if topic.starts_with("$iothub/twin/GET/") => {
-                    let rid = topic.rsplit("$rid=").next().unwrap().to_string();
-                    let body = json!({"desired": desired, "reported": {}}).to_string();
-                    self.hub_publishes(&edgefilter::topic::twin_response(200, &rid), body.as_bytes(), 0);
-                }
-                o => rest.push(o),
-            }
-        }
-        rest.extend(self.written());
-        rest
-    }
-
-    fn written(&mut self) -> Vec<Out> {
-        self.settle();
-        let Some(tx) = self.s.transmit(self.now) else { return Vec::new() };
-        let mut bytes = tx.clone();
-        self.s.on_written(self.now);
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            if bytes[0] >> 4 == 3 {
-                let dup = bytes[0] & 0x08 != 0;
-                let m = read_publish(&mut bytes, 1 << 20).unwrap().unwrap();
-                out.push(Out::Publish { topic: m.topic().to_string(), pkid: m.pkid, dup, body: m.payload.to_vec() });
-            } else {
-                out.push(Out::Other(Packet::read(&mut bytes, 1 << 20).unwrap()));
-            }
-        }
-        out
-    }
-
-    fn hub_sends(&mut self, packet: Received) {
-        self.s.inbox().push(packet);
-        let turn = self.s.on_read(self.now);
-        if turn.more {
-            self.s.end_turn(self.now, 0);
-        }
-    }
-
-    fn hub_publishes(&mut self, topic: &str, body: &[u8], pkid: u16) {
-        self.hub_sends(Received::Publish(message(topic, body, pkid)));
+    /// What the core writes once its actions ran.
+    fn flushed(&mut self) -> Vec<Out> {
+        self.settle_all();
+        self.written()
     }
 
     /// An input with machine temperature `t` and message id `mid`; returns its packet id.
-    fn input(&mut self, t: f64, mid: &str) -> u16 {
-        let pkid = self.next_input;
-        self.next_input += 1;
+    fn reading(&mut self, t: f64, mid: &str) -> u16 {
         let topic = format!("devices/dev/modules/filter/inputs/input1/%24.mid={mid}&%24.cdid=dev&%24.cmid=sensor");
-        self.hub_publishes(&topic, format!(r#"{{"machine":{{"temperature":{t}}}}}"#).as_bytes(), pkid);
-        pkid
+        self.input_on(&topic, &format!(r#"{{"machine":{{"temperature":{t}}}}}"#))
     }
 
     /// The connection is lost after a healthy while (one lost within 10 s is backed off from).
     fn lose(&mut self) {
-        self.advance(Duration::from_secs(11));
+        self.run_for(Duration::from_secs(11));
         self.s.on_lost(self.now, &LinkError::Protocol("test".into()));
     }
 
-    fn puback(&mut self, pkid: u16) {
-        self.hub_sends(Received::Other(Packet::PubAck(PubAck::new(pkid))));
-    }
-
-    /// The clock moves on by `d`, each deadline on the way fired at its time.
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while let Some(at) = self.s.deadline().filter(|at| *at > self.now && *at <= end) {
-            self.now = at;
-            self.s.on_timer(at);
-            self.settle();
-        }
-        self.now = end;
-        self.s.on_timer(end);
-        self.settle();
-    }
-
-    /// Moves the clock to `ms` after UNIX0 (of the simulated wall clock).
+    /// Moves the clock to `ms` after `start`, running every action at its time.
     fn at(&mut self, ms: u64, start: Instant) {
         let to = start + Duration::from_millis(ms);
-        self.advance(to.saturating_duration_since(self.now));
+        self.run_for(to.saturating_duration_since(self.now));
     }
-}
-
-fn message(topic: &str, body: &[u8], pkid: u16) -> Message {
-    let mut b = BytesMut::new();
-    write_publish(&mut b, topic.as_bytes(), pkid.max(1), body, false).unwrap();
-    let mut m = read_publish(&mut b, 1 << 20).unwrap().unwrap();
-    m.pkid = pkid;
-    m
 }
 
 /// The summaries written, as (packet id, DUP, body).
@@ -197,15 +87,6 @@ fn summaries(out: &[Out]) -> Vec<(u16, bool, Value)> {
         .collect()
 }
 
-fn pubacks(out: &[Out]) -> Vec<u16> {
-    out.iter()
-        .filter_map(|o| match o {
-            Out::Other(Packet::PubAck(a)) => Some(a.pkid),
-            _ => None,
-        })
-        .collect()
-}
-
 fn desired(functions: &str, extra: Value) -> Value {
     let mut d = json!({"Aggregates": aggregates(functions)});
     d.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -214,21 +95,21 @@ fn desired(functions: &str, extra: Value) -> Value {
 
 #[test]
 fn a_window_folds_its_inputs_and_closes_exactly_at_its_deadline() {
-    let mut sim = Sim::up(desired("avg,min,max,count", json!({})));
+    let mut sim = up(desired("avg,min,max,count", json!({})));
     let start = sim.now;
     for (ms, t) in [(100, 20.0), (400, 22.0), (900, 30.0)] {
         sim.at(ms, start);
-        sim.input(t, &format!("m{ms}"));
+        sim.reading(t, &format!("m{ms}"));
     }
-    let out = sim.written();
+    let out = sim.flushed();
     assert_eq!(sim.stats.alerts.load(Relaxed), 1, "30 alerts beside being counted");
     assert!(summaries(&out).is_empty());
     // The window (UNIX0, UNIX0 + 1 s] closes when the clock passes its end: at + 1 s + 1 ms.
     assert_eq!(sim.s.deadline(), Some(start + Duration::from_millis(1001)));
     sim.at(1000, start);
-    assert!(summaries(&sim.written()).is_empty(), "not before its end is passed");
+    assert!(summaries(&sim.flushed()).is_empty(), "not before its end is passed");
     sim.at(1001, start);
-    let s = summaries(&sim.written());
+    let s = summaries(&sim.flushed());
     assert_eq!(s.len(), 1);
     let body = &s[0].2;
     assert_eq!(body["aggregate"], "T1s");
@@ -241,12 +122,12 @@ fn a_window_folds_its_inputs_and_closes_exactly_at_its_deadline() {
 
 #[test]
 fn a_summary_is_held_until_confirmed_and_sent_again_with_dup_after_a_lost_connection() {
-    let mut sim = Sim::up(desired("count", json!({})));
+    let mut sim = up(desired("count", json!({})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(1001, start);
-    let first = summaries(&sim.written());
+    let first = summaries(&sim.flushed());
     assert_eq!(first.len(), 1);
     assert!(!first[0].1, "the first send is not DUP");
     assert_eq!(sim.s.emits_pending(), 1);
@@ -264,11 +145,11 @@ fn a_summary_is_held_until_confirmed_and_sent_again_with_dup_after_a_lost_connec
 
 #[test]
 fn windows_that_close_while_offline_are_sent_on_the_next_connection() {
-    let mut sim = Sim::up(desired("count", json!({})));
+    let mut sim = up(desired("count", json!({})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
-    sim.written();
+    sim.reading(20.0, "a");
+    sim.flushed();
     sim.s.on_lost(sim.now, &LinkError::Protocol("test".into()));
     // Not reconnected: the hub is away while the window closes.
     let deadline = sim.s.deadline().unwrap();
@@ -284,20 +165,20 @@ fn windows_that_close_while_offline_are_sent_on_the_next_connection() {
 
 #[test]
 fn no_input_acknowledgement_waits_for_an_aggregate_message_nor_is_input_held_back_by_them() {
-    let mut sim = Sim::up(desired("count", json!({})));
+    let mut sim = up(desired("count", json!({})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
-    sim.written();
+    sim.reading(20.0, "a");
+    sim.flushed();
     sim.at(1001, start);
-    assert_eq!(summaries(&sim.written()).len(), 1);
+    assert_eq!(summaries(&sim.flushed()).len(), 1);
     assert_eq!(sim.s.emits_pending(), 1);
     // An unconfirmed summary: a dropped input is acknowledged in the same turn...
-    let dropped = sim.input(20.0, "b");
-    assert_eq!(pubacks(&sim.written()), vec![dropped]);
+    let dropped = sim.reading(20.0, "b");
+    assert_eq!(pubacks(&sim.flushed()), vec![dropped]);
     // ...and an alert's input once its alert alone is confirmed.
-    let hot = sim.input(30.0, "c");
-    let out = sim.written();
+    let hot = sim.reading(30.0, "c");
+    let out = sim.flushed();
     let alert = out
         .iter()
         .find_map(|o| match o {
@@ -307,7 +188,7 @@ fn no_input_acknowledgement_waits_for_an_aggregate_message_nor_is_input_held_bac
         .unwrap();
     assert!(pubacks(&out).is_empty());
     sim.puback(alert);
-    assert_eq!(pubacks(&sim.written()), vec![hot]);
+    assert_eq!(pubacks(&sim.flushed()), vec![hot]);
     assert_eq!(sim.s.emits_pending(), 1, "the summary still awaits its confirmation");
     assert_eq!(sim.s.alerts_pending(), 0);
 }
@@ -318,26 +199,26 @@ fn a_twin_change_mid_window_discards_only_the_changed_aggregates_window() {
         "Kept": {"path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 1}, "functions": "count", "output": "aggregates", "properties": {"MessageType": "Aggregate"}},
         "Changed": {"path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 1}, "functions": "count", "output": "aggregates", "properties": {"MessageType": "Aggregate"}}
     }});
-    let mut sim = Sim::up(two);
+    let mut sim = up(two);
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(300, start);
     let patch = json!({"Aggregates": {"Changed": {"functions": "count,max"}}, "$version": 2}).to_string();
     sim.hub_publishes("$iothub/twin/PATCH/properties/desired/?$version=2", patch.as_bytes(), 0);
     sim.at(500, start);
-    sim.input(21.0, "b");
+    sim.reading(21.0, "b");
     sim.at(1001, start);
-    let s = summaries(&sim.written());
+    let s = summaries(&sim.flushed());
     let kept: Vec<_> = s.iter().filter(|(_, _, b)| b["aggregate"] == "Kept").collect();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].2["count"], 2, "the unchanged aggregate keeps its window");
     // The changed one starts with the windows that start after the patch: its first is the next.
     assert!(s.iter().all(|(_, _, b)| b["aggregate"] != "Changed"), "{s:?}");
     sim.at(1500, start);
-    sim.input(25.0, "c");
+    sim.reading(25.0, "c");
     sim.at(2001, start);
-    let s = summaries(&sim.written());
+    let s = summaries(&sim.flushed());
     let changed: Vec<_> = s.iter().filter(|(_, _, b)| b["aggregate"] == "Changed").collect();
     assert_eq!(changed.len(), 1);
     assert_eq!((changed[0].2["count"].as_u64(), changed[0].2["max"].as_f64()), (Some(1), Some(25.0)));
@@ -345,12 +226,12 @@ fn a_twin_change_mid_window_discards_only_the_changed_aggregates_window() {
 
 #[test]
 fn a_checkpoint_is_asked_for_every_checkpoint_seconds_when_anything_changed_and_at_the_stop() {
-    let mut sim = Sim::up(desired("count", json!({"CheckpointSeconds": 2})));
+    let mut sim = up(desired("count", json!({"CheckpointSeconds": 2})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(1999, start);
-    let s = summaries(&sim.written());
+    let s = summaries(&sim.flushed());
     sim.puback(s[0].0);
     assert!(sim.saves.is_empty(), "not before CheckpointSeconds");
     sim.at(2000, start);
@@ -359,12 +240,12 @@ fn a_checkpoint_is_asked_for_every_checkpoint_seconds_when_anything_changed_and_
     sim.at(6100, start);
     assert_eq!(sim.saves.len(), 1, "{} saves", sim.saves.len());
     sim.at(6200, start);
-    sim.input(20.0, "b");
-    sim.input(20.0, "c");
+    sim.reading(20.0, "b");
+    sim.reading(20.0, "c");
     sim.at(6500, start);
     sim.s.on_stop(sim.now);
-    sim.written();
-    sim.settle();
+    sim.flushed();
+    sim.settle_all();
     assert!(sim.exited);
     assert_eq!(sim.saves.len(), 2, "the stop saves");
     // The stop's checkpoint holds the open window's two readings, and their ids.
@@ -378,26 +259,26 @@ fn a_checkpoint_is_asked_for_every_checkpoint_seconds_when_anything_changed_and_
 
 #[test]
 fn after_a_restart_input_waits_for_the_twin_and_the_restored_window_counts_a_redelivery_once() {
-    let mut sim = Sim::up(desired("count", json!({})));
+    let mut sim = up(desired("count", json!({})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(200, start);
-    sim.input(20.0, "b");
+    sim.reading(20.0, "b");
     sim.s.on_stop(sim.now);
-    sim.written();
-    sim.settle();
+    sim.flushed();
+    sim.settle_all();
     let saved = sim.saves.pop().expect("saved at the stop");
 
     // The restart, 300 ms after the stop, same window.
-    let mut next = Sim::new(Some(saved));
+    let mut next = session(Some(saved));
     next.s.set_wall_clock(next.now, UNIX0 + 500);
     let start = next.now - Duration::from_millis(500);
-    next.settle();
-    let out = next.written();
+    next.settle_all();
+    let out = next.flushed();
     // The hub redelivers b before it answers the twin request: held back, not acknowledged.
-    let b = next.input(20.0, "b");
-    assert!(pubacks(&next.written()).is_empty(), "held until the twin restores the windows");
+    let b = next.reading(20.0, "b");
+    assert!(pubacks(&next.flushed()).is_empty(), "held until the twin restores the windows");
     let rid = out
         .iter()
         .find_map(|o| match o {
@@ -409,10 +290,10 @@ fn after_a_restart_input_waits_for_the_twin_and_the_restored_window_counts_a_red
         .unwrap();
     let body = json!({"desired": desired("count", json!({})), "reported": {}}).to_string();
     next.hub_publishes(&edgefilter::topic::twin_response(200, &rid), body.as_bytes(), 0);
-    assert_eq!(pubacks(&next.written()), vec![b], "the held input goes once the twin came");
-    next.input(20.0, "c");
+    assert_eq!(pubacks(&next.flushed()), vec![b], "the held input goes once the twin came");
+    next.reading(20.0, "c");
     next.at(1001, start);
-    let s = summaries(&next.written());
+    let s = summaries(&next.flushed());
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].2["count"], 3, "a, b (once, though delivered twice) and c");
     assert_eq!(next.stats.restore_failures.load(Relaxed), 0);
@@ -420,41 +301,41 @@ fn after_a_restart_input_waits_for_the_twin_and_the_restored_window_counts_a_red
 
 #[test]
 fn a_corrupt_state_file_is_counted_and_every_window_starts_afresh() {
-    let mut sim = Sim::new(Some(b"EFAGGR\x01garbage".to_vec()));
+    let mut sim = session(Some(b"EFAGGR\x01garbage".to_vec()));
     sim.connect(desired("count", json!({})));
     assert_eq!(sim.stats.restore_failures.load(Relaxed), 1);
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(1001, start);
-    assert_eq!(summaries(&sim.written())[0].2["count"], 1);
+    assert_eq!(summaries(&sim.flushed())[0].2["count"], 1);
 }
 
 #[test]
 fn a_summary_the_hub_never_confirmed_before_a_stop_is_sent_again_after_the_restart() {
-    let mut sim = Sim::up(desired("count", json!({})));
+    let mut sim = up(desired("count", json!({})));
     let start = sim.now;
     sim.at(100, start);
-    sim.input(20.0, "a");
+    sim.reading(20.0, "a");
     sim.at(1001, start);
-    let sent = summaries(&sim.written());
+    let sent = summaries(&sim.flushed());
     assert_eq!(sent.len(), 1);
     // The hub never confirms it: the stop's drain gives up on it after 10 s.
     sim.s.on_stop(sim.now);
-    sim.written();
-    sim.advance(Duration::from_secs(11));
+    sim.flushed();
+    sim.run_for(Duration::from_secs(11));
     assert!(sim.exited, "the drain gave up");
     let saved = sim.saves.pop().expect("saved at the stop");
 
-    let mut next = Sim::new(Some(saved));
+    let mut next = session(Some(saved));
     next.s.set_wall_clock(next.now, UNIX0 + 12_500);
     let again = summaries(&next.connect(desired("count", json!({}))));
     assert_eq!(again.len(), 1, "sent again once the twin restored the set");
     assert_eq!(again[0].2, sent[0].2, "the same window's message");
     next.puback(again[0].0);
     next.s.on_stop(next.now);
-    next.written();
-    next.settle();
+    next.flushed();
+    next.settle_all();
     assert!(next.exited, "nothing left to drain");
     let set = Arc::new(AggregateSet::parse(aggregates("count").as_object().unwrap()).unwrap());
     let (_, _, unsent) = Aggregator::restore_with_unsent(set, next.saves.last().unwrap(), UNIX0 + 13_000).unwrap();
