@@ -5,13 +5,18 @@
 //! Accepting can fail for the whole process (no file descriptors left): the listener stays
 //! readable, so retrying at once would spin. A failure is counted, logged once per kind until
 //! accepting works again, and followed by a pause that doubles up to a second ([`Backoff`]).
+//!
+//! A client that sends no complete request head within [`HEADER_READ_TIMEOUT`] (one that connects
+//! and stays silent, or trickles bytes) is disconnected, so idle connections cannot pile up and
+//! use the descriptors the module needs. A kept-alive connection idle that long is closed too;
+//! Prometheus and metrics-collector reconnect for their next scrape.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{info, warn};
 
 use super::{Labels, Stats, STEP};
@@ -46,6 +51,9 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, stats: Arc<Stats>,
     }
 }
 
+/// How long a connection may take to send a request's head, or stay idle between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn connection(stream: tokio::net::TcpStream, stats: Arc<Stats>, labels: Arc<Labels>) {
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (stats, labels) = (stats.clone(), labels.clone());
@@ -59,7 +67,11 @@ async fn connection(stream: tokio::net::TcpStream, stats: Arc<Stats>, labels: Ar
             }
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 const FIRST_PAUSE: Duration = Duration::from_millis(10);

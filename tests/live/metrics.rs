@@ -209,3 +209,29 @@ fn out_of_file_descriptors_the_endpoint_backs_off_counts_and_recovers() {
     assert_eq!(log.matches("cannot accept a connection").count(), 1, "logged once per kind:\n{log}");
     assert!(log.contains("accepting again after"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_is_disconnected_and_scrapes_go_on() {
+    let broker = Broker::start("");
+    let port = free_port();
+    let _module = RunningModule::on(broker.port, &[("EDGEFILTER_METRICS_ADDR", format!("127.0.0.1:{port}"))]);
+    tokio::task::spawn_blocking(move || slow_clients_are_disconnected(port)).await.unwrap();
+}
+
+fn slow_clients_are_disconnected(port: u16) {
+    wait_for_port(port);
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut trickling = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    trickling.write_all(b"GET /metrics HTTP/1.1\r\nHost: te").unwrap();
+    assert!(scrape(port).contains("edgefilter_messages_received_total{"), "others are served meanwhile");
+    for (what, s) in [("silent", &mut silent), ("trickling", &mut trickling)] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("the {what} client was not disconnected: {e}"));
+        assert_eq!(n, 0, "the {what} client got {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "closed after {took:?}, before the header-read timeout of 10 s");
+    assert!(scrape(port).contains("edgefilter_messages_received_total{"));
+}
