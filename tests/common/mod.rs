@@ -114,6 +114,43 @@ pub fn terminate(c: &Child) {
     Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
 }
 
+/// A child process that is killed and reaped when dropped, so that a test that panics leaves
+/// none behind (one left running holds the test harness's output pipe open).
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn new(child: Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    /// The child, no longer killed on drop (to wait for its output).
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("not taken")
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not taken")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The module, running in this process until stopped.
 pub struct RunningModule {
     pub stats: Arc<Stats>,

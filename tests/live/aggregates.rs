@@ -251,7 +251,7 @@ async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
     std::fs::write(&twin_file, twin.to_string()).unwrap();
     let port = crate::common::free_port();
     let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
-    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .args(["local", "--port", &port.to_string(), "--interval-ms", "10", "--metrics", "off"])
         .arg("--twin")
         .arg(&twin_file)
@@ -261,6 +261,7 @@ async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
         .stdout(log)
         .spawn()
         .unwrap();
+    let mut local = crate::common::Reaped::new(local);
     crate::common::wait_for_port(port);
     let mut upstream = Peer::connect(port, "console", true, &["local/upstream/#"]).await;
     let temperature = |p: &rumqttc::Publish| {

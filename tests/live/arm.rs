@@ -25,6 +25,7 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("qemu-arm (apt-get install qemu-user)");
+    let child = Reaped::new(child);
     let reported =
         answer_twin(&mut edge, &json!({"TemperatureThreshold": 28, "$version": 1}), Duration::from_secs(5)).await;
     assert_eq!(reported.last().expect("reported properties from the ARM module")["TemperatureThreshold"], json!(28.0));
@@ -46,7 +47,7 @@ async fn armv7_binary_filters_applies_twin_and_stops_cleanly() {
     assert_eq!(bag_value(&alert.topic, "sequenceNumber").as_deref(), Some("3"));
 
     terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
 

@@ -160,7 +160,7 @@ async fn a_certificate_for_another_host_is_refused() {
 fn no_secret_reaches_the_log_even_at_verbose() {
     let broker = Broker::start("");
     let token_sig_marker = "sig=";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+    let child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .env("EdgeHubConnectionString", connection_string())
         .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{}", broker.port))
         .env("EDGEFILTER_METRICS_ADDR", "off")
@@ -170,6 +170,7 @@ fn no_secret_reaches_the_log_even_at_verbose() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = Reaped::new(child);
     for seq in 0..5 {
         let (topic, body) = hot(seq, 30.0);
         Command::new("mosquitto_pub")

@@ -225,13 +225,14 @@ fn the_module_binary_stops_cleanly_on_sigterm_with_an_alert_in_flight() {
     let mut upstream = rt.block_on(Peer::connect(port, "upstream-watch", true, &["local/upstream/#"]));
     // The hub routes the module's alerts but does not confirm them: an alert stays in flight.
     hub.withhold_acks(Some(&format!("{DEVICE}/{MODULE}")));
-    let mut child = edgefilter()
+    let child = edgefilter()
         .env("EdgeHubConnectionString", connection_string())
         .env("EDGEFILTER_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
         .env("EDGEFILTER_METRICS_ADDR", "off")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = Reaped::new(child);
     let lines = log_lines([Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>]);
     let sensor = rt.block_on(Peer::connect(port, "sensor-anon", true, &[]));
     let hot: Vec<(String, String)> =
@@ -332,7 +333,7 @@ fn typed(child: &mut std::process::Child, port: u16, line: &str) -> String {
 #[test]
 fn local_mode_shows_alerts_and_applies_a_threshold_change() {
     let port = free_port();
-    let mut child = local(port, &[]).spawn().unwrap();
+    let mut child = Reaped::new(local(port, &[]).spawn().unwrap());
     wait_for_port(port);
     // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
     let text = upstream(port, 3, 15);
@@ -348,7 +349,7 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
     let after = upstream(port, 1, 2);
     assert!(after.is_empty(), "no alert above 1000: {after}");
     terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let console = String::from_utf8_lossy(&out.stdout);
     assert!(console.contains("TemperatureThreshold is now 1000"), "{console}");
@@ -360,10 +361,11 @@ fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
     let twin = std::env::temp_dir().join(format!("edgefilter-rules-{}.json", std::process::id()));
     let rules = r#"{"Rules":{"Everything":{"path":"machine.temperature","op":"<","value":1000,"output":"everything","properties":{"Kind":"all"}}}}"#;
     std::fs::write(&twin, rules).unwrap();
-    let mut child = local(port, &["--twin", twin.to_str().unwrap()])
+    let child = local(port, &["--twin", twin.to_str().unwrap()])
         .env("EDGEFILTER_METRICS_ADDR", "off") // the other local-mode test has the default port
         .spawn()
         .unwrap();
+    let mut child = Reaped::new(child);
     wait_for_port(port);
     // Every message matches the one rule: on its output, with its property.
     let text = upstream(port, 3, 15);
@@ -377,7 +379,7 @@ fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
     let after = upstream(port, 1, 2);
     assert!(after.is_empty(), "nothing above 1000: {after}");
     terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let _ = std::fs::remove_file(&twin);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Rules is now"));

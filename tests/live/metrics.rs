@@ -164,6 +164,7 @@ fn out_of_file_descriptors_the_endpoint_backs_off_counts_and_recovers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let child = Reaped::new(child);
     wait_for_port(port);
     let mut kept = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -204,7 +205,7 @@ fn out_of_file_descriptors_the_endpoint_backs_off_counts_and_recovers() {
     };
     assert!(value(&text, "edgefilter_metrics_accept_failures_total{") >= 3.0);
     terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
     assert_eq!(log.matches("cannot accept a connection").count(), 1, "logged once per kind:\n{log}");
     assert!(log.contains("accepting again after"), "{log}");
