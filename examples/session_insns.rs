@@ -102,7 +102,7 @@ fn connected_with(mode: AckMode, desired: Option<Value>) -> (Session, Instant) {
     while !tx.is_empty() {
         match Packet::read(&mut tx, 1 << 16) {
             Ok(Packet::Subscribe(sub)) => {
-                s.inbox().push(Received::Other(Packet::SubAck(SubAck::new(sub.pkid, vec![]))));
+                s.inbox().push_back(Received::Other(Packet::SubAck(SubAck::new(sub.pkid, vec![]))));
                 s.on_read(now);
             }
             Ok(Packet::Publish(p)) if desired.is_some() => {
@@ -113,7 +113,7 @@ fn connected_with(mode: AckMode, desired: Option<Value>) -> (Session, Instant) {
                     .unwrap();
                 let mut m = read_publish(&mut b, 1 << 20).unwrap().unwrap();
                 m.pkid = 0;
-                s.inbox().push(Received::Publish(m));
+                s.inbox().push_back(Received::Publish(m));
                 s.on_read(now);
             }
             _ => {}
@@ -137,7 +137,7 @@ fn core(n: usize, mode: AckMode) -> usize {
         let now = start + Duration::from_micros(100 * i as u64);
         let mut m = inputs[i % 3].clone();
         m.pkid = (i % 60_000) as u16 + 1;
-        s.inbox().push(Received::Publish(m));
+        s.inbox().push_back(Received::Publish(m));
         let turn = s.on_read(now);
         if turn.more {
             s.end_turn(now, 0);
@@ -151,7 +151,7 @@ fn core(n: usize, mode: AckMode) -> usize {
         });
         s.on_written(now);
         if let Some(pkid) = alert {
-            s.inbox().push(Received::Other(Packet::PubAck(PubAck::new(pkid))));
+            s.inbox().push_back(Received::Other(Packet::PubAck(PubAck::new(pkid))));
             s.on_read(now);
             if let Some(tx) = s.transmit(now) {
                 written += tx.len();
@@ -241,7 +241,7 @@ fn stream(n: usize, mode: AckMode, aggregates: &str, spacing: Duration) -> usize
         }
         // The checkpoints asked for are written by the shell's thread: not counted here.
         while s.poll(now).is_some() {}
-        s.inbox().push(Received::Publish(m));
+        s.inbox().push_back(Received::Publish(m));
         loop {
             let turn = s.on_read(now);
             if turn.more {
@@ -255,7 +255,7 @@ fn stream(n: usize, mode: AckMode, aggregates: &str, spacing: Duration) -> usize
                 break;
             }
             for pkid in publishes.drain(..) {
-                s.inbox().push(Received::Other(Packet::PubAck(PubAck::new(pkid))));
+                s.inbox().push_back(Received::Other(Packet::PubAck(PubAck::new(pkid))));
             }
         }
         black_box(&mut s);

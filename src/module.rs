@@ -313,7 +313,7 @@ fn read_turn(session: &mut Session, link: &mut Link, stats: &Stats, now: std::ti
 
 /// The connection's next event: a connect attempt finishing, or packets read (at once when the
 /// core has input to handle without reading; never while it leaves the connection unread).
-async fn next_io(io: &mut Io, inbox: &mut Vec<Received>, paused: bool, work: bool) -> Event {
+async fn next_io(io: &mut Io, inbox: &mut std::collections::VecDeque<Received>, paused: bool, work: bool) -> Event {
     match io {
         Io::Offline => std::future::pending().await,
         Io::Connecting(attempt) => Event::Connected(attempt.await),

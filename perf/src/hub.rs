@@ -80,7 +80,7 @@ pub struct Publisher {
     last_pkid: u16,
     /// How many publishes may await their PUBACK.
     window: usize,
-    packets: Vec<Received>,
+    packets: std::collections::VecDeque<Received>,
     /// Connections made after the first.
     pub reconnects: u64,
     /// Publishes sent again after a reconnection.
@@ -112,7 +112,7 @@ impl Publisher {
             next_order: 0,
             last_pkid: 0,
             window: 1000,
-            packets: Vec::new(),
+            packets: std::collections::VecDeque::new(),
             reconnects: 0,
             resent: 0,
         };

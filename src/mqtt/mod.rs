@@ -27,6 +27,7 @@ mod seal;
 pub use codec::{read_publish, write_publish, Message, Received};
 pub use seal::seal;
 
+use std::collections::VecDeque;
 use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,9 +185,9 @@ impl Link {
         }
         link.queue(Packet::Connect(connect))?;
         link.flush().await?;
-        let mut first = Vec::with_capacity(1);
+        let mut first = VecDeque::with_capacity(1);
         link.read_batch(&mut first, 1).await?;
-        match first.pop() {
+        match first.pop_front() {
             Some(Received::Other(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 Ok((link, ack.session_present))
             }
@@ -252,7 +253,7 @@ impl Link {
     /// default) holds its next PUBLISH until it comes: measured, 22 messages/s through a
     /// one-in-flight mosquitto. One system call, only when the module goes to sleep with nothing
     /// to write.
-    pub async fn read_batch(&mut self, out: &mut Vec<Received>, max: usize) -> Result<(), LinkError> {
+    pub async fn read_batch(&mut self, out: &mut VecDeque<Received>, max: usize) -> Result<(), LinkError> {
         loop {
             self.decode(out, max)?;
             if !out.is_empty() {
@@ -273,7 +274,7 @@ impl Link {
 
     /// Decodes what was read, and reads more unless the last read drained the socket, without
     /// waiting: false when nothing new was.
-    pub fn read_ready(&mut self, out: &mut Vec<Received>, max: usize) -> Result<bool, LinkError> {
+    pub fn read_ready(&mut self, out: &mut VecDeque<Received>, max: usize) -> Result<bool, LinkError> {
         let before = out.len();
         self.decode(out, max)?;
         if out.len() == before && out.len() < max && !self.drained {
@@ -374,17 +375,17 @@ impl Link {
         Ok(())
     }
 
-    fn decode(&mut self, out: &mut Vec<Received>, max: usize) -> Result<(), LinkError> {
+    fn decode(&mut self, out: &mut VecDeque<Received>, max: usize) -> Result<(), LinkError> {
         while out.len() < max {
             if self.rx.first().is_some_and(|b| b >> 4 == 3) {
                 match read_publish(&mut self.rx, self.max_packet)? {
-                    Some(m) => out.push(Received::Publish(m)),
+                    Some(m) => out.push_back(Received::Publish(m)),
                     None => break,
                 }
                 continue;
             }
             match Packet::read(&mut self.rx, self.max_packet) {
-                Ok(p) => out.push(Received::Other(p)),
+                Ok(p) => out.push_back(Received::Other(p)),
                 Err(mqttbytes::Error::InsufficientBytes(_)) => break,
                 Err(e) => return Err(LinkError::Protocol(format!("{e:?}"))),
             }
@@ -443,7 +444,7 @@ mod tests {
         for round in 0..20 {
             armed.store(true, Ordering::SeqCst);
             (&*hub).write_all(&PINGRESP).unwrap();
-            let mut out = Vec::new();
+            let mut out = VecDeque::new();
             let mut packets = 0;
             while packets < 2 {
                 tokio::time::timeout(Duration::from_secs(3), link.read_batch(&mut out, 16))

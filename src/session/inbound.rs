@@ -25,7 +25,7 @@ use rumqttc::mqttbytes::QoS;
 
 use super::{batch_closes, Held, Phase, Session, Turn, MAX_OUT};
 use crate::filter::{self, Decision, Matched, Reason};
-use crate::limits::MAX_MESSAGE_SIZE;
+use crate::limits::{EDGEHUB_ADDED_PROPERTIES, MAX_MESSAGE_SIZE};
 use crate::mqtt::{write_publish, Message, Received};
 use crate::rules::Rules;
 use crate::settings::AckMode;
@@ -354,14 +354,18 @@ impl Session {
             return false;
         }
         let topic = self.topics.split().freeze();
-        // The arena holds only what write_output_topic wrote, which is ASCII.
-        let size = topic::message_size(input.payload.len(), std::str::from_utf8(&topic).unwrap_or(""));
-        if size > MAX_MESSAGE_SIZE {
-            Stats::drop(&self.stats, Reason::AlertTooLarge);
-            warn!(
-                "gave up an alert to {output}: {size} bytes as edgeHub counts them, over its {MAX_MESSAGE_SIZE}-byte limit (alert_too_large); its input is acknowledged"
-            );
-            return false;
+        // The topic's length bounds its bag's, so nearly every alert is known to fit without
+        // measuring it (`message_size` cost 300 x86 instructions an alert, its UTF-8 check included).
+        if input.payload.len() + topic.len() + EDGEHUB_ADDED_PROPERTIES > MAX_MESSAGE_SIZE {
+            // The arena holds only what write_output_topic wrote, which is ASCII.
+            let size = topic::message_size(input.payload.len(), std::str::from_utf8(&topic).unwrap_or(""));
+            if size > MAX_MESSAGE_SIZE {
+                Stats::drop(&self.stats, Reason::AlertTooLarge);
+                warn!(
+                    "gave up an alert to {output}: {size} bytes as edgeHub counts them, over its {MAX_MESSAGE_SIZE}-byte limit (alert_too_large); its input is acknowledged"
+                );
+                return false;
+            }
         }
         if self.is_given_up(&topic, &input.payload) {
             Stats::drop(&self.stats, Reason::DeliveryFailed);

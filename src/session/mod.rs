@@ -202,7 +202,7 @@ pub struct Session {
     /// MQTT bytes to write.
     tx: BytesMut,
     /// The packets read and not yet handled (the shell reads into it).
-    inbox: Vec<Received>,
+    inbox: VecDeque<Received>,
     /// Where alert topics are written: each alert's topic is a slice of it, so that building one
     /// allocates only when the arena is renewed.
     topics: BytesMut,
@@ -255,7 +255,7 @@ impl Session {
             next_report: now + report,
             delivery: Delivery::new(),
             tx: BytesMut::with_capacity(64 * 1024),
-            inbox: Vec::with_capacity(READ_BATCH),
+            inbox: VecDeque::with_capacity(READ_BATCH),
             topics: BytesMut::new(),
             bag: topic::BagScratch::default(),
             gather: Gather::new(),
@@ -274,7 +274,7 @@ impl Session {
     }
 
     /// Where the shell reads packets into; [`Session::on_read`] handles them.
-    pub fn inbox(&mut self) -> &mut Vec<Received> {
+    pub fn inbox(&mut self) -> &mut VecDeque<Received> {
         &mut self.inbox
     }
 

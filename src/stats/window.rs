@@ -163,13 +163,18 @@ impl Series {
         let len: u64 = self.step_len.iter().sum();
         let quantiles = (len > 0).then(|| {
             let mut q = [0; QUANTILES.len()];
+            // The value of rank ⌈q·len⌉, as its bucket's top; the ranks computed once, and the
+            // buckets walked only up to the last rank's (they number in the thousands).
+            let ranks = QUANTILES.map(|x| ((x * len as f64).ceil() as u64).max(1));
             let (mut seen, mut k) = (0u64, 0);
             for (i, c) in self.total.iter().enumerate() {
                 seen += *c as u64;
-                // The value of rank ⌈q·len⌉, as its bucket's top.
-                while k < q.len() && seen >= ((QUANTILES[k] * len as f64).ceil() as u64).max(1) {
+                while k < q.len() && seen >= ranks[k] {
                     q[k] = bucket_top(i);
                     k += 1;
+                }
+                if k == q.len() {
+                    break;
                 }
             }
             q

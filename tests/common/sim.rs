@@ -151,7 +151,7 @@ impl Sim {
     }
 
     pub fn hub_sends(&mut self, packet: Received) {
-        self.s.inbox().push(packet);
+        self.s.inbox().push_back(packet);
         let turn = self.s.on_read(self.now);
         if turn.more {
             self.s.end_turn(self.now, 0);
