@@ -118,6 +118,9 @@ impl Session {
     /// Folds one input into every aggregate (a message id from its bag counts a redelivery
     /// once), then sends the windows it closed.
     pub(super) fn aggregate(&mut self, body: &[u8], bag: &str, received: Instant, now: Instant) {
+        if self.aggregates.running.is_none() {
+            return; // no aggregates set: not even the wall-clock time
+        }
         let time = self.aggregates.unix_ms(received);
         let Aggregates { running: Some(running), id, dirty, .. } = &mut self.aggregates else { return };
         let has_id = message_id(bag, id);

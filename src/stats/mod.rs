@@ -77,7 +77,9 @@ const TO_ACK: usize = 1;
 
 /// Records a duration in µs, saturating at the recorder's top.
 pub fn record_us(r: &mut Recorder, d: Duration, count: u64) {
-    let _ = r.record_n((d.as_micros() as u64).max(1), count);
+    // Whole µs without Duration::as_micros' 128-bit arithmetic (library calls on armv7).
+    let us = d.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(d.subsec_micros()));
+    let _ = r.record_n(us.max(1), count);
 }
 
 /// The scrape side: the window, and the empty recorders swapped in at the next drain.

@@ -51,6 +51,8 @@ fn bucket_top(i: usize) -> u64 {
 #[derive(Debug)]
 pub struct Recorder {
     counts: Vec<u32>,
+    /// [`Recorder::high`], kept: every record clamps to it.
+    high: u64,
     len: u64,
     sum: u64,
     max: u64,
@@ -59,12 +61,13 @@ pub struct Recorder {
 impl Recorder {
     /// Values from 0 to about `high` (higher ones are recorded as the top).
     pub fn new(high: u64) -> Recorder {
-        Recorder { counts: vec![0; bucket(high) + 1], len: 0, sum: 0, max: 0 }
+        let counts = vec![0; bucket(high) + 1];
+        Recorder { high: bucket_top(counts.len() - 1), counts, len: 0, sum: 0, max: 0 }
     }
 
     /// The highest value recorded as itself.
     pub fn high(&self) -> u64 {
-        bucket_top(self.counts.len() - 1)
+        self.high
     }
 
     /// Records `value`; false if it was above the range (and recorded as its top).
