@@ -52,29 +52,60 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker on a free port. The port can still be taken between `free_port` and mosquitto's
+    /// bind (the kernel hands the same range to the tests' outgoing connections), so a broker
+    /// that exits at once is started again on another port.
     pub fn start(extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_packet_size 300000\n{extra}\n",
-            dir.path().display()
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let mut b = Broker { port, dir, child: None };
-        b.spawn();
-        b
+        let mut b = Broker { port: 0, dir, child: None };
+        for _ in 0..5 {
+            b.port = free_port();
+            let conf = format!(
+                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_packet_size 300000\n{extra}\n",
+                b.port,
+                b.dir.path().display()
+            );
+            std::fs::write(b.dir.path().join("mosquitto.conf"), conf).unwrap();
+            if b.try_spawn() {
+                return b;
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(mosquitto_binary())
+        // After a restart the port is the broker's own; only a race for it can stop the bind.
+        for _ in 0..5 {
+            if self.try_spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mosquitto did not start again on port {}", self.port);
+    }
+
+    /// Starts mosquitto and waits until it listens (up to 20 s); false if it exited first.
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
-        self.child = Some(child);
-        wait_for_port(self.port);
+        for _ in 0..800 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mosquitto on port {} did not listen within 20 s", self.port);
     }
 
     /// Stops the broker gracefully (it saves its persistent sessions) and starts it again.
