@@ -106,6 +106,24 @@ pub fn decide(body: &[u8], temperature_threshold: f64) -> Decision {
     }
 }
 
+/// `machine.temperature` as a scan made for another purpose read it (NaN: no number there), or
+/// why the body is not JSON.
+pub type Temperature = Result<f64, Malformed>;
+
+/// [`decide`] where one scan of the body already read `machine.temperature` (the aggregates'
+/// pass, [`crate::aggregate::Aggregator::temperature`]): `scanned` is the number there (NaN:
+/// none) or why the body is not JSON. The same decision without a second pass over the body;
+/// only a body with no number there is scanned again, for [`scan`] to name the reason.
+pub fn decide_scanned(body: &[u8], scanned: Option<Temperature>, temperature_threshold: f64) -> Decision {
+    match scanned {
+        _ if body.len() > MAX_MESSAGE_SIZE => Decision::Drop(Reason::TooLarge),
+        Some(Ok(t)) if t > temperature_threshold => Decision::Alert,
+        Some(Ok(t)) if !t.is_nan() => Decision::Drop(Reason::BelowThreshold),
+        Some(Err(m)) => Decision::Drop(Reason::Malformed(m)),
+        _ => decide(body, temperature_threshold),
+    }
+}
+
 /// What happens to one message under alert rules.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Matched {
@@ -116,22 +134,28 @@ pub enum Matched {
 
 /// Decides a body against a rule set: every rule's value found in one pass of the scanner.
 pub fn decide_rules(body: &[u8], rules: &Rules) -> Matched {
+    decide_rules_scanned(body, None, rules)
+}
+
+/// [`decide_rules`] where one scan of the body already read `machine.temperature` (see
+/// [`decide_scanned`]), which serves rules on that path alone without a second pass.
+pub fn decide_rules_scanned(body: &[u8], scanned: Option<Temperature>, rules: &Rules) -> Matched {
     if body.len() > MAX_MESSAGE_SIZE {
         return Matched::Drop(Reason::TooLarge);
     }
     let mut values = [f64::NAN; MAX_RULES];
     // Every rule on the tutorial's path: the scanner made for it finds it for them all.
-    let scanned = if rules.matcher.tutorial_path_only {
-        match scan(body) {
+    let scanned = match scanned {
+        Some(t) if rules.matcher.tutorial_path_only => t.map(|t| values[0] = t),
+        _ if rules.matcher.tutorial_path_only => match scan(body) {
             Scan::Temperature(t) => {
                 values[0] = t;
                 Ok(())
             }
             Scan::Missing(_) => Ok(()),
             Scan::Malformed(m) => Err(m),
-        }
-    } else {
-        scan_paths(body, &rules.matcher, &mut values)
+        },
+        _ => scan_paths(body, &rules.matcher, &mut values),
     };
     match scanned {
         Err(m) => Matched::Drop(Reason::Malformed(m)),

@@ -1,7 +1,11 @@
 //! The scanner against the reference: for every body, `scan` must agree with a full serde_json
 //! parse (`Value`, correctly rounded floats) on whether it alerts and on the temperature.
 
-use edgefilter::filter::{decide, Decision, Reason};
+use std::sync::Arc;
+
+use edgefilter::aggregate::{AggregateSet, Aggregator};
+use edgefilter::filter::{decide, decide_rules, decide_rules_scanned, decide_scanned, Decision, Reason};
+use edgefilter::rules::Rules;
 use edgefilter::scan::{scan, scan_in_place, Malformed, Missing, Scan};
 use proptest::prelude::*;
 
@@ -41,6 +45,52 @@ fn check(doc: &[u8]) {
             String::from_utf8_lossy(doc)
         );
     }
+    shared_scans_decide_alike(doc);
+}
+
+/// Aggregate sets whose one scan of a body also serves the filter's decision: one on the
+/// tutorial's path, one on another path (the tutorial's is added as a slot), and 16 paths that
+/// leave no room for it (the decision scans on its own).
+fn aggregators() -> Vec<Aggregator> {
+    let one = |path: &str| serde_json::json!({"path": path, "window": {"kind": "tumbling", "seconds": 30}, "functions": ["count"], "output": "o"});
+    let sets = [
+        serde_json::json!({"t": one("machine.temperature")}),
+        serde_json::json!({"p": one("machine.pressure"), "g": one("machine.temperature.x")}),
+        serde_json::Value::Object((0..16).map(|i| (format!("a{i}"), one(&format!("machine.p{i}")))).collect()),
+    ];
+    sets.iter().map(|v| Aggregator::new(Arc::new(AggregateSet::parse(v.as_object().unwrap()).unwrap()), 0)).collect()
+}
+
+thread_local! {
+    static AGGREGATORS: Vec<Aggregator> = aggregators();
+    static TUTORIAL_RULES: Rules = Rules::parse(serde_json::json!({
+        "hot": {"path": "machine.temperature", "op": ">", "value": 25, "output": "o"},
+        "cold": {"path": "machine.temperature", "op": "<=", "value": -3.5, "output": "o"},
+    }).as_object().unwrap()).unwrap();
+}
+
+/// The decision from the aggregates' scan is the decision from the filter's own.
+fn shared_scans_decide_alike(doc: &[u8]) {
+    AGGREGATORS.with(|aggregators| {
+        for (i, a) in aggregators.iter().enumerate() {
+            let t = a.temperature(&a.scan(doc));
+            if matches!(t, None | Some(Ok(_))) {
+                assert_eq!(t.is_none(), i == 2, "only the 16-path set leaves no slot for the tutorial's path");
+            }
+            for threshold in [25.0, -1.0e300, 0.0, 1e300] {
+                let context = format!("set {i}, {:?} @ {threshold}", String::from_utf8_lossy(doc));
+                assert_eq!(decide_scanned(doc, t, threshold), decide(doc, threshold), "{context}");
+            }
+            TUTORIAL_RULES.with(|rules| {
+                assert_eq!(
+                    decide_rules_scanned(doc, t, rules),
+                    decide_rules(doc, rules),
+                    "set {i}, {:?}",
+                    String::from_utf8_lossy(doc)
+                );
+            });
+        }
+    });
 }
 
 const SENSOR: &str = r#"{"machine":{"temperature":25.59846067945704,"pressure":1.523875267279916},"ambient":{"temperature":21.139304866042014,"humidity":26},"timeCreated":"2026-11-26T07:06:23.7813658Z"}"#;

@@ -245,7 +245,16 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
         }
         groups.push((key, panes));
     }
-    Ok(Series { first_start, watermark, closed, seq, groups, dropped, hot: Hot::default() })
+    Ok(Series {
+        first_start,
+        watermark,
+        closed,
+        seq,
+        groups,
+        dropped,
+        hot: Hot::default(),
+        deadline: Default::default(),
+    })
 }
 
 fn put_summary(p: &mut Vec<u8>, s: &Summary) {

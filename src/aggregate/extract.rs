@@ -42,6 +42,10 @@ pub struct Extractor {
     pub matcher: Matcher,
     /// Per aggregate, in the set's order.
     fields: Vec<Fields>,
+    /// The slot of the tutorial's `machine.temperature`, added to the set's paths when there is
+    /// room: the filter's threshold (and rules on that path alone) then decide from this one
+    /// pass instead of scanning the body again ([`Extractor::temperature`]).
+    temperature: Option<u8>,
 }
 
 /// Where one aggregate's fields are: the scanner slot of each path, and the time and group paths
@@ -55,7 +59,7 @@ struct Fields {
 
 impl Default for Extractor {
     fn default() -> Extractor {
-        Extractor { matcher: Matcher::new(std::iter::empty::<&[String]>()), fields: Vec::new() }
+        Extractor { matcher: Matcher::new(std::iter::empty::<&[String]>()), fields: Vec::new(), temperature: None }
     }
 }
 
@@ -79,6 +83,15 @@ impl Extractor {
                 all.len()
             ));
         }
+        let tutorial = ["machine".to_string(), "temperature".to_string()];
+        let temperature = match all.iter().position(|p| *p == tutorial) {
+            Some(i) => Some(i as u8),
+            None if all.len() < MAX_PATHS => {
+                all.push(tutorial.to_vec());
+                Some(all.len() as u8 - 1)
+            }
+            None => None,
+        };
         let matcher = Matcher::new(all.iter().map(Vec::as_slice));
         let slot = |i: u8| matcher.slot_of[usize::from(i)];
         let fields = ids
@@ -90,7 +103,15 @@ impl Extractor {
                 group: g.map(slot).zip(a.group.map(<[String]>::to_vec)),
             })
             .collect();
-        Ok(Extractor { matcher, fields })
+        let temperature = temperature.map(slot);
+        Ok(Extractor { matcher, fields, temperature })
+    }
+
+    /// The number at the tutorial's `machine.temperature` from a [`Extractor::scan`] of a body
+    /// (NaN: none there), as [`crate::scan::scan`] finds it; None when it is not one of the
+    /// scan's slots.
+    pub fn temperature(&self, values: &[f64; MAX_RULES]) -> Option<f64> {
+        Some(values[usize::from(self.temperature?)])
     }
 
     /// Scans `doc` once: every slot's number, or the reason it is not valid JSON.

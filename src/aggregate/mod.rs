@@ -43,6 +43,9 @@ pub struct Emitted {
     pub window_end: i64,
 }
 
+/// A body's one scan for a set's paths: each slot's number (NaN: none), or why it is not JSON.
+pub type Scanned = Result<[f64; MAX_RULES], Malformed>;
+
 /// The running state of an aggregate set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aggregator {
@@ -62,19 +65,50 @@ impl Aggregator {
     /// Folds one message into every aggregate. `message_id` (the shell passes `$.mid`, or the
     /// sensor's `batchId` and `sequenceNumber`) makes a redelivery count once; see [`Seen`].
     pub fn fold(&mut self, body: &[u8], message_id: Option<&[u8]>, now: i64) -> Result<(), Malformed> {
+        let scanned = self.scan(body);
+        self.fold_scanned(body, &scanned, message_id, now)
+    }
+
+    /// The one scan of `body` for every path of the set (and the tutorial's temperature, see
+    /// [`extract::Extractor::temperature`]): each slot's number, or why the body is not valid JSON.
+    pub fn scan(&self, body: &[u8]) -> Scanned {
+        let mut values = [f64::NAN; MAX_RULES];
+        self.set.extractor.scan(body, &mut values).map(|()| values)
+    }
+
+    /// What the filter needs from a body's [`Aggregator::scan`]: the number at
+    /// `machine.temperature` (NaN: none), or why the body is not JSON; None when the scan did not
+    /// read that path (a set of 16 other paths).
+    pub fn temperature(&self, scanned: &Scanned) -> Option<crate::filter::Temperature> {
+        match scanned {
+            Ok(values) => self.set.extractor.temperature(values).map(Ok),
+            Err(m) => Some(Err(*m)),
+        }
+    }
+
+    /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] already made.
+    pub fn fold_scanned(
+        &mut self,
+        body: &[u8],
+        scanned: &Scanned,
+        message_id: Option<&[u8]>,
+        now: i64,
+    ) -> Result<(), Malformed> {
         let id = message_id.map(fnv1a);
         if id.is_some_and(|id| self.seen.contains(id)) {
             self.series.iter_mut().for_each(|s| s.drop(Dropped::Duplicate));
             return Ok(());
         }
-        let mut values = [f64::NAN; MAX_RULES];
-        if let Err(m) = self.set.extractor.scan(body, &mut values) {
-            self.series.iter_mut().for_each(|s| s.drop(Dropped::Malformed));
-            return Err(m);
-        }
+        let values = match scanned {
+            Ok(values) => values,
+            Err(m) => {
+                self.series.iter_mut().for_each(|s| s.drop(Dropped::Malformed));
+                return Err(*m);
+            }
+        };
         let mut group = String::new();
         for (i, (a, s)) in self.set.aggregates.iter().zip(&mut self.series).enumerate() {
-            let r = self.set.extractor.reading(i, body, &values, &mut group);
+            let r = self.set.extractor.reading(i, body, values, &mut group);
             s.fold(a, r.value, r.time, r.group, now);
         }
         if let Some(id) = id {

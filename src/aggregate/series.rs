@@ -91,6 +91,19 @@ pub struct Series {
     pub dropped: [u64; Dropped::ALL.len()],
     /// The group and pane the last reading went to.
     pub hot: Hot,
+    /// [`Series::next_deadline`], kept until a pane is made or a window closes.
+    pub deadline: Deadline,
+}
+
+/// The next deadline as last computed (None inside: not computed since the panes changed). The
+/// session asks for it every turn; it changes once per window. Not state: equal whatever it holds.
+#[derive(Clone, Debug, Default)]
+pub struct Deadline(std::cell::Cell<Option<Option<i64>>>);
+
+impl PartialEq for Deadline {
+    fn eq(&self, _: &Deadline) -> bool {
+        true
+    }
 }
 
 /// One group's panes.
@@ -142,6 +155,7 @@ impl Series {
             groups: Vec::new(),
             dropped: [0; Dropped::ALL.len()],
             hot: Hot::default(),
+            deadline: Deadline::default(),
         }
     }
 
@@ -216,6 +230,7 @@ impl Series {
             found => {
                 let i = found.map_or(0, |i| i + 1);
                 panes.insert(i, (pane, Summary::new(a.percentiles())));
+                self.deadline = Deadline::default();
                 i
             }
         };
@@ -276,11 +291,21 @@ impl Series {
         }
         self.groups.retain(|(_, panes)| !panes.is_empty());
         self.hot = Hot::default();
+        self.deadline = Deadline::default();
         out
     }
 
     /// When the clock alone next closes a window (`close` then has something to do), if ever.
     pub fn next_deadline(&self, a: &Aggregate) -> Option<i64> {
+        if let Some(at) = self.deadline.0.get() {
+            return at;
+        }
+        let at = self.compute_deadline(a);
+        self.deadline.0.set(Some(at));
+        at
+    }
+
+    fn compute_deadline(&self, a: &Aggregate) -> Option<i64> {
         let hop = a.hop_ms;
         let earliest = self.groups.iter().filter_map(|(_, p)| p.first()).map(|&(j, _)| (j + 1) * hop).min();
         let end = if a.emit_empty { Some(self.closed + hop) } else { earliest.map(|e| e.max(self.closed + hop)) }?;

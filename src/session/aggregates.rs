@@ -32,13 +32,19 @@ use log::{info, warn};
 
 use super::{Action, Held, Phase, Session};
 use crate::aggregate::checkpoint::Unsent;
-use crate::aggregate::{AggregateSet, Aggregator, Emitted};
+use crate::aggregate::series::Dropped;
+use crate::aggregate::{AggregateSet, Aggregator, Emitted, Scanned};
+use crate::filter::Temperature;
+use crate::limits::MAX_MESSAGE_SIZE;
 use crate::mqtt::write_publish;
+use crate::stats::AggregateDrops;
 use crate::topic;
 
 /// The most aggregate messages kept while the hub has not confirmed them (offline, say): 1,024
 /// windows, 8.5 hours of the tutorial's 30-second aggregate.
 pub const MAX_EMITS_HELD: usize = 1024;
+/// How often readings not counted are logged at most (the metric follows every checkpoint).
+const DROPS_LOGGED_EVERY: Duration = Duration::from_secs(60);
 
 /// The aggregates' state in the session.
 #[derive(Debug)]
@@ -55,6 +61,8 @@ pub(super) struct Aggregates {
     overflow_warned: bool,
     /// The message id of the input being folded.
     id: Vec<u8>,
+    /// The readings not counted as last logged, and when (at most one line a minute).
+    drops_logged: (Vec<AggregateDrops>, Option<Instant>),
 }
 
 impl Aggregates {
@@ -67,6 +75,7 @@ impl Aggregates {
             dirty: false,
             overflow_warned: false,
             id: Vec::new(),
+            drops_logged: (Vec::new(), None),
         }
     }
 
@@ -115,17 +124,35 @@ impl Session {
         self.aggregates.restore.is_some() && publish.topic().starts_with("$iothub/twin/")
     }
 
+    /// The aggregates' one scan of an input's body, and what the filter's decision needs from it
+    /// (`machine.temperature`, see [`Aggregator::temperature`]): None without aggregates, or for
+    /// a body over edgeHub's limit (the decision refuses it unread).
+    pub(super) fn aggregates_scan(&self, body: &[u8]) -> Option<(Scanned, Option<Temperature>)> {
+        let running = self.aggregates.running.as_ref().filter(|_| body.len() <= MAX_MESSAGE_SIZE)?;
+        let scanned = running.scan(body);
+        let temperature = running.temperature(&scanned);
+        Some((scanned, temperature))
+    }
+
     /// Folds one input into every aggregate (a message id from its bag counts a redelivery
-    /// once), then sends the windows it closed.
-    pub(super) fn aggregate(&mut self, body: &[u8], bag: &str, received: Instant, now: Instant) {
+    /// once), then sends the windows it closed. `scanned`: [`Session::aggregates_scan`]'s, if made.
+    pub(super) fn aggregate(
+        &mut self,
+        body: &[u8],
+        bag: &str,
+        scanned: Option<Scanned>,
+        received: Instant,
+        now: Instant,
+    ) {
         if self.aggregates.running.is_none() {
             return; // no aggregates set: not even the wall-clock time
         }
         let time = self.aggregates.unix_ms(received);
         let Aggregates { running: Some(running), id, dirty, .. } = &mut self.aggregates else { return };
         let has_id = message_id(bag, id);
+        let scanned = scanned.unwrap_or_else(|| running.scan(body));
         // A message that is not JSON is counted per aggregate (`malformed`) by the fold.
-        let _ = running.fold(body, has_id.then_some(&id[..]), time);
+        let _ = running.fold_scanned(body, &scanned, has_id.then_some(&id[..]), time);
         *dirty = true;
         self.close_windows(now);
     }
@@ -142,6 +169,7 @@ impl Session {
         for e in emitted {
             self.emit(e, now);
         }
+        self.publish_drops(now);
     }
 
     /// Queues one window's message, at least once.
@@ -231,6 +259,7 @@ impl Session {
             (Some(_), None) => Some(now + every),
         };
         self.resend_unsent(unsent, now);
+        self.publish_drops(now);
     }
 
     fn checkpoint_every(&self) -> Duration {
@@ -264,6 +293,42 @@ impl Session {
         a.dirty = false;
         let unsent = self.delivery.emits().map(|h| (&h.topic[..], &h.payload[..]));
         self.actions.push_back(Action::Save(running.checkpoint_with_unsent(a.unix_ms(now), unsent)));
+        self.publish_drops(now);
+    }
+
+    /// Hands each aggregate's readings not counted to the metrics, and logs what grew since the
+    /// last such line, at most once a minute.
+    fn publish_drops(&mut self, now: Instant) {
+        let drops: Vec<AggregateDrops> = self.aggregates.running.as_ref().map_or_else(Vec::new, |r| {
+            let names = r.set.aggregates.iter().map(|a| a.name.clone());
+            names.zip(&r.series).map(|(aggregate, s)| AggregateDrops { aggregate, dropped: s.dropped }).collect()
+        });
+        let (logged, at) = &mut self.aggregates.drops_logged;
+        if at.is_none_or(|at| now.saturating_duration_since(at) >= DROPS_LOGGED_EVERY) {
+            let mut any = false;
+            for d in &drops {
+                let before =
+                    logged.iter().find(|l| l.aggregate == d.aggregate).map_or([0; Dropped::ALL.len()], |l| l.dropped);
+                let grew: Vec<String> = Dropped::ALL
+                    .iter()
+                    .map(|&r| (r, d.dropped[r as usize], before[r as usize]))
+                    .filter(|&(_, now, then)| now != then)
+                    .map(|(r, now, then)| format!("{} {}", if now > then { now - then } else { now }, r.name()))
+                    .collect();
+                if !grew.is_empty() {
+                    any = true;
+                    info!(
+                        "aggregate {:?}: readings not counted since the last such line: {}",
+                        d.aggregate,
+                        grew.join(", ")
+                    );
+                }
+            }
+            if any {
+                (*logged, *at) = (drops.clone(), Some(now));
+            }
+        }
+        *self.stats.aggregate_drops.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = drops;
     }
 
     /// The stop: the last save. Windows stay open in it (none is closed while draining) and close
@@ -327,22 +392,30 @@ fn restored(
 /// fewer on x86, 320 more on armv7.)
 pub fn message_id(bag: &str, id: &mut Vec<u8>) -> bool {
     id.clear();
+    let mut rest = bag.trim_end_matches('/').as_bytes();
     let (mut batch, mut sequence) = (None, None);
-    for (k, v) in bag.trim_end_matches('/').split('&').filter_map(|kv| kv.split_once('=')) {
-        match k {
-            "%24.mid" | "$.mid" => {
-                id.extend_from_slice(v.as_bytes());
+    // One pass over the entries, each key matched by a slice pattern: byte compares in line,
+    // no string searcher and no `memcmp` call (library calls on armv7).
+    loop {
+        let end = rest.iter().position(|&b| b == b'&').unwrap_or(rest.len());
+        match &rest[..end] {
+            [b'%', b'2', b'4', b'.', b'm', b'i', b'd', b'=', v @ ..] | [b'$', b'.', b'm', b'i', b'd', b'=', v @ ..] => {
+                id.extend_from_slice(v);
                 return true;
             }
-            "batchId" => batch = Some(v),
-            "sequenceNumber" => sequence = Some(v),
+            [b'b', b'a', b't', b'c', b'h', b'I', b'd', b'=', v @ ..] => batch = Some(v),
+            [b's', b'e', b'q', b'u', b'e', b'n', b'c', b'e', b'N', b'u', b'm', b'b', b'e', b'r', b'=', v @ ..] => {
+                sequence = Some(v)
+            }
             _ => {}
         }
+        let Some(after) = rest.get(end + 1..) else { break };
+        rest = after;
     }
     let (Some(b), Some(s)) = (batch, sequence) else { return false };
-    id.extend_from_slice(b.as_bytes());
+    id.extend_from_slice(b);
     id.push(b'/');
-    id.extend_from_slice(s.as_bytes());
+    id.extend_from_slice(s);
     true
 }
 
@@ -359,5 +432,11 @@ mod tests {
         assert!(!super::message_id("", &mut id));
         assert!(super::message_id("$.mid=x", &mut id));
         assert_eq!(id, b"x");
+        // The first `=` ends a key: `batchId=a=b` is batch `a=b`; keys are matched whole.
+        assert!(super::message_id("batchIdx=z&batchId=a=b&sequenceNumber=&xsequenceNumber=9", &mut id));
+        assert_eq!(id, b"a=b/");
+        assert!(!super::message_id("%24.midx=1&mid=2&batchId&sequenceNumber", &mut id));
+        assert!(super::message_id("a&&%24.mid=&b", &mut id));
+        assert_eq!(id, b"");
     }
 }

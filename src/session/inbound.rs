@@ -2,13 +2,13 @@
 //! `devices/{d}/modules/{m}/inputs/input1/{bag}`, classify the topic ([`topic::classify`]), decide
 //! the body ([`filter::decide`], or [`filter::decide_rules`] under alert rules) against the
 //! settings in effect, and queue its alert(s) to `…/messages/events/{bag}` with the same body
-//! bytes (`Bytes`, never copied) under a packet id from [`Delivery`]. Then the turn's end decides
-//! whether to leave the connection unread for input to gather ([`Gather`]).
+//! bytes (`Bytes`, never copied) under a packet id from [`Delivery`]; beside the decision, fold it
+//! into the aggregates. With aggregates set, their one scan of the body also reads
+//! `machine.temperature` for the decision ([`filter::decide_scanned`]): one pass, not two. Then
+//! the turn's end decides whether to leave the connection unread for input to gather ([`Gather`]).
 //!
-//! Memory stays bounded when the hub is slower than the module: at most `max_unconfirmed` alerts
-//! await confirmation; input beyond that is held back (still read, because confirmations arrive
-//! on the same connection), up to as many again, and beyond that left unacknowledged for the hub
-//! to redeliver after a reconnect ([`Session::hold_back`]).
+//! Memory stays bounded when the hub is slower than the module: input is held back, and beyond
+//! a bound left for the hub to redeliver (`holdback.rs`, [`Session::hold_back`]).
 //!
 //! An alert that cannot be delivered does not stop the stream: one over edgeHub's limit is given
 //! up as it is made (`alert_too_large`), one whose connections keep failing with it the oldest
@@ -37,7 +37,7 @@ pub(super) const TOPIC_ARENA: usize = 64 * 1024;
 /// How many alerts given up on are remembered ([`Session::given_up`]).
 const GIVEN_UP_KEPT: usize = 16;
 /// How often holding input back is logged at most.
-const OVERLOAD_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+pub(super) const OVERLOAD_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Session {
     /// Handles what was read into the inbox at `now`, then input held back if it may go now, up
@@ -93,7 +93,7 @@ impl Session {
         c.read_after = pause.map(|d| now + d);
     }
 
-    fn unflushed(&self) -> usize {
+    pub(super) fn unflushed(&self) -> usize {
         self.conn().map_or(0, |c| c.unflushed.len())
     }
 
@@ -133,100 +133,13 @@ impl Session {
         false
     }
 
-    /// Whether incoming publishes wait: `max_unconfirmed` alerts await confirmation, or earlier
-    /// ones wait already, or are left for redelivery (acknowledgements keep arrival order), or
-    /// the aggregates' state file waits for the first twin.
-    fn holding_back(&self) -> bool {
-        self.draining.is_none()
-            && self.conn().is_some_and(|c| {
-                !c.deferred.is_empty()
-                    || c.left_unacknowledged > 0
-                    || self.delivery.alerts_pending() >= self.max_unconfirmed
-                    || self.awaiting_restore(c)
-            })
-    }
-
-    /// Keeps a publish for when the hub has confirmed enough alerts. The connection keeps being
-    /// read, because the confirmations arrive on it; what arrives meanwhile is bounded by the hub's
-    /// in-flight window, and held back only up to `max_unconfirmed`. Beyond that a publish (and
-    /// every later one on this connection, since acknowledgements keep arrival order) is left
-    /// unacknowledged; once everything before it is done the module reconnects and the hub
-    /// redelivers it ([`Session::left_for_redelivery`]).
-    fn hold_back(&mut self, publish: &Message, now: Instant) {
-        let (pending, max) = (self.delivery.alerts_pending(), self.max_unconfirmed);
-        let restoring = self.conn().is_some_and(|c| self.awaiting_restore(c));
-        let warned = if restoring { Some(now) } else { self.overload_warned };
-        if !restoring {
-            self.stats.overloaded.fetch_add(1, Relaxed);
-        }
-        let Phase::Up(c) = &mut self.phase else { return };
-        if c.left_unacknowledged > 0 || c.deferred.len() >= max {
-            if c.left_unacknowledged == 0 {
-                warn!(
-                    "{} messages held back: leaving the rest unacknowledged for the hub to redeliver",
-                    c.deferred.len()
-                );
-            }
-            c.left_unacknowledged += 1;
-            return;
-        }
-        if c.deferred.is_empty() && warned.is_none_or(|at| now.saturating_duration_since(at) >= OVERLOAD_WARNING_EVERY)
-        {
-            warn!(
-                "{pending} alerts await the hub's confirmation: holding input back until it confirms some (overloaded_total counts the messages)"
-            );
-            self.overload_warned = Some(now);
-        }
-        c.deferred.push_back((publish.clone(), now));
-    }
-
-    /// Held-back publishes can go now: the hub has confirmed half of `max_unconfirmed` (so that
-    /// they go out in full batches, not a few at a time).
-    pub(super) fn resumable(&self, c: &super::Conn) -> bool {
-        !c.deferred.is_empty()
-            && self.delivery.alerts_pending() <= self.max_unconfirmed / 2
-            && !self.awaiting_restore(c)
-    }
-
-    /// Handles held-back publishes, in arrival order, while alerts may be sent and the batch has
-    /// room; returns how many inputs it handled.
-    fn resume(&mut self, now: Instant) -> u64 {
-        let mut inputs = 0;
-        if !self.conn().is_some_and(|c| self.resumable(c)) {
-            return 0;
-        }
-        while self.delivery.alerts_pending() < self.max_unconfirmed
-            && self.unflushed() < self.settings.batch_size as usize
-        {
-            let Phase::Up(c) = &mut self.phase else { break };
-            let Some((publish, received)) = c.deferred.pop_front() else { break };
-            inputs += u64::from(self.publish_at(&publish, received, now));
-        }
-        inputs
-    }
-
-    /// When publishes were left unacknowledged and everything before them is done: queues a
-    /// DISCONNECT so that the module reconnects and the hub redelivers them.
-    pub(super) fn left_for_redelivery(&mut self) {
-        let done = self.delivery.alerts_pending() == 0 && self.delivery.inputs_pending() == 0;
-        let Phase::Up(c) = &mut self.phase else { return };
-        if c.left_unacknowledged == 0 || self.draining.is_some() || !c.deferred.is_empty() || !done || c.closing {
-            return;
-        }
-        log::info!("reconnecting for the hub to redeliver {} messages left unacknowledged", c.left_unacknowledged);
-        c.closing = true;
-        let _ = Packet::Disconnect.write(&mut self.tx, MAX_OUT);
-        self.phase = Phase::Closing;
-        self.actions.push_back(super::Action::Close);
-    }
-
     fn publish(&mut self, publish: &Message, now: Instant) -> bool {
         self.publish_at(publish, now, now)
     }
 
     /// One incoming publish, top to bottom, that arrived at `received`; true when it was an
     /// input message.
-    fn publish_at(&mut self, publish: &Message, received: Instant, now: Instant) -> bool {
+    pub(super) fn publish_at(&mut self, publish: &Message, received: Instant, now: Instant) -> bool {
         match topic::classify(&self.id, publish.topic()) {
             Ok(Inbound::Input { input, bag }) => {
                 if self.draining.is_some() {
@@ -234,10 +147,11 @@ impl Session {
                 }
                 self.stats.received.fetch_add(1, Relaxed);
                 let known = topic::input_is(input, filter::INPUT);
-                self.decide(publish, input, bag, known, received);
-                // Beside the decision: one message can alert and count.
+                // Beside the decision: one message can alert and count, from one scan of its body.
+                let scanned = if known { self.aggregates_scan(&publish.payload) } else { None };
+                self.decide(publish, input, bag, known, received, scanned.as_ref().and_then(|s| s.1));
                 if known {
-                    self.aggregate(&publish.payload, bag, received, now);
+                    self.aggregate(&publish.payload, bag, scanned.map(|s| s.0), received, now);
                 }
                 true
             }
@@ -269,12 +183,22 @@ impl Session {
 
     /// Decides an input on `input` (`known`: the filter's own) and sends its alerts, or its dead
     /// letter, or drops it.
-    fn decide(&mut self, publish: &Message, input: &str, bag: &str, known: bool, received: Instant) {
+    /// `scanned`: `machine.temperature` as the aggregates' scan of the body read it, if it did.
+    fn decide(
+        &mut self,
+        publish: &Message,
+        input: &str,
+        bag: &str,
+        known: bool,
+        received: Instant,
+        scanned: Option<filter::Temperature>,
+    ) {
+        let (body, threshold) = (&publish.payload[..], self.settings.temperature_threshold);
         // The rules' Arc is cloned only under rules (sending borrows the session).
         let decision = match (known, self.settings.rules.clone()) {
             (false, _) => Decision::Drop(Reason::UnknownInput),
-            (true, None) => filter::decide(&publish.payload, self.settings.temperature_threshold),
-            (true, Some(rules)) => match filter::decide_rules(&publish.payload, &rules) {
+            (true, None) => filter::decide_scanned(body, scanned, threshold),
+            (true, Some(rules)) => match filter::decide_rules_scanned(body, scanned, &rules) {
                 Matched::Rules(mask) => {
                     let sent = self.send_copies(publish, bag, &rules, mask, received);
                     self.decided(publish.pkid, sent, received);

@@ -24,6 +24,7 @@
 
 mod aggregates;
 mod connection;
+mod holdback;
 mod inbound;
 mod twin;
 

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Snapshot, Stats, QUANTILES};
+use crate::aggregate::series::Dropped;
 use crate::config::Identity;
 use crate::filter::Reason;
 
@@ -140,15 +141,28 @@ pub fn render(stats: &Stats, latency: &[Snapshot; 6], labels: &Labels) -> String
     ];
     for (name, help, value) in counters {
         t.family(name, "counter", help);
-        t.sample(name, "", None, value.load(Relaxed));
+        t.sample(name, "", &[], value.load(Relaxed));
     }
     let heap = "heap_allocations_total";
     t.family(heap, "counter", "Heap allocations by the process (0 when the counting allocator is not installed).");
-    t.sample(heap, "", None, crate::alloc::allocations());
+    t.sample(heap, "", &[], crate::alloc::allocations());
     let dropped = "messages_dropped_total";
     t.family(dropped, "counter", "Messages dropped, by reason.");
     for r in Reason::ALL {
-        t.sample(dropped, "", Some(("reason", r.name())), stats.dropped(r));
+        t.sample(dropped, "", &[("reason", r.name())], stats.dropped(r));
+    }
+    let not_counted = "aggregate_readings_dropped_total";
+    t.family(
+        not_counted,
+        "counter",
+        "Readings an aggregate did not count, by aggregate and reason (as of the last checkpoint or closed window).",
+    );
+    for a in stats.aggregate_drops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        let mut name = String::new();
+        escape(&mut name, &a.aggregate);
+        for d in Dropped::ALL {
+            t.sample(not_counted, "", &[("aggregate", &name), ("reason", d.name())], a.dropped[d as usize]);
+        }
     }
     let mut previous = "";
     for (s, snapshot) in SUMMARIES.iter().zip(latency) {
@@ -172,11 +186,12 @@ impl Text<'_> {
         let _ = writeln!(self.out, "# HELP edgefilter_{name} {help}\n# TYPE edgefilter_{name} {kind}");
     }
 
-    /// `edgefilter_{name}{suffix}{labels,label} value`; `value` a whole number or a float.
+    /// `edgefilter_{name}{suffix}{labels,label...} value`; `value` a whole number or a float;
+    /// the label values already escaped.
     #[inline(never)]
-    fn sample(&mut self, name: &str, suffix: &str, label: Option<(&str, &str)>, value: impl std::fmt::Display) {
+    fn sample(&mut self, name: &str, suffix: &str, label: &[(&str, &str)], value: impl std::fmt::Display) {
         let _ = write!(self.out, "edgefilter_{name}{suffix}{{{}", self.labels);
-        if let Some((k, v)) = label {
+        for (k, v) in label {
             let _ = write!(self.out, ",{k}=\"{v}\"");
         }
         let _ = writeln!(self.out, "}} {value}");
@@ -195,8 +210,8 @@ impl Text<'_> {
                 None => writeln!(self.out, ",quantile=\"{q}\"}} NaN"),
             };
         }
-        self.sample(s.name, "_sum", s.label, snapshot.sum as f64 / s.per_base_unit);
-        self.sample(s.name, "_count", s.label, snapshot.count);
+        self.sample(s.name, "_sum", s.label.as_slice(), snapshot.sum as f64 / s.per_base_unit);
+        self.sample(s.name, "_count", s.label.as_slice(), snapshot.count);
     }
 }
 

@@ -22,7 +22,15 @@ pub use serve::serve_metrics;
 use window::Window;
 pub use window::{Recorder, Snapshot, QUANTILES, STEP, WINDOW};
 
+use crate::aggregate::series::Dropped;
 use crate::filter::Reason;
+
+/// One aggregate's readings not counted, by [`Dropped`] reason (`Dropped as usize`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateDrops {
+    pub aggregate: String,
+    pub dropped: [u64; Dropped::ALL.len()],
+}
 
 /// Latency distributions, in microseconds (decide time in nanoseconds), and batch sizes, since
 /// the last drain.
@@ -124,6 +132,9 @@ pub struct Stats {
     pub checkpoint_failures: AtomicU64,
     /// State files found at start and not restored (corrupt, stale, another version, unreadable).
     pub restore_failures: AtomicU64,
+    /// Readings each aggregate did not count, by [`Dropped`] reason, as the session core last
+    /// published them (at each checkpoint and each closed window).
+    pub aggregate_drops: Mutex<Vec<AggregateDrops>>,
     pub latency: Mutex<Latency>,
     scrape: Mutex<Scrape>,
 }
@@ -150,6 +161,7 @@ impl Default for Stats {
             checkpoints_saved: AtomicU64::default(),
             checkpoint_failures: AtomicU64::default(),
             restore_failures: AtomicU64::default(),
+            aggregate_drops: Mutex::default(),
             latency: Mutex::new(Latency::default()),
             scrape: Mutex::new(Scrape { window, spare }),
         }
