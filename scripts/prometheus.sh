@@ -3,7 +3,8 @@
 # a Prometheus server (Debian's package) on 127.0.0.1 scraping the module every second, asked
 # through its HTTP API (/api/v1/query) for one counter: its value and the module's four labels.
 # The module runs against a local mosquitto with its development identity; this script plays
-# edgeHub's side with mosquitto's clients (the twin answer, three inputs).
+# edgeHub's side with mosquitto's clients (the twin answer with one aggregate, three inputs and a
+# malformed one, which the aggregate's readings_dropped counter with reason="malformed" counts).
 #   scripts/prometheus.sh [BINARY]     (default: target/debug/edgefilter, built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +49,15 @@ EdgeHubConnectionString="$DEV_CONNECTION_STRING" EDGEFILTER_MQTT_URL="mqtt://127
 pids+=($!)
 wait_for "a twin request" 20 grep -q rid= "$work/twin-get"
 rid=$(sed -n 's/.*\$rid=\([^& ]*\).*/\1/p' "$work/twin-get")
-pub -t "\$iothub/twin/res/200/?\$rid=$rid" -m '{"desired":{"$version":1},"reported":{}}'
+# One aggregate, its name with a quote (label values are escaped), checkpointing every second.
+aggregates='"Aggregates":{"T \"30s\"":{"path":"machine.temperature","window":{"kind":"tumbling","seconds":30},"functions":["count"],"output":"aggregates"}}'
+pub -t "\$iothub/twin/res/200/?\$rid=$rid" -m "{\"desired\":{\"\$version\":1,\"CheckpointSeconds\":1,$aggregates},\"reported\":{}}"
 for _ in 1 2 3; do pub -t "$SENSOR_TOPIC" -m "$SENSOR_BODY"; done
+pub -t "${SENSOR_TOPIC/sequenceNumber=1/sequenceNumber=9}" -m '{"machine":'
 url="http://127.0.0.1:$metrics/metrics"
-wait_for "3 inputs counted" 10 sh -c "curl -sf $url | grep -q '^edgefilter_messages_received_total{.*} 3$'"
+wait_for "4 inputs counted" 10 sh -c "curl -sf $url | grep -q '^edgefilter_messages_received_total{.*} 4$'"
+malformed='edgefilter_aggregate_readings_dropped_total{.*aggregate="T \\"30s\\"",reason="malformed"} 1$'
+wait_for "the aggregate's malformed reading counted" 10 sh -c "curl -sf $url | grep -q '$malformed'"
 
 curl -sf "$url" >"$work/scrape.txt"
 promtool check metrics <"$work/scrape.txt" || fail "promtool check metrics: $(promtool check metrics <"$work/scrape.txt" 2>&1)"
@@ -80,6 +86,13 @@ answer = json.load(open(sys.argv[1]))
 labels, value = series["metric"], series["value"][1]
 want = {"iothub": "h", "edge_device": "dev", "module_name": "filter", "instance_number": sys.argv[2]}
 got = {k: labels.get(k) for k in want}
-assert value == "3" and got == want, (value, got)
+assert value == "4" and got == want, (value, got)
 print(f"Prometheus: edgefilter_messages_received_total = {value} with {got}")
+PY
+query 'edgefilter_aggregate_readings_dropped_total{reason="malformed"}' >"$work/answer.json"
+python3 - "$work/answer.json" <<'PY' || fail "Prometheus answered $(cat "$work/answer.json")"
+import json, sys
+[series] = json.load(open(sys.argv[1]))["data"]["result"]
+assert series["metric"]["aggregate"] == 'T "30s"' and series["value"][1] == "1", series
+print(f"Prometheus: edgefilter_aggregate_readings_dropped_total{{aggregate={series['metric']['aggregate']!r}, reason=\"malformed\"}} = 1")
 PY

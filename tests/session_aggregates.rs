@@ -341,3 +341,35 @@ fn a_summary_the_hub_never_confirmed_before_a_stop_is_sent_again_after_the_resta
     let (_, _, unsent) = Aggregator::restore_with_unsent(set, next.saves.last().unwrap(), UNIX0 + 13_000).unwrap();
     assert!(unsent.is_empty(), "confirmed: not in the next checkpoint");
 }
+
+#[test]
+fn readings_an_aggregate_did_not_count_reach_the_metrics_by_reason_at_the_checkpoint() {
+    let mut sim = up(desired("count", json!({"CheckpointSeconds": 2})));
+    let start = sim.now;
+    let drops = |sim: &Sim| sim.stats.aggregate_drops.lock().unwrap().clone();
+    sim.at(100, start);
+    sim.reading(20.0, "a");
+    sim.reading(21.0, "a"); // a redelivery: counted once
+    let no_value = "devices/dev/modules/filter/inputs/input1/%24.mid=b";
+    sim.input_on(no_value, r#"{"machine":{"pressure":1}}"#);
+    sim.input_on("devices/dev/modules/filter/inputs/input1/%24.mid=c", "{not json");
+    sim.flushed();
+    let d = drops(&sim);
+    assert_eq!(d.len(), 1, "the aggregate is in the metrics from its start");
+    assert!(d[0].dropped.iter().all(|n| *n == 0), "published at the checkpoint, not per reading");
+    sim.at(2000, start);
+    let d = drops(&sim);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].aggregate, "T1s");
+    let by_name: Vec<(&str, u64)> = edgefilter::aggregate::series::Dropped::ALL
+        .iter()
+        .map(|r| (r.name(), d[0].dropped[*r as usize]))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(by_name, [("malformed", 1), ("no_value", 1), ("duplicate", 1)]);
+    // The twin removes the aggregate: its series leave the metrics.
+    let patch = json!({"Aggregates": null, "$version": 3}).to_string();
+    sim.hub_publishes("$iothub/twin/PATCH/properties/desired/?$version=3", patch.as_bytes(), 0);
+    sim.flushed();
+    assert!(drops(&sim).is_empty());
+}
