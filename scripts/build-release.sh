@@ -16,5 +16,5 @@ out=${2:?usage: build-release.sh TARGET OUTDIR}
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$target" --bin edgefilter
 mkdir -p "$out"
-cp "target/$target/release/edgefilter" "$out/edgefilter"
+cp "${CARGO_TARGET_DIR:-target}/$target/release/edgefilter" "$out/edgefilter"
 echo "$out/edgefilter: $(stat -c %s "$out/edgefilter") bytes"
