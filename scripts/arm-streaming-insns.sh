@@ -15,6 +15,9 @@
 #   EDGEFILTER_ARM_BINARY=...                    the binary (default dist/armv7/edgefilter, built if missing)
 #   TLS13_CIPHERS=TLS_AES_128_GCM_SHA256 ...     what mosquitto allows (its ciphers_tls1.3), to measure one suite
 #   ACK_MODE=pipelined scripts/arm-streaming-insns.sh   the module's AckMode (default confirmed)
+#   AGGREGATES=FILE ...                          the replay sets the twin's Aggregates from FILE (an
+#                                                object of aggregates; `tutorial`: the set in
+#                                                docs/asa-tutorial.twin.json) before the stream
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -34,6 +37,13 @@ make_certificates "$work"
 suites=()
 [ -n "${TLS13_CIPHERS:-}" ] && suites=("ciphers_tls1.3 $TLS13_CIPHERS")
 "$perf_tool" generate --count "$n" --rate 1000 --alert-ratio 0.66 -o "$work/trace.jsonl"
+aggregates=()
+if [ "${AGGREGATES:-}" = tutorial ]; then
+  python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["Aggregates"]))' docs/asa-tutorial.twin.json > "$work/aggregates.json"
+  aggregates=(--aggregates "$work/aggregates.json")
+elif [ -n "${AGGREGATES:-}" ]; then
+  aggregates=(--aggregates "$AGGREGATES")
+fi
 
 # broker WINDOW: (re)starts mosquitto with that window, TLS on tls_port and TCP on tcp_port.
 broker_pid=
@@ -60,8 +70,12 @@ run() {
   local pid=$!
   sleep 3
   if [ "$m" -gt 0 ]; then
+    # Event-time aggregates count readings near the module's clock: times from 40 s on (after
+    # the replay's wait for the first window), less than EARLY's 5 minutes ahead.
+    [ ${#aggregates[@]} -eq 0 ] || "$perf_tool" generate --count "$n" --rate 1000 --alert-ratio 0.66 \
+      --start $(($(date +%s) + 40)) -o "$work/trace.jsonl"
     "$perf_tool" replay "$work/trace.jsonl" --hub "$url" "${ca[@]}" --device dev --module filter \
-      "${pace[@]}" --settle 60 --json "$work/report.json" > "$work/replay" 2>/dev/null || { echo "arm-streaming-insns: replay incomplete:" >&2; cat "$work/replay" >&2; }
+      "${aggregates[@]}" "${pace[@]}" --settle 60 --json "$work/report.json" > "$work/replay" 2>/dev/null || { echo "arm-streaming-insns: replay incomplete:" >&2; cat "$work/replay" >&2; }
   else
     sleep 5
   fi

@@ -129,6 +129,9 @@ struct GenerateArgs {
     /// Random seed
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The first message's timeCreated, Unix seconds (default 1790000000: 2026-09-21)
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    start: Option<u64>,
     /// Output file (default: standard output)
     #[arg(short = 'o', value_name = "FILE")]
     output: Option<String>,
@@ -275,7 +278,14 @@ fn write_out(path: Option<&str>, text: &str) -> Result<(), String> {
 async fn run(command: Command) -> Result<i32, String> {
     match command {
         Command::Generate(a) => {
-            let g = Generate { count: a.count, rate: a.rate, alert_ratio: a.alert_ratio, size: a.size, seed: a.seed };
+            let g = Generate {
+                count: a.count,
+                rate: a.rate,
+                alert_ratio: a.alert_ratio,
+                size: a.size,
+                seed: a.seed,
+                start: a.start,
+            };
             let text: String = trace::generate(&g).iter().map(|m| m.to_line() + "\n").collect();
             write_out(a.output.as_deref(), &text)?;
             Ok(0)
@@ -492,8 +502,14 @@ async fn bench(count: u64, warmup: u64) -> Result<i32, String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let hub = edgefilter::hub::Hub::new(config, None);
     tokio::spawn(hub.clone().serve(listener));
-    let trace =
-        trace::generate(&Generate { count: count + warmup, rate: 1000.0, alert_ratio: Some(1.0), size: None, seed: 3 });
+    let trace = trace::generate(&Generate {
+        count: count + warmup,
+        rate: 1000.0,
+        alert_ratio: Some(1.0),
+        size: None,
+        seed: 3,
+        start: None,
+    });
     let (warm, measured) = trace.split_at(warmup as usize);
     let options = ReplayOptions {
         hub: Hub::local(port),

@@ -62,13 +62,16 @@ pub struct Generate {
     /// Pad bodies to at least this many bytes (an extra `padding` member).
     pub size: Option<usize>,
     pub seed: u64,
+    /// The first message's `timeCreated`, in Unix seconds (None: 1,790,000,000, 2026-09-21, so
+    /// that a trace is the same every day). Event-time aggregates need times near the clock.
+    pub start: Option<u64>,
 }
 
 /// SimulatedTemperatureSensor messages: its body and properties, its ramp or a chosen alert ratio.
 pub fn generate(g: &Generate) -> Vec<Message> {
     let mut sensor = Sensor::new(g.seed);
     let mut rng = g.seed | 1;
-    let epoch = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000);
+    let epoch = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(g.start.unwrap_or(1_790_000_000));
     (0..g.count)
         .map(|i| {
             let t = i as f64 / g.rate.max(1e-9);

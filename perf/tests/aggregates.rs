@@ -21,7 +21,14 @@ async fn replay_sets_the_aggregates_and_their_counts_add_up_to_every_message() {
     std::fs::write(&file, set.to_string()).unwrap();
     let aggregates = Aggregates::read(&file).unwrap();
     assert_eq!((aggregates.outputs.clone(), aggregates.counting), (vec!["aggregates".to_string()], 1));
-    let messages = trace::generate(&Generate { count: 300, rate: 1000.0, alert_ratio: Some(0.5), size: None, seed: 4 });
+    let messages = trace::generate(&Generate {
+        count: 300,
+        rate: 1000.0,
+        alert_ratio: Some(0.5),
+        size: None,
+        seed: 4,
+        start: None,
+    });
     let options = ReplayOptions {
         hub: edgefilter_perf::Hub::local(broker.port),
         target: edgefilter::topic::ModuleId::new(common::DEVICE, common::MODULE),

@@ -60,8 +60,14 @@ async fn generate_replay_report_through_the_module() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A trace written and read back as a user would: generate → file → replay.
-    let generated =
-        trace::generate(&Generate { count: 400, rate: 1000.0, alert_ratio: Some(0.5), size: Some(300), seed: 9 });
+    let generated = trace::generate(&Generate {
+        count: 400,
+        rate: 1000.0,
+        alert_ratio: Some(0.5),
+        size: Some(300),
+        seed: 9,
+        start: None,
+    });
     let text: String = generated.iter().map(|m| m.to_line() + "\n").collect();
     let messages = trace::read(&text).unwrap();
     assert!(messages == generated, "a trace reads back as written");
@@ -105,7 +111,14 @@ async fn under_rules_every_copy_is_expected_on_its_output() {
         let _ = stopped.await;
     }));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let messages = trace::generate(&Generate { count: 300, rate: 1000.0, alert_ratio: Some(0.5), size: None, seed: 4 });
+    let messages = trace::generate(&Generate {
+        count: 300,
+        rate: 1000.0,
+        alert_ratio: Some(0.5),
+        size: None,
+        seed: 4,
+        start: None,
+    });
     let mut o = options(port, &target, Pace::Trace(2.0));
     o.rules = Some(edgefilter::rules::Rules::parse(rules.as_object().unwrap()).unwrap());
     let hot = messages.iter().filter(|m| edgefilter_perf::expected_outputs(m.body.as_bytes(), &o).len() == 2).count();
@@ -164,7 +177,14 @@ async fn a_lossy_duplicating_peer_is_reported_as_such() {
     let port = hub(&target, vec![2u8; 32]).await;
     let peer = tokio::spawn(faulty_peer(port, target.clone(), 10, 7, false));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let messages = trace::generate(&Generate { count: 200, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 4 });
+    let messages = trace::generate(&Generate {
+        count: 200,
+        rate: 500.0,
+        alert_ratio: Some(1.0),
+        size: None,
+        seed: 4,
+        start: None,
+    });
     let report = replay(&messages, &options(port, &target, Pace::Rate(400.0))).await.unwrap();
     let dropped = (1..=200u64).filter(|s| s.is_multiple_of(10)).count() as u64;
     let doubled = (1..=200u64).filter(|s| !s.is_multiple_of(10) && s.is_multiple_of(7)).count() as u64;
@@ -198,7 +218,14 @@ async fn a_broker_restart_mid_replay_loses_none_of_the_publishers_messages() {
     let target = ModuleId::new("dev", "edgefilter");
     let peer = tokio::spawn(faulty_peer(broker.port, target.clone(), u64::MAX, u64::MAX, true));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let messages = trace::generate(&Generate { count: 1500, rate: 500.0, alert_ratio: Some(1.0), size: None, seed: 5 });
+    let messages = trace::generate(&Generate {
+        count: 1500,
+        rate: 500.0,
+        alert_ratio: Some(1.0),
+        size: None,
+        seed: 5,
+        start: None,
+    });
     let mut o = options(broker.port, &target, Pace::Rate(500.0));
     o.settle = Duration::from_secs(15);
     let replay = tokio::spawn(async move { replay(&messages, &o).await });

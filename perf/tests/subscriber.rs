@@ -29,7 +29,14 @@ async fn the_subscriber_leaves_with_the_replay_and_does_not_subscribe_again() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(Hub::new(config, Some(tx)).serve(listener));
-    let messages = trace::generate(&Generate { count: 20, rate: 1000.0, alert_ratio: Some(0.0), size: None, seed: 1 });
+    let messages = trace::generate(&Generate {
+        count: 20,
+        rate: 1000.0,
+        alert_ratio: Some(0.0),
+        size: None,
+        seed: 1,
+        start: None,
+    });
     let options = ReplayOptions {
         hub: edgefilter_perf::Hub::local(port),
         target,
