@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use edgefilter::aggregate::extract::Reading;
 use edgefilter::aggregate::{AggregateSet, Aggregator};
-use edgefilter::rules::MAX_RULES;
 use edgefilter::sensor::Sensor;
 use serde_json::json;
 
@@ -75,7 +74,7 @@ fn main() {
         .map(|i| sensor.next_reading(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at(i) as u64)).body)
         .collect();
     let ids: Vec<String> = (0..READINGS).map(|i| i.to_string()).collect();
-    let mut values = [f64::NAN; MAX_RULES];
+    let mut values = edgefilter::aggregate::extract::Scan::default();
     let readings: Vec<(f64, i64)> = bodies
         .iter()
         .enumerate()
@@ -99,7 +98,7 @@ fn main() {
         match mode {
             "scan" => {
                 set.extractor.scan(black_box(bodies[i].as_bytes()), &mut values).expect("valid JSON");
-                sent += usize::from(values[0] > 70.0);
+                sent += usize::from(values.values[0] > 70.0);
             }
             "message" => agg.fold(black_box(bodies[i].as_bytes()), Some(ids[i].as_bytes()), now).expect("valid JSON"),
             "loop" => {

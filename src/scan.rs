@@ -20,6 +20,11 @@
 //!   non-ASCII key matches however a document escapes it: `"temp\u00e9rature"`, as
 //!   System.Text.Json (the C# default) writes `température`, or `"\ud83c\udf21"` for `🌡`.
 //!
+//! [`scan_paths`] answers the same for many paths at once (alert rules: a number per path), and
+//! [`scan_paths_strings`] also records where a string stands at a path (the aggregates' ISO-8601
+//! times and string group keys), in the same pass, so that nothing walks the body twice. Both
+//! are one generic walk: the rules' instance records no strings and skips them as before.
+//!
 //! # How
 //! One forward pass, recursive descent over the bytes, no allocation, nothing declined: every
 //! input gets its exact answer from this pass.
@@ -149,15 +154,72 @@ pub fn scan(doc: &[u8]) -> Scan {
 pub fn scan_paths(doc: &[u8], matcher: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
     values[..matcher.slots].fill(f64::NAN);
     if doc.len() > Padded::MAX_LEN {
-        return paths_document(doc, matcher, values);
+        return paths_document(doc, matcher, values, &mut ());
     }
-    Padded::with(doc, |padded| paths_document(padded, matcher, values))
+    Padded::with(doc, |padded| paths_document(padded, matcher, values, &mut ()))
 }
 
 /// [`scan_paths`] reading the document where it lies, as [`scan_in_place`] does.
 pub fn scan_paths_in_place(doc: &[u8], matcher: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
     values[..matcher.slots].fill(f64::NAN);
-    paths_document(doc, matcher, values)
+    paths_document(doc, matcher, values, &mut ())
+}
+
+/// A string at a slot's path: its content's place in the document, between the quotes, and
+/// whether it holds escapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringAt {
+    pub start: usize,
+    pub end: usize,
+    pub escaped: bool,
+}
+
+/// Per slot, the string at its path ([`StringAt`]), or None.
+pub type Strings = [Option<StringAt>; MAX_RULES];
+
+/// [`scan_paths`] that also records where a string stands at a slot's path, in the same pass
+/// (the aggregates' ISO-8601 times and string group keys): `strings[slot]`, None where the path
+/// leads to no string. The last of duplicate keys wins for both.
+pub fn scan_paths_strings(
+    doc: &[u8],
+    matcher: &Matcher,
+    values: &mut [f64; MAX_RULES],
+    strings: &mut Strings,
+) -> Result<()> {
+    values[..matcher.slots].fill(f64::NAN);
+    strings[..matcher.slots].fill(None);
+    if doc.len() > Padded::MAX_LEN {
+        return paths_document(doc, matcher, values, strings);
+    }
+    Padded::with(doc, |padded| paths_document(padded, matcher, values, strings))
+}
+
+/// What a paths scan records besides numbers: nothing (`()`, the rules' scan), or [`Strings`].
+trait Record {
+    fn clear(&mut self, slots: std::ops::Range<usize>);
+    /// Whether [`Record::string`] keeps anything (else a string is only validated and skipped).
+    const STRINGS: bool;
+    fn string(&mut self, slot: u8, at: StringAt);
+}
+
+impl Record for () {
+    #[inline(always)]
+    fn clear(&mut self, _: std::ops::Range<usize>) {}
+    const STRINGS: bool = false;
+    #[inline(always)]
+    fn string(&mut self, _: u8, _: StringAt) {}
+}
+
+impl Record for Strings {
+    #[inline(always)]
+    fn clear(&mut self, slots: std::ops::Range<usize>) {
+        self[slots].fill(None);
+    }
+    const STRINGS: bool = true;
+    #[inline(always)]
+    fn string(&mut self, slot: u8, at: StringAt) {
+        self[usize::from(slot)] = Some(at);
+    }
 }
 
 /// What [`scan`] does for a document too long to copy: the same grammar, reading the document
@@ -416,9 +478,15 @@ fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
     Ok(found)
 }
 
-fn paths_document<D: Doc + ?Sized>(doc: &D, m: &Matcher, values: &mut [f64; MAX_RULES]) -> Result<()> {
+fn paths_document<D: Doc + ?Sized, R: Record>(
+    doc: &D,
+    m: &Matcher,
+    values: &mut [f64; MAX_RULES],
+    strings: &mut R,
+) -> Result<()> {
     let (pos, first) = ws(doc, 0);
-    let pos = if first == b'{' { paths_object(doc, pos + 1, m, 0, 1, values)? } else { value(doc, pos, first, 0)? };
+    let pos =
+        if first == b'{' { paths_object(doc, pos + 1, m, 0, 1, values, strings)? } else { value(doc, pos, first, 0)? };
     if ws(doc, pos).0 != doc.len() {
         return Err(Malformed::InvalidJson);
     }
@@ -428,13 +496,14 @@ fn paths_document<D: Doc + ?Sized>(doc: &D, m: &Matcher, values: &mut [f64; MAX_
 /// An object after its `{` (container number `depth`) at matcher node `node`: a member whose key
 /// is a child of the node clears that child's slots (a later duplicate replaces an earlier one)
 /// and records or descends; any other member is validated and skipped.
-fn paths_object<D: Doc + ?Sized>(
+fn paths_object<D: Doc + ?Sized, R: Record>(
     doc: &D,
     pos: usize,
     m: &Matcher,
     node: usize,
     depth: u32,
     values: &mut [f64; MAX_RULES],
+    strings: &mut R,
 ) -> Result<usize> {
     if depth >= DEPTH_LIMIT {
         return Err(Malformed::TooDeep);
@@ -455,14 +524,21 @@ fn paths_object<D: Doc + ?Sized>(
             None => value(doc, at, first, depth)?,
             Some(c) => {
                 let n = &m.nodes[c];
-                values[usize::from(n.subtree.start)..usize::from(n.subtree.end)].fill(f64::NAN);
+                let subtree = usize::from(n.subtree.start)..usize::from(n.subtree.end);
+                values[subtree.clone()].fill(f64::NAN);
+                strings.clear(subtree);
                 match (first, n.slot) {
                     (b'-' | b'0'..=b'9', Some(slot)) => {
                         let (x, end) = temperature(doc, at, first)?;
                         values[usize::from(slot)] = x;
                         end
                     }
-                    (b'{', _) if !n.children.is_empty() => paths_object(doc, at + 1, m, c, depth + 1, values)?,
+                    (b'"', Some(slot)) if R::STRINGS => {
+                        let (end, escaped) = string(doc, at + 1)?;
+                        strings.string(slot, StringAt { start: at + 1, end: end - 1, escaped });
+                        end
+                    }
+                    (b'{', _) if !n.children.is_empty() => paths_object(doc, at + 1, m, c, depth + 1, values, strings)?,
                     _ => value(doc, at, first, depth)?,
                 }
             }

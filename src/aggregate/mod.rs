@@ -30,7 +30,6 @@ use series::{Closed, Dropped, Series};
 use summary::Function;
 
 use crate::names::OutputName;
-use crate::rules::MAX_RULES;
 use crate::scan::Malformed;
 
 /// A message an aggregate sends when one of its windows closes.
@@ -43,8 +42,9 @@ pub struct Emitted {
     pub window_end: i64,
 }
 
-/// A body's one scan for a set's paths: each slot's number (NaN: none), or why it is not JSON.
-pub type Scanned = Result<[f64; MAX_RULES], Malformed>;
+/// Whether a body's [`Aggregator::scan`] read it (its slots are in the aggregator's scratch
+/// [`extract::Scan`]), or why it is not JSON.
+pub type Scanned = Result<(), Malformed>;
 
 /// The running state of an aggregate set.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,44 +53,46 @@ pub struct Aggregator {
     /// One per aggregate, in the set's order.
     pub series: Vec<Series>,
     pub seen: Seen,
+    /// The last body's scan: scratch space, not state.
+    scan: Box<extract::Scan>,
 }
 
 impl Aggregator {
     /// A set whose windows start from `now` on.
     pub fn new(set: Arc<AggregateSet>, now: i64) -> Aggregator {
         let series = set.aggregates.iter().map(|a| Series::new(a, now)).collect();
-        Aggregator { set, series, seen: Seen::default() }
+        Aggregator { set, series, seen: Seen::default(), scan: Box::default() }
     }
 
     /// Folds one message into every aggregate. `message_id` (the shell passes `$.mid`, or the
     /// sensor's `batchId` and `sequenceNumber`) makes a redelivery count once; see [`Seen`].
     pub fn fold(&mut self, body: &[u8], message_id: Option<&[u8]>, now: i64) -> Result<(), Malformed> {
         let scanned = self.scan(body);
-        self.fold_scanned(body, &scanned, message_id, now)
+        self.fold_scanned(body, scanned, message_id, now)
     }
 
     /// The one scan of `body` for every path of the set (and the tutorial's temperature, see
-    /// [`extract::Extractor::temperature`]): each slot's number, or why the body is not valid JSON.
-    pub fn scan(&self, body: &[u8]) -> Scanned {
-        let mut values = [f64::NAN; MAX_RULES];
-        self.set.extractor.scan(body, &mut values).map(|()| values)
+    /// [`extract::Extractor::temperature`]): each slot's number and string, kept for
+    /// [`Aggregator::fold_scanned`], or why the body is not valid JSON.
+    pub fn scan(&mut self, body: &[u8]) -> Scanned {
+        self.set.extractor.scan(body, &mut self.scan)
     }
 
-    /// What the filter needs from a body's [`Aggregator::scan`]: the number at
+    /// What the filter needs from the last [`Aggregator::scan`], `scanned`: the number at
     /// `machine.temperature` (NaN: none), or why the body is not JSON; None when the scan did not
     /// read that path (a set of 16 other paths).
-    pub fn temperature(&self, scanned: &Scanned) -> Option<crate::filter::Temperature> {
+    pub fn temperature(&self, scanned: Scanned) -> Option<crate::filter::Temperature> {
         match scanned {
-            Ok(values) => self.set.extractor.temperature(values).map(Ok),
-            Err(m) => Some(Err(*m)),
+            Ok(()) => self.set.extractor.temperature(&self.scan).map(Ok),
+            Err(m) => Some(Err(m)),
         }
     }
 
-    /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] already made.
+    /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] just made.
     pub fn fold_scanned(
         &mut self,
         body: &[u8],
-        scanned: &Scanned,
+        scanned: Scanned,
         message_id: Option<&[u8]>,
         now: i64,
     ) -> Result<(), Malformed> {
@@ -99,16 +101,13 @@ impl Aggregator {
             self.series.iter_mut().for_each(|s| s.drop(Dropped::Duplicate));
             return Ok(());
         }
-        let values = match scanned {
-            Ok(values) => values,
-            Err(m) => {
-                self.series.iter_mut().for_each(|s| s.drop(Dropped::Malformed));
-                return Err(*m);
-            }
-        };
+        if let Err(m) = scanned {
+            self.series.iter_mut().for_each(|s| s.drop(Dropped::Malformed));
+            return Err(m);
+        }
         let mut group = String::new();
         for (i, (a, s)) in self.set.aggregates.iter().zip(&mut self.series).enumerate() {
-            let r = self.set.extractor.reading(i, body, values, &mut group);
+            let r = self.set.extractor.reading(i, body, &self.scan, &mut group);
             s.fold(a, r.value, r.time, r.group, now);
         }
         if let Some(id) = id {
@@ -160,7 +159,7 @@ impl Aggregator {
                 log.push(format!("Aggregates: {:?} removed: {} open windows discarded", o.name, s.open_windows(o)));
             }
         }
-        *self = Aggregator { set, series, seen: std::mem::take(&mut self.seen) };
+        *self = Aggregator { set, series, seen: std::mem::take(&mut self.seen), scan: std::mem::take(&mut self.scan) };
         log
     }
 

@@ -127,11 +127,10 @@ impl Session {
     /// The aggregates' one scan of an input's body, and what the filter's decision needs from it
     /// (`machine.temperature`, see [`Aggregator::temperature`]): None without aggregates, or for
     /// a body over edgeHub's limit (the decision refuses it unread).
-    pub(super) fn aggregates_scan(&self, body: &[u8]) -> Option<(Scanned, Option<Temperature>)> {
-        let running = self.aggregates.running.as_ref().filter(|_| body.len() <= MAX_MESSAGE_SIZE)?;
+    pub(super) fn aggregates_scan(&mut self, body: &[u8]) -> Option<(Scanned, Option<Temperature>)> {
+        let running = self.aggregates.running.as_mut().filter(|_| body.len() <= MAX_MESSAGE_SIZE)?;
         let scanned = running.scan(body);
-        let temperature = running.temperature(&scanned);
-        Some((scanned, temperature))
+        Some((scanned, running.temperature(scanned)))
     }
 
     /// Folds one input into every aggregate (a message id from its bag counts a redelivery
@@ -152,7 +151,7 @@ impl Session {
         let has_id = message_id(bag, id);
         let scanned = scanned.unwrap_or_else(|| running.scan(body));
         // A message that is not JSON is counted per aggregate (`malformed`) by the fold.
-        let _ = running.fold_scanned(body, &scanned, has_id.then_some(&id[..]), time);
+        let _ = running.fold_scanned(body, scanned, has_id.then_some(&id[..]), time);
         *dirty = true;
         self.close_windows(now);
     }
