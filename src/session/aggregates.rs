@@ -63,6 +63,8 @@ pub(super) struct Aggregates {
     id: Vec<u8>,
     /// The readings not counted as last logged, and when (at most one line a minute).
     drops_logged: (Vec<AggregateDrops>, Option<Instant>),
+    /// [`Aggregates::instant`]'s last answer.
+    last_instant: std::cell::Cell<Option<(i64, Instant)>>,
 }
 
 impl Aggregates {
@@ -76,20 +78,32 @@ impl Aggregates {
             overflow_warned: false,
             id: Vec::new(),
             drops_logged: (Vec::new(), None),
+            last_instant: std::cell::Cell::new(None),
         }
     }
 
+    /// (In 64-bit integers: `Duration::as_millis` is 128-bit, library calls on armv7.)
     fn unix_ms(&self, at: Instant) -> i64 {
+        let ms = |d: Duration| d.as_secs() as i64 * 1000 + i64::from(d.subsec_millis());
         let (anchor, unix) = self.wall;
         match at.checked_duration_since(anchor) {
-            Some(d) => unix + d.as_millis() as i64,
-            None => unix - anchor.duration_since(at).as_millis() as i64,
+            Some(d) => unix + ms(d),
+            None => unix - ms(anchor.duration_since(at)),
         }
     }
 
+    /// The instant of a Unix time, the last one asked for kept: the session asks every turn
+    /// for the same window's end.
     fn instant(&self, unix_ms: i64) -> Instant {
-        let (anchor, unix) = self.wall;
-        anchor + Duration::from_millis(unix_ms.saturating_sub(unix).max(0) as u64)
+        match self.last_instant.get() {
+            Some((u, at)) if u == unix_ms => at,
+            _ => {
+                let (anchor, unix) = self.wall;
+                let at = anchor + Duration::from_millis(unix_ms.saturating_sub(unix).max(0) as u64);
+                self.last_instant.set(Some((unix_ms, at)));
+                at
+            }
+        }
     }
 }
 
@@ -98,6 +112,7 @@ impl Session {
     /// once, at start, before anything else.
     pub fn set_wall_clock(&mut self, now: Instant, unix_ms: i64) {
         self.aggregates.wall = (now, unix_ms);
+        self.aggregates.last_instant.set(None);
         if let Some(set) = self.settings.aggregates.clone() {
             self.aggregates.running = Some(Aggregator::new(set, unix_ms));
         }

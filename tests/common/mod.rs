@@ -35,13 +35,19 @@ pub fn free_port() -> u16 {
 /// Waits until something accepts connections on the port (up to 20 s: 64 tests start their
 /// brokers at once on a loaded 2-core machine, and 5 s was once too short).
 pub fn wait_for_port(port: u16) {
-    for _ in 0..800 {
+    assert!(listens_within(port, Duration::from_secs(20)), "nothing listens on port {port}");
+}
+
+/// Whether something accepts connections on the port within `limit`.
+pub fn listens_within(port: u16, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("nothing listens on port {port}");
+    false
 }
 
 /// A mosquitto broker with persistence, in its own directory.
@@ -549,14 +555,20 @@ impl Hub {
             }
             Transport::Tls => {
                 let (ca, cert, key) = certificates(certs.path());
-                let tls_port = free_port();
-                let broker = Broker::start(&format!(
-                    "{extra}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-                    cert.display(),
-                    key.display()
-                ));
-                wait_for_port(tls_port);
-                Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs }
+                // The TLS port can be taken between free_port and mosquitto's bind, as the plain
+                // one can (Broker::start): another port then.
+                for _ in 0..5 {
+                    let tls_port = free_port();
+                    let broker = Broker::start(&format!(
+                        "{extra}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+                        cert.display(),
+                        key.display()
+                    ));
+                    if listens_within(tls_port, Duration::from_secs(10)) {
+                        return Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs };
+                    }
+                }
+                panic!("mosquitto's TLS listener did not start on any of 5 ports")
             }
         }
     }
