@@ -119,7 +119,7 @@ impl Aggregator {
     /// The messages of every window the watermark at `now` has passed.
     pub fn close(&mut self, now: i64) -> Vec<Emitted> {
         let mut out = Vec::new();
-        for (a, s) in self.set.aggregates.iter().zip(&mut self.series) {
+        for (a, s) in self.set.aggregates.iter().zip(&mut self.series).filter(|(a, s)| s.due(a, now)) {
             out.extend(s.close(a, now).iter().filter_map(|c| emit(a, c)));
         }
         out

@@ -243,6 +243,13 @@ impl Series {
     }
 
     /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
+    /// Whether [`Series::close`] at `now` has a window to close (without moving the watermark).
+    #[inline]
+    pub fn due(&self, a: &Aggregate, now: i64) -> bool {
+        let w = self.watermark.max(now - a.time.as_ref().map_or(0, |t| t.late_ms));
+        w > self.closed + a.hop_ms
+    }
+
     pub fn close(&mut self, a: &Aggregate, now: i64) -> Vec<Closed> {
         self.advance(a, now);
         let (hop, hops) = (a.hop_ms, a.hops());
