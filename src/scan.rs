@@ -521,6 +521,8 @@ fn paths_object<D: Doc + ?Sized, R: Record>(
         let (child, after_key) = member_key(doc, at + 1, m, children)?;
         let (at, first) = colon(doc, after_key)?;
         pos = match child {
+            // Telemetry often groups readings in objects (`"ambient":{…}`): in line, no call.
+            None if first == b'{' => object(doc, at + 1, depth + 1)?,
             None => value(doc, at, first, depth)?,
             Some(c) => {
                 let n = &m.nodes[c];
