@@ -229,6 +229,80 @@ pub fn scan_in_place(doc: &[u8]) -> Scan {
     answer(document(doc))
 }
 
+/// One top-level member that [`scan_with_top_member`] reads besides `machine.temperature`: the
+/// number there (NaN: none) or the place of the string there (None: none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TopMember {
+    pub number: f64,
+    pub string: Option<StringAt>,
+}
+
+/// [`scan`], also reading the top-level member `key` (plain: no `"`, `\` or control character,
+/// not `machine`) in the same pass, as [`scan_paths_strings`] would at that path: the last of
+/// duplicate keys wins, and a key written with escapes counts. The aggregates' common case
+/// (`timeCreated` beside the tutorial's temperature), at the tutorial scanner's speed.
+pub fn scan_with_top_member(doc: &[u8], key: &[u8]) -> (Scan, TopMember) {
+    let mut member = Member { key, found: TopMember { number: f64::NAN, string: None } };
+    let found = if doc.len() > Padded::MAX_LEN {
+        document_with(doc, &mut member)
+    } else {
+        Padded::with(doc, |padded| document_with(padded, &mut member))
+    };
+    (answer(found), member.found)
+}
+
+/// What the top level reads besides `machine`: nothing (`()`, [`scan`]), or one [`Member`].
+trait Extra {
+    const ON: bool;
+    /// Whether the key between `start` and its closing quote at `end - 1` is the member's.
+    fn is<D: Doc + ?Sized>(&self, doc: &D, start: usize, end: usize) -> bool;
+    /// Reads the member's value at `at` (first byte `first`); returns the position after it.
+    fn read<D: Doc + ?Sized>(&mut self, doc: &D, at: usize, first: u8) -> Result<usize>;
+}
+
+impl Extra for () {
+    const ON: bool = false;
+    #[inline(always)]
+    fn is<D: Doc + ?Sized>(&self, _: &D, _: usize, _: usize) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn read<D: Doc + ?Sized>(&mut self, _: &D, _: usize, _: u8) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+struct Member<'k> {
+    key: &'k [u8],
+    found: TopMember,
+}
+
+impl Extra for Member<'_> {
+    const ON: bool = true;
+    #[inline(always)]
+    fn is<D: Doc + ?Sized>(&self, doc: &D, start: usize, end: usize) -> bool {
+        let raw = doc.bytes(start..end - 1);
+        raw == self.key || (raw.contains(&b'\\') && unescaped_equals(raw, self.key))
+    }
+    #[inline(always)]
+    fn read<D: Doc + ?Sized>(&mut self, doc: &D, at: usize, first: u8) -> Result<usize> {
+        self.found = TopMember { number: f64::NAN, string: None };
+        match first {
+            b'"' => {
+                let (end, escaped) = string(doc, at + 1)?;
+                self.found.string = Some(StringAt { start: at + 1, end: end - 1, escaped });
+                Ok(end)
+            }
+            b'-' | b'0'..=b'9' => {
+                let (x, end) = temperature(doc, at, first)?;
+                self.found.number = x;
+                Ok(end)
+            }
+            _ => value(doc, at, first, 1),
+        }
+    }
+}
+
 fn answer(found: Result<Found>) -> Scan {
     match found {
         Ok(Found::Temperature(t)) => Scan::Temperature(t),
@@ -466,9 +540,14 @@ impl Doc for Padded<'_> {
 // local (not in a struct behind `&mut`) lets it live in a register across the whole pass.
 
 fn document<D: Doc + ?Sized>(doc: &D) -> Result<Found> {
+    document_with(doc, &mut ())
+}
+
+#[inline(always)]
+fn document_with<D: Doc + ?Sized, X: Extra>(doc: &D, extra: &mut X) -> Result<Found> {
     let (pos, first) = ws(doc, 0);
     let (found, pos) = if first == b'{' {
-        top_object(doc, pos + 1)?
+        top_object(doc, pos + 1, extra)?
     } else {
         (Found::Missing(Missing::NotAnObject), value(doc, pos, first, 0)?)
     };
@@ -578,16 +657,19 @@ fn member_key<D: Doc + ?Sized>(doc: &D, start: usize, m: &Matcher, children: &[u
 
 /// The top-level object after its `{`: remembers the last `machine` member's verdict.
 #[inline(always)]
-fn top_object<D: Doc + ?Sized>(doc: &D, pos: usize) -> Result<(Found, usize)> {
+fn top_object<D: Doc + ?Sized, X: Extra>(doc: &D, pos: usize, extra: &mut X) -> Result<(Found, usize)> {
     let mut found = Found::Missing(Missing::NoMachine);
     let (mut pos, first) = ws(doc, pos);
     if first == b'}' {
         return Ok((found, pos + 1));
     }
     loop {
+        let key_start = if X::ON { ws(doc, pos).0 + 1 } else { 0 };
         let (is_machine, after_key) = key(doc, pos, b"machine\"")?;
         let (at, first) = colon(doc, after_key)?;
-        if !is_machine {
+        if X::ON && !is_machine && extra.is(doc, key_start, after_key) {
+            pos = extra.read(doc, at, first)?;
+        } else if !is_machine {
             // Telemetry often groups readings in objects (`"ambient":{…}`): in line, no call.
             pos = if first == b'{' { object(doc, at + 1, 2)? } else { value(doc, at, first, 1)? };
         } else if first == b'{' {

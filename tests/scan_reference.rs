@@ -6,7 +6,8 @@ use std::sync::Arc;
 use edgefilter::aggregate::{AggregateSet, Aggregator};
 use edgefilter::filter::{decide, decide_rules, decide_rules_scanned, decide_scanned, Decision, Reason};
 use edgefilter::rules::Rules;
-use edgefilter::scan::{scan, scan_in_place, Malformed, Missing, Scan};
+use edgefilter::rules::{Matcher, MAX_RULES};
+use edgefilter::scan::{scan, scan_in_place, scan_paths_strings, scan_with_top_member, Malformed, Missing, Scan};
 use proptest::prelude::*;
 
 /// The reference: serde_json's `Value`, then `machine.temperature` as f64.
@@ -46,6 +47,26 @@ fn check(doc: &[u8]) {
         );
     }
     shared_scans_decide_alike(doc);
+    top_member_agrees_with_the_paths_scan(doc);
+}
+
+/// `scan_with_top_member` reads `machine.temperature` as `scan` does and the top-level member as
+/// `scan_paths_strings` does.
+fn top_member_agrees_with_the_paths_scan(doc: &[u8]) {
+    let context = String::from_utf8_lossy(doc);
+    let (found, member) = scan_with_top_member(doc, b"timeCreated");
+    assert_same(found, scan(doc), &format!("the decision, {context:?}"));
+    let paths = [vec!["machine".to_string(), "temperature".to_string()], vec!["timeCreated".to_string()]];
+    let matcher = Matcher::new(paths.iter().map(Vec::as_slice));
+    let (mut values, mut strings) = ([f64::NAN; MAX_RULES], [None; MAX_RULES]);
+    match scan_paths_strings(doc, &matcher, &mut values, &mut strings) {
+        Err(_) => assert!(matches!(found, Scan::Malformed(_)), "{context:?}"),
+        Ok(()) => {
+            let slot = usize::from(matcher.slot_of[1]);
+            assert_eq!(member.number.to_bits(), values[slot].to_bits(), "{context:?}");
+            assert_eq!(member.string, strings[slot], "{context:?}");
+        }
+    }
 }
 
 /// Aggregate sets whose one scan of a body also serves the filter's decision: one on the
@@ -56,6 +77,8 @@ fn aggregators() -> Vec<Aggregator> {
     let sets = [
         serde_json::json!({"t": one("machine.temperature")}),
         serde_json::json!({"p": one("machine.pressure"), "g": one("machine.temperature.x")}),
+        serde_json::json!({"tutorial": {"path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 30},
+            "functions": ["avg"], "time": {"path": "timeCreated"}, "output": "o"}}),
         serde_json::Value::Object((0..16).map(|i| (format!("a{i}"), one(&format!("machine.p{i}")))).collect()),
     ];
     sets.iter().map(|v| Aggregator::new(Arc::new(AggregateSet::parse(v.as_object().unwrap()).unwrap()), 0)).collect()
@@ -76,7 +99,11 @@ fn shared_scans_decide_alike(doc: &[u8]) {
             let scanned = a.scan(doc);
             let t = a.temperature(scanned);
             if matches!(t, None | Some(Ok(_))) {
-                assert_eq!(t.is_none(), i == 2, "only the 16-path set leaves no slot for the tutorial's path");
+                assert_eq!(
+                    t.is_none(),
+                    a.set.aggregates.len() == 16,
+                    "only the 16-path set leaves no slot for the tutorial's path"
+                );
             }
             for threshold in [25.0, -1.0e300, 0.0, 1e300] {
                 let context = format!("set {i}, {:?} @ {threshold}", String::from_utf8_lossy(doc));
@@ -314,6 +341,8 @@ fn key() -> impl Strategy<Value = String> {
         Just("temperatur\\u00e9".to_string()),
         Just("temp\\u00E9rature".to_string()),
         Just("\\ud83c\\udf21".to_string()),
+        Just("timeCreated".to_string()),
+        Just("timeCr\\u0065ated".to_string()),
         "[a-z]{0,6}",
         "[a-z\\\\\"{}:,é]{0,6}".prop_map(|s| s.replace('\\', "\\\\").replace('"', "\\\"")),
     ]
