@@ -111,7 +111,7 @@ impl Aggregator {
             s.fold(a, r.value, r.time, r.group, now);
         }
         if let Some(id) = id {
-            self.seen.insert(id);
+            self.seen.insert_unseen(id);
         }
         Ok(())
     }
@@ -215,35 +215,46 @@ pub fn summary_body(a: &Aggregate, c: &Closed) -> String {
 }
 
 /// The message ids seen lately, to count edgeHub's redeliveries once: the hashes of the latest
-/// [`Seen::CAPACITY`] ids, in arrival order (for the checkpoint, which keeps the newest
-/// [`Seen::PERSISTED`]), and as a set (for the lookup).
+/// [`Seen::CAPACITY`] / 2 to [`Seen::CAPACITY`] ids in two generations of sets (the older one
+/// dropped whole when the newer is full: no removal per id, which a single set with eviction
+/// paid in tombstones and rehashing), and the newest [`Seen::PERSISTED`] in arrival order, for
+/// the checkpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Seen {
     pub order: std::collections::VecDeque<u64>,
-    set: std::collections::HashSet<u64, IdHash>,
+    newer: std::collections::HashSet<u64, IdHash>,
+    older: std::collections::HashSet<u64, IdHash>,
 }
 
 impl Seen {
     /// More than the inputs a connection leaves unacknowledged (EDGEFILTER_MAX_UNCONFIRMED, 1,000
-    /// by default): 16 KiB of hashes.
+    /// by default): at least 1,024 ids, in about 38 KiB (two tables of 2,048 buckets).
     pub const CAPACITY: usize = 2048;
     /// The newest ids a checkpoint keeps: a restart counts a redelivery once when at most this many
     /// inputs were unacknowledged at the stop (one, under edgeHub's one-in-flight stream).
     pub const PERSISTED: usize = 256;
 
     pub fn contains(&self, id: u64) -> bool {
-        self.set.contains(&id)
+        self.newer.contains(&id) || self.older.contains(&id)
     }
 
     pub fn insert(&mut self, id: u64) {
-        if self.order.len() >= Seen::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if !self.contains(id) {
+            self.insert_unseen(id);
         }
-        if self.set.insert(id) {
-            self.order.push_back(id);
+    }
+
+    /// [`Seen::insert`] of an id not [`Seen::contains`]: one lookup fewer.
+    pub fn insert_unseen(&mut self, id: u64) {
+        if self.newer.len() >= Seen::CAPACITY / 2 {
+            std::mem::swap(&mut self.newer, &mut self.older);
+            self.newer.clear(); // keeps its table: no allocation after the first two generations
         }
+        self.newer.insert(id);
+        if self.order.len() >= Seen::PERSISTED {
+            self.order.pop_front();
+        }
+        self.order.push_back(id);
     }
 }
 
@@ -269,5 +280,31 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write_u64(&mut self, x: u64) {
         self.0 = x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn an_id_is_remembered_for_at_least_half_the_capacity_and_at_most_all_of_it() {
+        let mut seen = Seen::default();
+        let cap = Seen::CAPACITY as u64;
+        for id in 0..3 * cap {
+            assert!(!seen.contains(id));
+            seen.insert(id);
+            seen.insert(id); // again: no change
+            if id % 128 == 127 {
+                // The newest ids are remembered, and nothing older than them.
+                let remembered = (0..=id).rev().take_while(|&i| seen.contains(i)).count() as u64;
+                assert!(remembered > cap / 2 || remembered == id + 1, "{remembered} at {id}");
+                assert!(remembered <= cap, "{remembered} at {id}");
+                assert!((0..id + 1 - remembered).all(|i| !seen.contains(i)), "only the newest, at {id}");
+            }
+        }
+        let newest: Vec<u64> = seen.order.iter().copied().collect();
+        let want: Vec<u64> = (3 * cap - Seen::PERSISTED as u64..3 * cap).collect();
+        assert_eq!(newest, want, "the newest ids, oldest first, for the checkpoint");
     }
 }
