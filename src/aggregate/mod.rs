@@ -250,6 +250,9 @@ impl Seen {
             std::mem::swap(&mut self.newer, &mut self.older);
             self.newer.clear(); // keeps its table: no allocation after the first two generations
         }
+        if self.newer.capacity() == 0 {
+            self.newer.reserve(Seen::CAPACITY / 2); // once, not grown step by step
+        }
         self.newer.insert(id);
         if self.order.len() >= Seen::PERSISTED {
             self.order.pop_front();

@@ -7,9 +7,10 @@
 /// The time in a reading: a JSON string holding ISO-8601 UTC (`2026-12-02T07:18:30.1234567Z`;
 /// `+00:00` for `Z`; at most 9 fraction digits), in Unix milliseconds.
 pub fn parse_iso(s: &[u8]) -> Option<i64> {
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+    // In 32-bit integers: 64-bit division is a library call on armv7, and every part fits.
+    let digits = |r: std::ops::Range<usize>| -> Option<i32> {
         let b = s.get(r)?;
-        b.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+        b.iter().try_fold(0i32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i32::from(c - b'0')))
     };
     let sep = |i: usize, c: &[u8]| s.get(i).is_some_and(|b| c.contains(b));
     if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
@@ -21,7 +22,7 @@ pub fn parse_iso(s: &[u8]) -> Option<i64> {
         return None;
     }
     let mut at = 19;
-    let mut nanos = 0i64;
+    let mut millis = 0i32;
     if sep(at, b".") {
         let start = at + 1;
         at = start;
@@ -32,14 +33,16 @@ pub fn parse_iso(s: &[u8]) -> Option<i64> {
         if n == 0 || n > 9 {
             return None;
         }
-        nanos = digits(start..at)? * 10i64.pow(9 - n as u32);
+        // Rounded up to the millisecond: 30.0000001 is 30.001.
+        let nanos = digits(start..at)? * 10i32.pow(9 - n as u32);
+        millis = (nanos + 999_999) / 1_000_000;
     }
     match &s[at..] {
         b"Z" | b"z" | b"+00:00" => {}
         _ => return None,
     }
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
-    Some(secs * 1000 + (nanos + 999_999) / 1_000_000)
+    let secs = i64::from(days_from_civil(y, mo, d)) * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    Some(secs * 1000 + i64::from(millis))
 }
 
 /// Epoch seconds (a JSON number) in milliseconds, rounded up; None beyond ±10^11 s (year 5138).
@@ -60,7 +63,7 @@ pub fn format_iso(ms: i64) -> String {
     }
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+fn days_in_month(y: i32, m: i32) -> i32 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
         2 => 28,
@@ -70,7 +73,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+fn days_from_civil(y: i32, m: i32, d: i32) -> i32 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -120,7 +123,7 @@ mod tests {
         }
         for days in [-800_000i64, -1, 0, 59, 10_000, 2_000_000] {
             let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
+            assert_eq!(i64::from(days_from_civil(y as i32, m as i32, d as i32)), days);
         }
         assert_eq!(from_epoch_seconds(1.5), Some(1500));
         assert_eq!(from_epoch_seconds(1e12), None);
