@@ -25,7 +25,7 @@ pub mod time;
 use std::sync::Arc;
 
 pub use definition::{Aggregate, AggregateSet};
-pub use fnv::fnv1a;
+pub use fnv::{fnv1a, fnv1a_on};
 use series::{Closed, Dropped, Series};
 use summary::Function;
 
@@ -68,7 +68,7 @@ impl Aggregator {
     /// sensor's `batchId` and `sequenceNumber`) makes a redelivery count once; see [`Seen`].
     pub fn fold(&mut self, body: &[u8], message_id: Option<&[u8]>, now: i64) -> Result<(), Malformed> {
         let scanned = self.scan(body);
-        self.fold_scanned(body, scanned, message_id, now)
+        self.fold_scanned(body, scanned, message_id.map(fnv1a), now)
     }
 
     /// The one scan of `body` for every path of the set (and the tutorial's temperature, see
@@ -88,15 +88,9 @@ impl Aggregator {
         }
     }
 
-    /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] just made.
-    pub fn fold_scanned(
-        &mut self,
-        body: &[u8],
-        scanned: Scanned,
-        message_id: Option<&[u8]>,
-        now: i64,
-    ) -> Result<(), Malformed> {
-        let id = message_id.map(fnv1a);
+    /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] just made, and its message id's
+    /// [`fnv1a`] hash.
+    pub fn fold_scanned(&mut self, body: &[u8], scanned: Scanned, id: Option<u64>, now: i64) -> Result<(), Malformed> {
         if id.is_some_and(|id| self.seen.contains(id)) {
             self.series.iter_mut().for_each(|s| s.drop(Dropped::Duplicate));
             return Ok(());
