@@ -91,7 +91,8 @@ impl Aggregator {
     /// [`Aggregator::fold`] with the body's [`Aggregator::scan`] just made, and its message id's
     /// [`fnv1a`] hash.
     pub fn fold_scanned(&mut self, body: &[u8], scanned: Scanned, id: Option<u64>, now: i64) -> Result<(), Malformed> {
-        if id.is_some_and(|id| self.seen.contains(id)) {
+        // Remembered whatever follows: a redelivered malformed message counts as a duplicate.
+        if id.is_some_and(|id| !self.seen.first_time(id)) {
             self.series.iter_mut().for_each(|s| s.drop(Dropped::Duplicate));
             return Ok(());
         }
@@ -103,9 +104,6 @@ impl Aggregator {
         for (i, (a, s)) in self.set.aggregates.iter().zip(&mut self.series).enumerate() {
             let r = self.set.extractor.reading(i, body, &self.scan, &mut group);
             s.fold(a, r.value, r.time, r.group, now);
-        }
-        if let Some(id) = id {
-            self.seen.insert_unseen(id);
         }
         Ok(())
     }
@@ -232,26 +230,35 @@ impl Seen {
         self.newer.contains(&id) || self.older.contains(&id)
     }
 
+    /// Remembers `id`.
     pub fn insert(&mut self, id: u64) {
-        if !self.contains(id) {
-            self.insert_unseen(id);
-        }
+        self.first_time(id);
     }
 
-    /// [`Seen::insert`] of an id not [`Seen::contains`]: one lookup fewer.
-    pub fn insert_unseen(&mut self, id: u64) {
+    /// Remembers `id`; false when it was remembered already. Two hash lookups for a new id: the
+    /// older generation's, and the newer's insert.
+    pub fn first_time(&mut self, id: u64) -> bool {
+        if self.older.contains(&id) {
+            return false;
+        }
         if self.newer.len() >= Seen::CAPACITY / 2 {
+            if self.newer.contains(&id) {
+                return false;
+            }
             std::mem::swap(&mut self.newer, &mut self.older);
             self.newer.clear(); // keeps its table: no allocation after the first two generations
         }
         if self.newer.capacity() == 0 {
             self.newer.reserve(Seen::CAPACITY / 2); // once, not grown step by step
         }
-        self.newer.insert(id);
+        if !self.newer.insert(id) {
+            return false;
+        }
         if self.order.len() >= Seen::PERSISTED {
             self.order.pop_front();
         }
         self.order.push_back(id);
+        true
     }
 }
 
