@@ -15,6 +15,7 @@
 #   EDGEFILTER_ARM_BINARY=...                    the binary (default dist/armv7/edgefilter, built if missing)
 #   TLS13_CIPHERS=TLS_AES_128_GCM_SHA256 ...     what mosquitto allows (its ciphers_tls1.3), to measure one suite
 #   ACK_MODE=pipelined scripts/arm-streaming-insns.sh   the module's AckMode (default confirmed)
+#   TRANSPORTS=tcp scripts/arm-streaming-insns.sh        only the plain-TCP rows (default "tls tcp")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -73,7 +74,7 @@ run() {
 printf '%-6s %6s %12s %12s %10s %8s\n' link window idle replay insns/msg "msg/s"
 for window in "${windows[@]}"; do
   broker "$window"
-  for transport in tls tcp; do
+  for transport in ${TRANSPORTS:-tls tcp}; do
     if [ $transport = tls ]; then url="mqtts://localhost:$tls_port"; else url="mqtt://127.0.0.1:$tcp_port"; fi
     zero=$(run "$url" 0)
     full=$(run "$url" "$n")
