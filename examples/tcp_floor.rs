@@ -468,7 +468,8 @@ fn is_alert(body: &[u8]) -> bool {
         whole = whole.saturating_mul(10).saturating_add(u32::from(d - b'0'));
         rest.next();
     }
-    whole > 25 || (whole == 25 && rest.next() == Some(&b'.') && rest.take_while(|d| d.is_ascii_digit()).any(|d| *d != b'0'))
+    whole > 25
+        || (whole == 25 && rest.next() == Some(&b'.') && rest.take_while(|d| d.is_ascii_digit()).any(|d| *d != b'0'))
 }
 
 extern "C" {
