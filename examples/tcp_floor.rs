@@ -392,18 +392,22 @@ impl Floor {
             let bag = rest.iter().position(|&b| b == b'/').map_or(&rest[rest.len()..], |i| &rest[i + 1..]);
             let topic_len = self.events.len() + if bag.is_empty() { 0 } else { 1 + bag.len() };
             let alert = next_pkid(&mut self.next_pkid);
-            let tx = &mut self.tx;
-            tx.extend_from_slice(&[0x32]);
+            // The fixed header and the topic's length, then the topic, the packet id, the body.
+            let (mut header, mut len) = ([0x32u8, 0, 0, 0, 0, 0, 0], 1);
             let mut n = 2 + topic_len + 2 + payload.len();
             loop {
                 let byte = (n & 0x7F) as u8;
                 n >>= 7;
-                tx.extend_from_slice(&[if n > 0 { byte | 0x80 } else { byte }]);
+                header[len] = if n > 0 { byte | 0x80 } else { byte };
+                len += 1;
                 if n == 0 {
                     break;
                 }
             }
-            tx.extend_from_slice(&(topic_len as u16).to_be_bytes());
+            header[len..len + 2].copy_from_slice(&(topic_len as u16).to_be_bytes());
+            let tx = &mut self.tx;
+            tx.reserve(len + 2 + topic_len + 2 + payload.len() + 4);
+            tx.extend_from_slice(&header[..len + 2]);
             tx.extend_from_slice(&self.events);
             if !bag.is_empty() {
                 tx.extend_from_slice(b"&");
@@ -457,8 +461,14 @@ fn puback(tx: &mut BytesMut, pkid: u16) {
 
 /// Above 25: the number after the first `"temperature":` (the machine's in the sensor's body).
 fn is_alert(body: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"temperature\":";
-    let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else { return false };
+    const KEY: &[u8; 14] = b"\"temperature\":";
+    // A quote first, then the key's two overlapping 8-byte halves compared as words (a
+    // slice comparison is a memcmp call).
+    let word = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let (low, high) = (word(KEY, 0), word(KEY, 6));
+    let found = (0..body.len().saturating_sub(KEY.len() - 1))
+        .find(|&i| body[i] == b'"' && word(body, i) == low && word(body, i + 6) == high);
+    let Some(at) = found else { return false };
     let mut rest = body[at + KEY.len()..].iter().skip_while(|b| **b == b' ').peekable();
     if rest.peek() == Some(&&b'-') {
         return false;
