@@ -341,8 +341,7 @@ impl Floor {
         while self.filled - at >= 2 {
             let first = self.rx[at];
             let (mut remaining, mut header) = (0usize, 1usize);
-            loop {
-                let Some(&b) = self.rx[..self.filled].get(at + header) else { break };
+            while let Some(&b) = self.rx[..self.filled].get(at + header) {
                 remaining |= usize::from(b & 0x7F) << (7 * (header - 1));
                 header += 1;
                 if b & 0x80 == 0 || header > 4 {
