@@ -18,6 +18,7 @@
 #   AGGREGATES=FILE ...                          the replay sets the twin's Aggregates from FILE (an
 #                                                object of aggregates; `tutorial`: the set in
 #                                                docs/asa-tutorial.twin.json) before the stream
+#   TRANSPORTS=tcp scripts/arm-streaming-insns.sh        only the plain-TCP rows (default "tls tcp")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -87,7 +88,7 @@ run() {
 printf '%-6s %6s %12s %12s %10s %8s\n' link window idle replay insns/msg "msg/s"
 for window in "${windows[@]}"; do
   broker "$window"
-  for transport in tls tcp; do
+  for transport in ${TRANSPORTS:-tls tcp}; do
     if [ $transport = tls ]; then url="mqtts://localhost:$tls_port"; else url="mqtt://127.0.0.1:$tcp_port"; fi
     zero=$(run "$url" 0)
     full=$(run "$url" "$n")
