@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use log::{info, warn};
-use rumqttc::mqttbytes::v4::{Packet, PubAck};
+use rumqttc::mqttbytes::v4::Packet;
 
 use super::{acks_flush, Action, Conn, Phase, Session, DRAIN_TIMEOUT, MAX_OUT, PUBACK_LEN};
-use crate::mqtt::LinkError;
+use crate::mqtt::{write_puback, LinkError};
 use crate::retry::{Failure, Next};
 use crate::stats::{record_us, Turnaround};
 
@@ -207,7 +207,7 @@ impl Session {
             return;
         }
         while let Some((pkid, received, alerted)) = self.delivery.next_ready_at() {
-            let _ = Packet::PubAck(PubAck::new(pkid)).write(&mut self.tx, MAX_OUT);
+            write_puback(&mut self.tx, pkid);
             c.acks_held += 1;
             c.acks_since.get_or_insert(now);
             if let Some(received) = received {
