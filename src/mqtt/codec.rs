@@ -1,6 +1,6 @@
 //! PUBLISH packets without copying: decoded in place from the read buffer (topic and payload are
 //! slices of it) and encoded straight into the outgoing buffer, the two packets of the data path;
-//! rumqttc's codec handles every other packet.
+//! PUBACKs written as their four bytes; rumqttc's codec handles every other packet.
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use rumqttc::mqttbytes::{v4::Packet, QoS};
@@ -98,4 +98,26 @@ pub fn write_publish(tx: &mut BytesMut, topic: &[u8], pkid: u16, payload: &[u8],
     tx.put_u16(pkid);
     tx.put_slice(payload);
     Ok(())
+}
+
+/// Encodes a PUBACK for `pkid` into `tx` (MQTT 3.1.1 §3.4): one per input, so its four bytes
+/// rather than a rumqttc `Packet` made, written and dropped.
+pub fn write_puback(tx: &mut BytesMut, pkid: u16) {
+    let [high, low] = pkid.to_be_bytes();
+    tx.put_slice(&[0x40, 0x02, high, low]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_puback_is_the_bytes_rumqttc_writes() {
+        for pkid in [1, 0x1234, u16::MAX] {
+            let (mut ours, mut theirs) = (BytesMut::new(), BytesMut::new());
+            write_puback(&mut ours, pkid);
+            Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(pkid)).write(&mut theirs, 16).unwrap();
+            assert_eq!(ours, theirs);
+        }
+    }
 }

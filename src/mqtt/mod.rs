@@ -24,7 +24,7 @@
 mod codec;
 mod seal;
 
-pub use codec::{read_publish, write_publish, Message, Received};
+pub use codec::{read_publish, write_puback, write_publish, Message, Received};
 pub use seal::seal;
 
 use std::collections::VecDeque;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use log::{info, warn};
-use rumqttc::mqttbytes::v4::{Packet, PubAck};
+use rumqttc::mqttbytes::v4::Packet;
 
 use super::{acks_flush, Action, Conn, Phase, Session, DRAIN_TIMEOUT, MAX_OUT, PUBACK_LEN};
-use crate::mqtt::LinkError;
+use crate::mqtt::{write_puback, LinkError};
 use crate::retry::{Failure, Next};
 use crate::stats::{record_us, Turnaround};
 
@@ -165,19 +165,37 @@ impl Session {
         if c.acked.is_empty() && c.unflushed.is_empty() {
             return;
         }
-        // One lock for the whole write.
+        // One lock for the whole write. Inputs read in one turn share their arrival time (the
+        // turn's), so each run of equal times is one record per outcome, of as many observations:
+        // one time subtraction per run, not per message (64-bit arithmetic on armv7).
         let mut l = self.stats.latency();
-        for (received, alerted) in c.acked.drain(..) {
-            let outcome = if alerted { Turnaround::Alert } else { Turnaround::Dropped };
-            record_us(&mut l.turnaround_us[outcome as usize], now.saturating_duration_since(received), 1);
+        for run in c.acked.chunk_by(|a, b| a.0 == b.0) {
+            let took = now.saturating_duration_since(run[0].0);
+            let alerts = run.iter().filter(|(_, alerted)| *alerted).count() as u64;
+            for (outcome, n) in [(Turnaround::Alert, alerts), (Turnaround::Dropped, run.len() as u64 - alerts)] {
+                if n > 0 {
+                    record_us(&mut l.turnaround_us[outcome as usize], took, n);
+                }
+            }
         }
+        c.acked.clear();
         if !c.unflushed.is_empty() {
             let _ = l.batch_alerts.record(c.unflushed.len() as u64);
+            let mut run: Option<(Instant, u64)> = None;
             for pkid in c.unflushed.drain(..) {
-                if let Some(held) = self.delivery.alert_mut(pkid) {
-                    held.written = Some(now);
-                    record_us(&mut l.to_socket_us, now.saturating_duration_since(held.received), 1);
+                let Some(held) = self.delivery.alert_mut(pkid) else { continue };
+                held.written = Some(now);
+                match &mut run {
+                    Some((at, n)) if *at == held.received => *n += 1,
+                    _ => {
+                        if let Some((at, n)) = run.replace((held.received, 1)) {
+                            record_us(&mut l.to_socket_us, now.saturating_duration_since(at), n);
+                        }
+                    }
                 }
+            }
+            if let Some((at, n)) = run {
+                record_us(&mut l.to_socket_us, now.saturating_duration_since(at), n);
             }
         }
     }
@@ -189,7 +207,7 @@ impl Session {
             return;
         }
         while let Some((pkid, received, alerted)) = self.delivery.next_ready_at() {
-            let _ = Packet::PubAck(PubAck::new(pkid)).write(&mut self.tx, MAX_OUT);
+            write_puback(&mut self.tx, pkid);
             c.acks_held += 1;
             c.acks_since.get_or_insert(now);
             if let Some(received) = received {

@@ -12,9 +12,11 @@
 //! tested with a simulated clock (`tests/session.rs`).
 //!
 //! What the core owns, by file:
-//! - here: the connection's lifecycle (connect, back off, close, stop), the token's, the
-//!   deadlines (keep-alive and dead-peer detection, renewal, twin retries, reports, the drain),
-//!   and the write: which acknowledgements are due and whether they go now ([`acks_flush`]);
+//! - here and [`connection`]: the connection's lifecycle (connect, back off, close, stop), the
+//!   token's, and the write: which acknowledgements are due and whether they go now
+//!   ([`acks_flush`]);
+//! - [`timers`]: the deadlines (keep-alive and dead-peer detection, renewal, twin retries,
+//!   reports, the drain), worked out in a few compares per turn, and what each one does;
 //! - [`inbound`]: the data path, one turn top to bottom (decide each input, forward its alerts,
 //!   hold input back while too many alerts await confirmation, give up alerts that cannot be
 //!   delivered);
@@ -26,6 +28,7 @@ mod aggregates;
 mod connection;
 mod holdback;
 mod inbound;
+mod timers;
 mod twin;
 
 use std::collections::VecDeque;
@@ -39,7 +42,7 @@ use rumqttc::mqttbytes::v4::Packet;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::gather::Gather;
-use crate::mqtt::{ConnectOptions, LinkError, Message, Received};
+use crate::mqtt::{ConnectOptions, Message, Received};
 use crate::retry::Retry;
 use crate::settings::{Rejection, Settings};
 use crate::stats::Stats;
@@ -99,6 +102,11 @@ enum Phase {
 #[derive(Debug)]
 struct Conn {
     last_read: Instant,
+    /// `last_read + DEAD_AFTER` as of the last time it was worked out: never later than the
+    /// connection's real dead-peer deadline, as reads only move it on. [`Session::deadline`]
+    /// adds the real one only when this floor would be the earliest deadline, which, with a
+    /// ping due within [`KEEP_ALIVE`], it is only after 30 s without a read.
+    dead_floor: Instant,
     next_ping: Instant,
     /// The hub answered this connection's SUBSCRIBE.
     subscribed: bool,
@@ -128,6 +136,7 @@ impl Conn {
     fn new(now: Instant) -> Conn {
         Conn {
             last_read: now,
+            dead_floor: now + DEAD_AFTER,
             next_ping: now + KEEP_ALIVE,
             subscribed: false,
             unflushed: Vec::new(),
@@ -350,64 +359,6 @@ impl Session {
             keep_alive: KEEP_ALIVE,
             clean_session: false,
         }))
-    }
-
-    /// When the core next wants [`Session::on_timer`].
-    pub fn deadline(&self) -> Option<Instant> {
-        let renew = self.token.renew_at.filter(|_| !self.token.signing);
-        let phase = match &self.phase {
-            Phase::Offline(at) => Some(*at),
-            Phase::Up(c) => [
-                Some(c.next_ping),
-                Some(c.last_read + DEAD_AFTER),
-                c.twin_request.as_ref().map(|(_, at)| *at + TWIN_TIMEOUT),
-                c.acks_since.map(|at| at + self.settings.batch_interval()),
-                Some(self.next_report),
-                c.read_after,
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
-            _ => None,
-        };
-        let aggregates = self.aggregates_deadline().filter(|_| !matches!(self.phase, Phase::Stopped));
-        [renew, phase, self.draining, aggregates].into_iter().flatten().min()
-    }
-
-    /// A deadline passed: close aggregate windows or save them, ping, judge the connection dead,
-    /// ask for the twin again, report, end a read pause, or give up the drain.
-    pub fn on_timer(&mut self, now: Instant) {
-        self.aggregates_timer(now);
-        let Phase::Up(c) = &mut self.phase else { return };
-        if self.draining.is_some_and(|d| now >= d) {
-            warn!(
-                "stopping with {} alerts unconfirmed: the hub redelivers their inputs",
-                self.delivery.alerts_pending()
-            );
-            self.exit(now);
-            return;
-        }
-        if now >= c.last_read + DEAD_AFTER {
-            let silent = (now - c.last_read).as_secs();
-            self.on_lost(now, &LinkError::Protocol(format!("nothing from the hub for {silent} s")));
-            return;
-        }
-        if c.read_after.is_some_and(|at| now >= at) {
-            c.read_after = None;
-        }
-        if now >= c.next_ping {
-            c.next_ping = now + KEEP_ALIVE;
-            let _ = Packet::PingReq.write(&mut self.tx, MAX_OUT);
-        }
-        let twin_late = c.twin_request.as_ref().is_some_and(|(_, at)| now >= *at + TWIN_TIMEOUT);
-        if twin_late {
-            warn!("no answer to the twin request in {} s: asking again", TWIN_TIMEOUT.as_secs());
-            self.request_twin(now);
-        }
-        if now >= self.next_report {
-            self.next_report = now + Duration::from_secs(u64::from(self.settings.report_interval_secs));
-            self.report();
-        }
     }
 
     /// A token was signed (with its expiry), or signing failed.

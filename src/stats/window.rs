@@ -100,10 +100,18 @@ impl Recorder {
         self.len == 0
     }
 
-    fn clear(&mut self) {
-        if self.len > 0 {
-            self.counts.fill(0);
+    /// The counts up to the highest bucket recorded into: the rest are zero (a latency's
+    /// recorder has thousands of buckets, and a drain walks only these).
+    fn used(&self) -> &[u32] {
+        if self.len == 0 {
+            return &[];
         }
+        &self.counts[..=bucket(self.max)]
+    }
+
+    fn clear(&mut self) {
+        let used = self.used().len();
+        self.counts[..used].fill(0);
         (self.len, self.sum, self.max) = (0, 0, 0);
     }
 }
@@ -139,7 +147,7 @@ impl Series {
         if r.is_empty() {
             return;
         }
-        for ((s, t), c) in self.steps[head].iter_mut().zip(&mut self.total).zip(&r.counts) {
+        for ((s, t), c) in self.steps[head].iter_mut().zip(&mut self.total).zip(r.used()) {
             *s = s.wrapping_add(*c);
             *t = t.wrapping_add(*c);
         }
@@ -168,10 +176,15 @@ impl Series {
             let mut q = [0; QUANTILES.len()];
             // The value of rank ⌈q·len⌉, as its bucket's top; the ranks computed once, and the
             // buckets walked only up to the last rank's (they number in the thousands).
+            // The walk compares with the next rank only: a bucket that reaches none costs an add
+            // and a compare.
             let ranks = QUANTILES.map(|x| ((x * len as f64).ceil() as u64).max(1));
-            let (mut seen, mut k) = (0u64, 0);
+            let (mut seen, mut k, mut next) = (0u64, 0, ranks[0]);
             for (i, c) in self.total.iter().enumerate() {
-                seen += *c as u64;
+                seen += u64::from(*c);
+                if seen < next {
+                    continue;
+                }
                 while k < q.len() && seen >= ranks[k] {
                     q[k] = bucket_top(i);
                     k += 1;
@@ -179,6 +192,7 @@ impl Series {
                 if k == q.len() {
                     break;
                 }
+                next = ranks[k];
             }
             q
         });
