@@ -328,7 +328,8 @@ impl Peer {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("peer did not connect").unwrap();
+        // 20 s, as wait_for_port: 64 tests connect at once on a loaded 2-core machine.
+        tokio::time::timeout(Duration::from_secs(20), ready_rx).await.expect("peer did not connect").unwrap();
         Peer { client, rx, task, acks }
     }
 
