@@ -418,7 +418,7 @@ pub fn message_id(bag: &str, id: &mut Vec<u8>) -> Option<usize> {
     // One pass over the entries, each key matched by a slice pattern: byte compares in line,
     // no string searcher and no `memcmp` call (library calls on armv7).
     loop {
-        let end = rest.iter().position(|&b| b == b'&').unwrap_or(rest.len());
+        let end = find_amp(rest);
         match &rest[..end] {
             [b'%', b'2', b'4', b'.', b'm', b'i', b'd', b'=', v @ ..] | [b'$', b'.', b'm', b'i', b'd', b'=', v @ ..] => {
                 id.extend_from_slice(v);
@@ -438,6 +438,25 @@ pub fn message_id(bag: &str, id: &mut Vec<u8>) -> Option<usize> {
     id.push(b'/');
     id.extend_from_slice(s);
     Some(b.len() + 1)
+}
+
+/// Where the first `&` is in `bytes` (its length if none): four bytes a step, as a word with a
+/// zero byte where `&` was, then byte by byte in the word that has one. A byte loop was 6 armv7
+/// instructions a byte of the bag, about 690 a message for the sensor's.
+#[inline]
+fn find_amp(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 4) {
+        let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]) ^ 0x2626_2626;
+        if w.wrapping_sub(0x0101_0101) & !w & 0x8080_8080 != 0 {
+            break;
+        }
+        i += 4;
+    }
+    while bytes.get(i).is_some_and(|&b| b != b'&') {
+        i += 1;
+    }
+    i
 }
 
 /// The [`fnv1a`] hash of a message id whose first `prefix` bytes are its batch's part, that part's
@@ -470,6 +489,24 @@ mod tests {
         assert_eq!(super::message_id("%24.midx=1&mid=2&batchId&sequenceNumber", &mut id), None);
         assert_eq!(super::message_id("a&&%24.mid=&b", &mut id), Some(0));
         assert_eq!(id, b"");
+    }
+
+    #[test]
+    fn the_first_ampersand_is_found_four_bytes_a_step_as_byte_by_byte() {
+        let alphabet = [b'&', b'a', 0x26 ^ 0x80, 0x25, 0x27, 0x00, 0xff, b'%'];
+        let mut state = 1u32;
+        for len in 0..40 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                        alphabet[(state >> 16) as usize % alphabet.len()]
+                    })
+                    .collect();
+                let want = bytes.iter().position(|&b| b == b'&').unwrap_or(bytes.len());
+                assert_eq!(super::find_amp(&bytes), want, "{bytes:?}");
+            }
+        }
     }
 
     #[test]
