@@ -62,11 +62,13 @@ struct Fields {
 pub struct Scan {
     pub values: [f64; MAX_RULES],
     pub strings: Strings,
+    /// The date of the last ISO-8601 time read, and its day ([`super::time::parse_iso_with`]).
+    pub last_day: super::time::LastDay,
 }
 
 impl Default for Scan {
     fn default() -> Scan {
-        Scan { values: [f64::NAN; MAX_RULES], strings: [None; MAX_RULES] }
+        Scan { values: [f64::NAN; MAX_RULES], strings: [None; MAX_RULES], last_day: Default::default() }
     }
 }
 
@@ -183,7 +185,9 @@ impl Extractor {
                 return super::time::from_epoch_seconds(x);
             }
             match scan.strings[usize::from(t)]? {
-                StringAt { start, end, escaped: false } => super::time::parse_iso(doc.get(start..end)?),
+                StringAt { start, end, escaped: false } => {
+                    super::time::parse_iso_with(doc.get(start..end)?, &scan.last_day)
+                }
                 StringAt { start, end, escaped: true } => {
                     super::time::parse_iso(unescape(doc.get(start..end)?)?.as_bytes())
                 }

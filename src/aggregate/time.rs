@@ -7,18 +7,42 @@
 /// The time in a reading: a JSON string holding ISO-8601 UTC (`2026-12-02T07:18:30.1234567Z`;
 /// `+00:00` for `Z`; at most 9 fraction digits), in Unix milliseconds.
 pub fn parse_iso(s: &[u8]) -> Option<i64> {
+    parse_iso_with(s, &LastDay::default())
+}
+
+/// The last date [`parse_iso_with`] read and its day number: readings come in order, and most
+/// share their date with the one before, whose calendar arithmetic is then not done again.
+pub type LastDay = std::cell::Cell<Option<([u8; 10], i32)>>;
+
+/// [`parse_iso`], the day of a date the same as `last`'s taken from it.
+pub fn parse_iso_with(s: &[u8], last: &LastDay) -> Option<i64> {
     // In 32-bit integers: 64-bit division is a library call on armv7, and every part fits.
     let digits = |r: std::ops::Range<usize>| -> Option<i32> {
         let b = s.get(r)?;
         b.iter().try_fold(0i32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i32::from(c - b'0')))
     };
     let sep = |i: usize, c: &[u8]| s.get(i).is_some_and(|b| c.contains(b));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+    let date: [u8; 10] = s.get(..10)?.try_into().ok()?;
+    let days = match last.get() {
+        Some((d, days)) if d == date => days,
+        _ => {
+            if !(sep(4, b"-") && sep(7, b"-")) {
+                return None;
+            }
+            let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+            if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
+                return None;
+            }
+            let days = days_from_civil(y, mo, d);
+            last.set(Some((date, days)));
+            days
+        }
+    };
+    if !(sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
         return None;
     }
-    let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
     let (h, mi, sec) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
+    if h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut at = 19;
@@ -41,7 +65,7 @@ pub fn parse_iso(s: &[u8]) -> Option<i64> {
         b"Z" | b"z" | b"+00:00" => {}
         _ => return None,
     }
-    let secs = i64::from(days_from_civil(y, mo, d)) * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    let secs = i64::from(days) * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
     Some(secs * 1000 + i64::from(millis))
 }
 
@@ -120,6 +144,21 @@ mod tests {
             b"",
         ] {
             assert_eq!(parse_iso(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // With the last date kept: the same answers, whatever came before.
+        let last = LastDay::default();
+        for s in [
+            &b"2026-12-02T07:18:30Z"[..],
+            b"2026-12-02T07:18:31.5Z",
+            b"2023-02-29T00:00:00Z",
+            b"2026-12-02T24:00:00Z",
+            b"2026-12-03T00:00:00Z",
+            b"2026-12-02T07:18:30",
+            b"2026-12-0",
+            b"2024-02-29T23:59:59.999Z",
+            b"2024-02-29T00:00:00+00:00",
+        ] {
+            assert_eq!(parse_iso_with(s, &last), parse_iso(s), "{}", String::from_utf8_lossy(s));
         }
         for days in [-800_000i64, -1, 0, 59, 10_000, 2_000_000] {
             let (y, m, d) = civil_from_days(days);
