@@ -49,9 +49,14 @@ pub fn parse_iso_with(s: &[u8], last: &LastDay) -> Option<i64> {
     let mut at = 19;
     let mut millis = 0i32;
     if sep(at, b".") {
-        let start = at + 1;
+        // One pass over the fraction's digits, scaled to nanoseconds by a table.
+        const SCALE: [i32; 10] = [0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+        let (start, mut nanos) = (at + 1, 0i32);
         at = start;
-        while s.get(at).is_some_and(u8::is_ascii_digit) {
+        while let Some(&c) = s.get(at).filter(|c| c.is_ascii_digit()) {
+            if at - start < 9 {
+                nanos = nanos * 10 + i32::from(c - b'0');
+            }
             at += 1;
         }
         let n = at - start;
@@ -59,8 +64,7 @@ pub fn parse_iso_with(s: &[u8], last: &LastDay) -> Option<i64> {
             return None;
         }
         // Rounded up to the millisecond: 30.0000001 is 30.001.
-        let nanos = digits(start..at)? * 10i32.pow(9 - n as u32);
-        millis = (nanos + 999_999) / 1_000_000;
+        millis = (nanos * SCALE[n] + 999_999) / 1_000_000;
     }
     match &s[at..] {
         b"Z" | b"z" | b"+00:00" => {}
@@ -138,6 +142,10 @@ mod tests {
         assert_eq!(parse_iso(b"2026-12-02T07:18:30.0000001Z"), Some(1_796_195_910_001), "rounded up");
         assert_eq!(parse_iso(b"2026-12-02T07:18:30.25+00:00"), Some(1_796_195_910_250));
         assert_eq!(parse_iso(b"2024-02-29T23:59:59.999Z"), Some(1_709_251_199_999));
+        assert_eq!(parse_iso(b"2026-12-02T07:18:30.000000001Z"), Some(1_796_195_910_001), "nine digits");
+        assert_eq!(parse_iso(b"2026-12-02T07:18:30.999999999Z"), Some(1_796_195_911_000), "up to the next second");
+        assert_eq!(parse_iso(b"2026-12-02T07:18:30.5Z"), Some(1_796_195_910_500));
+        assert_eq!(parse_iso(b"2026-12-02T07:18:30.0000000001Z"), None, "ten digits");
         assert_eq!(format_iso(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
         assert_eq!(format_iso(-1000), "1969-12-31T23:59:59Z");
         for bad in [
