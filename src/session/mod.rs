@@ -28,6 +28,7 @@ mod aggregates;
 mod connection;
 mod holdback;
 mod inbound;
+mod message_id;
 mod timers;
 mod twin;
 
