@@ -147,14 +147,7 @@ pub fn decide_rules_scanned(body: &[u8], scanned: Option<Temperature>, rules: &R
     // Every rule on the tutorial's path: the scanner made for it finds it for them all.
     let scanned = match scanned {
         Some(t) if rules.matcher.tutorial_path_only => t.map(|t| values[0] = t),
-        _ if rules.matcher.tutorial_path_only => match scan(body) {
-            Scan::Temperature(t) => {
-                values[0] = t;
-                Ok(())
-            }
-            Scan::Missing(_) => Ok(()),
-            Scan::Malformed(m) => Err(m),
-        },
+        _ if rules.matcher.tutorial_path_only => scan(body).number().map(|t| values[0] = t),
         _ => scan_paths(body, &rules.matcher, &mut values),
     };
     match scanned {

@@ -83,6 +83,18 @@ pub enum Scan {
     Malformed(Malformed),
 }
 
+impl Scan {
+    /// The number at `machine.temperature` as a paths scan gives it (NaN where there is none,
+    /// whatever the reason), or why the document is not JSON.
+    pub fn number(self) -> Result<f64> {
+        match self {
+            Scan::Temperature(t) => Ok(t),
+            Scan::Missing(_) => Ok(f64::NAN),
+            Scan::Malformed(m) => Err(m),
+        }
+    }
+}
+
 /// Why a valid document has no usable temperature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Missing {
