@@ -242,7 +242,6 @@ impl Series {
         }
     }
 
-    /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
     /// Whether [`Series::close`] at `now` has a window to close (without moving the watermark).
     #[inline]
     pub fn due(&self, a: &Aggregate, now: i64) -> bool {
@@ -250,6 +249,7 @@ impl Series {
         w > self.closed + a.hop_ms
     }
 
+    /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
     pub fn close(&mut self, a: &Aggregate, now: i64) -> Vec<Closed> {
         self.advance(a, now);
         let (hop, hops) = (a.hop_ms, a.hops());
