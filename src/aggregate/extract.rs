@@ -122,17 +122,13 @@ impl Extractor {
         let slot = |i: u8| matcher.slot_of[usize::from(i)];
         let fields =
             ids.iter().map(|&(v, t, g)| Fields { value: slot(v), time: t.map(slot), group: g.map(slot) }).collect();
-        let top_member = match &all[..] {
-            [a, b] if *a == tutorial || *b == tutorial => {
-                let other = if *a == tutorial { b } else { a };
-                let i = if *a == tutorial { 1 } else { 0 };
-                let plain =
-                    |k: &str| k != "machine" && k.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\');
-                match &other[..] {
-                    [k] if plain(k) => Some((k.as_bytes().into(), slot(i))),
-                    _ => None,
-                }
-            }
+        // Two paths, the tutorial's and a plain top-level key: the other one is at 1 - its index.
+        let plain = |k: &str| k != "machine" && k.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\');
+        let top_member = match (temperature, all.len()) {
+            (Some(t), 2) => match &all[usize::from(1 - t)][..] {
+                [k] if plain(k) => Some((k.as_bytes().into(), slot(1 - t))),
+                _ => None,
+            },
             _ => None,
         };
         let temperature = temperature.map(slot);
