@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod alloc;
+pub mod bytes;
 pub mod config;
 pub mod delivery;
 pub mod filter;

@@ -294,9 +294,7 @@ impl Extra for Member<'_> {
     #[inline(always)]
     fn is<D: Doc + ?Sized>(&self, doc: &D, start: usize, end: usize) -> bool {
         let raw = doc.bytes(start..end - 1);
-        // Compared in line: a `memcmp` call for a short key costs more on armv7 than the bytes.
-        let plain = raw.len() == self.key.len() && raw.iter().zip(self.key).all(|(a, b)| a == b);
-        plain || (raw.contains(&b'\\') && unescaped_equals(raw, self.key))
+        crate::bytes::same(raw, self.key) || (raw.contains(&b'\\') && unescaped_equals(raw, self.key))
     }
     #[inline(always)]
     fn read<D: Doc + ?Sized>(&mut self, doc: &D, at: usize, first: u8) -> Result<usize> {

@@ -24,8 +24,8 @@ pub fn parse_iso_with(s: &[u8], last: &LastDay) -> Option<i64> {
     let sep = |i: usize, c: &[u8]| s.get(i).is_some_and(|b| c.contains(b));
     let date: [u8; 10] = s.get(..10)?.try_into().ok()?;
     let days = match last.get() {
-        // Compared as two words and two bytes: `==` on the arrays was a `memcmp` call on armv7.
-        Some((d, days)) if same_date(&d, &date) => days,
+        // Compared in line: `==` on the arrays was a `memcmp` call on armv7.
+        Some((d, days)) if crate::bytes::same(&d, &date) => days,
         _ => {
             if !(sep(4, b"-") && sep(7, b"-")) {
                 return None;
@@ -72,11 +72,6 @@ pub fn parse_iso_with(s: &[u8], last: &LastDay) -> Option<i64> {
     }
     let secs = i64::from(days) * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
     Some(secs * 1000 + i64::from(millis))
-}
-
-fn same_date(a: &[u8; 10], b: &[u8; 10]) -> bool {
-    let word = |x: &[u8; 10], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
-    word(a, 0) == word(b, 0) && word(a, 4) == word(b, 4) && a[8] == b[8] && a[9] == b[9]
 }
 
 /// Epoch seconds (a JSON number) in milliseconds, rounded up; None beyond ±10^11 s (year 5138).

@@ -1,7 +1,7 @@
 //! An input's message id, for the aggregates to count edgeHub's redelivery of it once: its bag's
 //! `$.mid`, otherwise the simulated sensor's `batchId` and `sequenceNumber`, and its FNV-1a hash
 //! with the batch part's kept. Pure, and cheap on armv7: the bag is walked once, four and eight
-//! bytes a step, and nothing calls `memcmp` or a string searcher.
+//! bytes a step, and nothing calls `memcmp` or a string searcher ([`crate::bytes::same`]).
 
 use crate::aggregate::{fnv1a, fnv1a_on};
 
@@ -65,27 +65,12 @@ fn find_amp(bytes: &[u8]) -> usize {
     i
 }
 
-/// `a == b`, four bytes a step in line: a `memcmp` call was about 150 armv7 instructions for a
-/// 36-byte batch id.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (wa, wb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tails = wa.remainder().iter().zip(wb.remainder()).all(|(x, y)| x == y);
-    tails
-        && wa
-            .zip(wb)
-            .all(|(x, y)| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) == u32::from_ne_bytes([y[0], y[1], y[2], y[3]]))
-}
-
 /// The [`fnv1a`] hash of a message id whose first `prefix` bytes are its batch's part, that part's
 /// hash kept: the sensor's `batchId` (36 bytes) is the same for every message of a run, and
 /// hashing it again was a tenth of an aggregate's cost per message on armv7.
 pub(super) fn id_hash(cache: &mut (Vec<u8>, u64), id: &[u8], prefix: usize) -> u64 {
     let (batch, rest) = id.split_at(prefix);
-    if !same_bytes(&cache.0, batch) {
+    if !crate::bytes::same(&cache.0, batch) {
         *cache = (batch.to_vec(), fnv1a(batch));
     }
     fnv1a_on(cache.1, rest)
@@ -128,25 +113,6 @@ mod tests {
                 assert_eq!(super::find_amp(&bytes), want, "{bytes:?}");
             }
         }
-    }
-
-    #[test]
-    fn bytes_compared_four_a_step_compare_as_slices() {
-        let words = [
-            "",
-            "a",
-            "ab",
-            "abcd",
-            "abcde",
-            "47e4ce4b-896c-4d1d-abcf-a6a8e079651d",
-            "47e4ce4b-896c-4d1d-abcf-a6a8e079651e",
-        ];
-        for a in words {
-            for b in words {
-                assert_eq!(super::same_bytes(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
-            }
-        }
-        assert!(!super::same_bytes(b"abcdefgh", b"abcdXfgh"));
     }
 
     #[test]
