@@ -55,7 +55,7 @@ pub fn path(
             tx.extend_from_slice(&p.payload[..1]);
             continue;
         }
-        let Ok(Inbound::Input { input, bag }) = classify(id, p.topic()) else { continue };
+        let Ok(Inbound::Input { input, bag, .. }) = classify(id, p.topic()) else { continue };
         if stage == Stage::Classify {
             tx.extend_from_slice(&bag.as_bytes()[..1]);
             continue;

@@ -31,7 +31,7 @@ fn obj(v: Value) -> Map<String, Value> {
 #[test]
 fn edgehub_test_topic_is_read_like_the_python_sdk() {
     let topic = "devices/Device1/modules/Module1/inputs/input1/Foo=Bar&Prop2=Value2&Prop3=Value3&%24.ce=utf-8&%24.ct=application%2Fjson&%24.schema=schema1&%24.to=foo&%24.uid=user1&%24.cid=1234&%24.mid=m1&%24.cdid=fromDevice1&%24.cmid=fromModule1&%24.sub=testComponent";
-    let Ok(Inbound::Input { input, bag }) = classify(&id(), topic) else { panic!("not an input") };
+    let Ok(Inbound::Input { input, bag, .. }) = classify(&id(), topic) else { panic!("not an input") };
     assert_eq!(input, "input1");
     let p = Properties::from_bag(bag).unwrap();
     assert_eq!(
@@ -51,11 +51,11 @@ fn edgehub_test_topic_is_read_like_the_python_sdk() {
 fn input_topics_without_bag_and_other_topics() {
     assert_eq!(
         classify(&id(), "devices/Device1/modules/Module1/inputs/input1"),
-        Ok(Inbound::Input { input: "input1", bag: "" })
+        Ok(Inbound::Input { input: "input1", bag: "", id: Default::default() })
     );
     assert_eq!(
         classify(&id(), "devices/Device1/modules/Module1/inputs/input1/"),
-        Ok(Inbound::Input { input: "input1", bag: "" })
+        Ok(Inbound::Input { input: "input1", bag: "", id: Default::default() })
     );
     assert_eq!(classify(&id(), "devices/Device1/modules/Other/inputs/input1"), Ok(Inbound::Other));
     assert_eq!(classify(&id(), "$iothub/methods/POST/reset/?$rid=1"), Ok(Inbound::Other));
@@ -66,6 +66,69 @@ fn input_topics_without_bag_and_other_topics() {
     assert_eq!(classify(&id(), "$iothub/twin/res/200/?$rid=7"), Ok(Inbound::TwinResponse { status: 200, rid: "7" }));
     assert_eq!(classify(&id(), "$iothub/twin/res/x/?$rid=7"), Err(TopicError::BadTwinResponse));
     assert_eq!(classify(&id(), "$iothub/twin/PATCH/properties/desired/?$version=5"), Ok(Inbound::DesiredPatch));
+}
+
+/// The reference for what classify finds in a bag: its entries split at `&`, each at its first
+/// `=`; the first `$.mid` (raw or quoted), the last `batchId` and `sequenceNumber`; None for a
+/// bag the readable path cannot read.
+fn reference_id(bag: &str) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    Properties::from_bag(bag).ok()?;
+    let bag = bag.strip_suffix('/').unwrap_or(bag);
+    let entries: Vec<(&str, &str)> =
+        if bag.is_empty() { Vec::new() } else { bag.split('&').map(|e| e.split_once('=').unwrap()).collect() };
+    let first = |keys: &[&str]| entries.iter().find(|(k, _)| keys.contains(k)).map(|(_, v)| v.to_string());
+    let last = |key: &str| entries.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.to_string());
+    Some((first(&["$.mid", "%24.mid"]), last("batchId"), last("sequenceNumber")))
+}
+
+fn classified_id(bag: &str) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    let topic = format!("devices/Device1/modules/Module1/inputs/input1/{bag}");
+    let text = |v: Option<&[u8]>| v.map(|v| String::from_utf8(v.to_vec()).unwrap());
+    match classify(&id(), &topic) {
+        Ok(Inbound::Input { id, .. }) => Some((text(id.mid), text(id.batch), text(id.sequence))),
+        Err(e) => {
+            assert_eq!(e, TopicError::BagEntryWithoutValue);
+            None
+        }
+        Ok(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn classify_finds_what_tells_a_message_from_its_redelivery() {
+    let some = |s: &str| Some(s.to_string());
+    for (bag, want) in [
+        ("sequenceNumber=7&batchId=b1&%24.mid=m%2F1&%24.cdid=d/", Some((some("m%2F1"), some("b1"), some("7")))),
+        ("sequenceNumber=7&batchId=b1&%24.cdid=d", Some((None, some("b1"), some("7")))),
+        ("", Some((None, None, None))),
+        ("$.mid=x&$.mid=y&batchId=1&batchId=2", Some((some("x"), some("2"), None))),
+        // The first `=` ends a key: `batchId=a=b` is batch `a=b`; keys are matched whole.
+        ("batchIdx=z&batchId=a=b&sequenceNumber=&xsequenceNumber=9", Some((None, some("a=b"), some("")))),
+        ("%24.midx=1&mid=2&batchId=&sequenceNumberX=3", Some((None, some(""), None))),
+        ("a=1&&%24.mid=&b=2", None),
+        ("batchId", None),
+        ("a=1&", None),
+        ("&", None),
+    ] {
+        assert_eq!(classified_id(bag), want, "{bag:?}");
+        assert_eq!(reference_id(bag), want, "{bag:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_bags_id_is_found_as_the_reference_finds_it(
+        pairs in proptest::collection::vec(
+            (proptest::sample::select(vec!["%24.mid", "$.mid", "batchId", "sequenceNumber", "batchI", "sequenceNumbe", "%24.cdid", "a", ""]),
+             "[a-zA-Z0-9%=/&.-]{0,12}"),
+            0..8),
+        raw in "[a-z%&=/.$]{0,40}",
+    ) {
+        let bag = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        for bag in [bag.as_str(), raw.as_str(), &format!("{bag}/")] {
+            proptest::prop_assert_eq!(classified_id(bag), reference_id(bag), "{:?}", bag);
+        }
+    }
 }
 
 #[test]

@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use log::{info, warn};
 
-use super::message_id::{id_hash, message_id};
+use super::message_id::{id_hash, BatchHash};
 use super::{Action, Held, Phase, Session};
 use crate::aggregate::checkpoint::Unsent;
 use crate::aggregate::series::Dropped;
-use crate::aggregate::{fnv1a, AggregateSet, Aggregator, Emitted, Scanned};
+use crate::aggregate::{AggregateSet, Aggregator, Emitted, Scanned};
 use crate::filter::Temperature;
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::mqtt::write_publish;
 use crate::stats::AggregateDrops;
-use crate::topic;
+use crate::topic::{self, BagId};
 
 /// The most aggregate messages kept while the hub has not confirmed them (offline, say): 1,024
 /// windows, 8.5 hours of the tutorial's 30-second aggregate.
@@ -60,9 +60,8 @@ pub(super) struct Aggregates {
     dirty: bool,
     /// Overflow was logged since the queue last emptied.
     overflow_warned: bool,
-    /// The message id of the input being folded, and the hash of the last one's batch part.
-    id: Vec<u8>,
-    batch_hash: (Vec<u8>, u64),
+    /// The hash of the last input's batch part (see [`id_hash`]).
+    batch_hash: BatchHash,
     /// The readings not counted as last logged, and when (at most one line a minute).
     drops_logged: (Vec<AggregateDrops>, Option<Instant>),
     /// [`Aggregates::instant`]'s last answer.
@@ -78,8 +77,7 @@ impl Aggregates {
             next_save: None,
             dirty: false,
             overflow_warned: false,
-            id: Vec::new(),
-            batch_hash: (Vec::new(), fnv1a(b"")),
+            batch_hash: BatchHash::default(),
             drops_logged: (Vec::new(), None),
             last_instant: std::cell::Cell::new(None),
         }
@@ -156,7 +154,7 @@ impl Session {
     pub(super) fn aggregate(
         &mut self,
         body: &[u8],
-        bag: &str,
+        id: &BagId,
         scanned: Option<Scanned>,
         received: Instant,
         now: Instant,
@@ -165,8 +163,8 @@ impl Session {
             return; // no aggregates set: not even the wall-clock time
         }
         let time = self.aggregates.unix_ms(received);
-        let Aggregates { running: Some(running), id, batch_hash, dirty, .. } = &mut self.aggregates else { return };
-        let hash = message_id(bag, id).map(|prefix| id_hash(batch_hash, id, prefix));
+        let Aggregates { running: Some(running), batch_hash, dirty, .. } = &mut self.aggregates else { return };
+        let hash = id_hash(batch_hash, id);
         let scanned = scanned.unwrap_or_else(|| running.scan(body));
         // A message that is not JSON is counted per aggregate (`malformed`) by the fold.
         let _ = running.fold_scanned(body, scanned, hash, time);

@@ -141,7 +141,7 @@ impl Session {
     /// input message.
     pub(super) fn publish_at(&mut self, publish: &Message, received: Instant, now: Instant) -> bool {
         match topic::classify(&self.id, publish.topic()) {
-            Ok(Inbound::Input { input, bag }) => {
+            Ok(Inbound::Input { input, bag, id }) => {
                 if self.draining.is_some() {
                     return false; // not acknowledged: the hub keeps it for the next start
                 }
@@ -151,7 +151,7 @@ impl Session {
                 let scanned = if known { self.aggregates_scan(&publish.payload) } else { None };
                 self.decide(publish, input, bag, known, received, scanned.as_ref().and_then(|s| s.1));
                 if known {
-                    self.aggregate(&publish.payload, bag, scanned.map(|s| s.0), received, now);
+                    self.aggregate(&publish.payload, &id, scanned.map(|s| s.0), received, now);
                 }
                 true
             }

@@ -7,24 +7,46 @@ use std::fmt::Write as _;
 
 use super::{ModuleId, TopicError};
 
+/// What tells an input from edgeHub's redelivery of it, as its bag carries it (values as on the
+/// wire): its `$.mid` (the first), otherwise the simulated sensor's `batchId` and
+/// `sequenceNumber` application properties (the last of each; the tutorial's sensor sets no
+/// message id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BagId<'a> {
+    pub mid: Option<&'a [u8]>,
+    pub batch: Option<&'a [u8]>,
+    pub sequence: Option<&'a [u8]>,
+}
+
 /// Fails as [`parse_bag`] does on a bag it cannot read (an entry without `=`), without decoding
-/// it: one pass over the bytes.
-pub(super) fn check_bag(bag: &str) -> Result<(), TopicError> {
-    let bag = bag.strip_suffix('/').unwrap_or(bag).as_bytes();
-    let mut has_value = false;
-    for &b in bag {
-        match b {
-            b'=' => has_value = true,
-            b'&' if !has_value => return Err(TopicError::BagEntryWithoutValue),
-            b'&' => has_value = false,
+/// it, and finds its [`BagId`] on the way: one pass over the entries, each found eight and four
+/// bytes a step ([`crate::bytes::find`]), each key matched by a slice pattern (byte compares in
+/// line: no string searcher, no `memcmp`; library calls on armv7). A byte loop here was about
+/// 690 armv7 instructions for the simulated sensor's bag, and the aggregates walked it again for
+/// the id.
+pub(super) fn read_bag(bag: &str) -> Result<BagId<'_>, TopicError> {
+    let mut id = BagId::default();
+    let mut rest = bag.strip_suffix('/').unwrap_or(bag).as_bytes();
+    if rest.is_empty() {
+        return Ok(id);
+    }
+    loop {
+        let end = crate::bytes::find::<b'&'>(rest);
+        match &rest[..end] {
+            [b'%', b'2', b'4', b'.', b'm', b'i', b'd', b'=', v @ ..] | [b'$', b'.', b'm', b'i', b'd', b'=', v @ ..] => {
+                id.mid = id.mid.or(Some(v))
+            }
+            [b'b', b'a', b't', b'c', b'h', b'I', b'd', b'=', v @ ..] => id.batch = Some(v),
+            [b's', b'e', b'q', b'u', b'e', b'n', b'c', b'e', b'N', b'u', b'm', b'b', b'e', b'r', b'=', v @ ..] => {
+                id.sequence = Some(v)
+            }
+            entry if crate::bytes::find::<b'='>(entry) == entry.len() => return Err(TopicError::BagEntryWithoutValue),
             _ => {}
         }
+        let Some(after) = rest.get(end + 1..) else { break };
+        rest = after;
     }
-    if bag.is_empty() || has_value {
-        Ok(())
-    } else {
-        Err(TopicError::BagEntryWithoutValue)
-    }
+    Ok(id)
 }
 
 /// The `&`-separated entries of a bag, split at their first `=` (None for an entry without

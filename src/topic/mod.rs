@@ -85,8 +85,9 @@ pub fn twin_desired_patch(version: u64) -> String {
 pub enum Inbound<'a> {
     /// A message on one of the module's inputs: the input's name and the property bag, both as
     /// they are on the wire (URL-encoded; the bag checked to be readable, see
-    /// [`Properties::from_bag`] and [`write_output_topic`] to read it).
-    Input { input: &'a str, bag: &'a str },
+    /// [`Properties::from_bag`] and [`write_output_topic`] to read it), and what in the bag tells
+    /// the message from a redelivery of it.
+    Input { input: &'a str, bag: &'a str, id: BagId<'a> },
     /// A response to a twin request: status and request id.
     TwinResponse { status: u16, rid: &'a str },
     /// A desired-properties patch.
@@ -135,8 +136,8 @@ pub fn classify<'a>(id: &ModuleId, topic: &'a str) -> Result<Inbound<'a>, TopicE
         return Ok(Inbound::Other);
     };
     let (input, bag) = rest.split_once('/').unwrap_or((rest, ""));
-    check_bag(bag)?;
-    Ok(Inbound::Input { input, bag })
+    let id = read_bag(bag)?;
+    Ok(Inbound::Input { input, bag, id })
 }
 
 /// Whether an input name as on the wire (URL-encoded) is `name`; allocates only for a name with

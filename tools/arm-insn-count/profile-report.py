@@ -14,7 +14,7 @@ def profile(binary, out):
     nm = subprocess.run(["arm-linux-gnueabihf-nm", "-n", "-C", binary], capture_output=True, text=True, check=True)
     for line in nm.stdout.splitlines():
         parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[1] in "tTwW":
+        if len(parts) == 3 and parts[1] in ("t", "T", "w", "W"):
             syms.append((int(parts[0], 16) & ~1, re.sub(r"::h[0-9a-f]{16}$", "", parts[2])))
     addrs = [a for a, _ in syms]
     total = collections.Counter()
