@@ -19,8 +19,8 @@ pub struct BagId<'a> {
 }
 
 /// Fails as [`parse_bag`] does on a bag it cannot read (an entry without `=`), without decoding
-/// it, and finds its [`BagId`] on the way: one pass over the entries, each found eight and four
-/// bytes a step ([`crate::bytes::find`]), each key matched by a slice pattern (byte compares in
+/// it, and finds its [`BagId`] on the way: one pass over the entries, each found four bytes a
+/// step ([`crate::bytes::find`]), each key matched by a slice pattern (byte compares in
 /// line: no string searcher, no `memcmp`; library calls on armv7). A byte loop here was about
 /// 690 armv7 instructions for the simulated sensor's bag, and the aggregates walked it again for
 /// the id.
