@@ -207,8 +207,13 @@ fn out_of_file_descriptors_the_endpoint_backs_off_counts_and_recovers() {
     terminate(&child);
     let out = child.into_inner().wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(log.matches("cannot accept a connection").count(), 1, "logged once per kind:\n{log}");
-    assert!(log.contains("accepting again after"), "{log}");
+    // Once per episode: a warning when accepting starts failing, a line when it works again. The
+    // module may accept one connection from the backlog (a descriptor freed) and fail again, a
+    // second episode; a log line per failure would be dozens.
+    let (failing, recovered) =
+        (log.matches("cannot accept a connection").count(), log.matches("accepting again after").count());
+    assert!(failing >= 1 && recovered >= 1, "{log}");
+    assert!(failing <= recovered + 1 && failing < 5, "logged once per episode:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
