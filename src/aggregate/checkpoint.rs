@@ -119,7 +119,7 @@ impl Aggregator {
         for ((a, s), &hash) in self.set.aggregates.iter().zip(&self.series).zip(&self.set.hashes) {
             put_str(&mut p, &a.name);
             put_u64(&mut p, hash);
-            [s.first_start, s.watermark, s.closed].iter().for_each(|&x| put_i64(&mut p, x));
+            [s.first_start, s.watermark_at(a, now), s.closed].iter().for_each(|&x| put_i64(&mut p, x));
             put_u64(&mut p, s.seq);
             s.dropped.iter().for_each(|&d| put_u64(&mut p, d));
             put_u32(&mut p, s.groups.len());
@@ -254,6 +254,7 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
         dropped,
         hot: Hot::default(),
         deadline: Default::default(),
+        on_time: Default::default(),
     })
 }
 

@@ -5,13 +5,15 @@
 //! window (the whole window when tumbling), so a reading is folded once, into one pane, however
 //! many hopping windows it falls in; a window that closes is the merge of its panes.
 //!
-//! The watermark W never moves back. With event time it is max(latest event time, now) − lateSeconds
-//! (ASA's late-arrival rule: an event more than lateSeconds behind the module's clock is late,
-//! and a quiet stream still closes its windows); with arrival time it is now. A reading at t < W
-//! is late: dropped, or with `"late": "adjust"` counted at W, in the oldest window still open. A
-//! window closes when W > end, so every reading it can hold has come.
+//! The watermark W never moves back. With event time it is the latest event time − lateSeconds
+//! while readings come on time, and the module's clock − lateSeconds once none has come for
+//! [`quiet_ms`] (lateSeconds, at least a second), so that a quiet stream still closes its windows;
+//! with arrival time it is now. The clock takes over only when input stops, so the backlog edgeHub
+//! delivers after a restart (readings older than the clock by the downtime, in order) still
+//! counts. A reading at t < W is late: dropped, or with `"late": "adjust"` counted at W, in the
+//! oldest window still open. A window closes when W > end, so every reading it can hold has come.
 
-use super::definition::{Aggregate, Late, EARLY_MS};
+use super::definition::{Aggregate, EventTime, Late, EARLY_MS};
 use super::summary::Summary;
 
 /// Why a reading did not count in an aggregate. One name per reason in logs and metrics.
@@ -93,6 +95,41 @@ pub struct Series {
     pub hot: Hot,
     /// [`Series::next_deadline`], kept until a pane is made or a window closes.
     pub deadline: Deadline,
+    /// When the last reading on time came (event time only).
+    pub on_time: OnTime,
+}
+
+/// The module's clock when the last reading on time (not late) came, for the rule that the clock
+/// takes the watermark over when input stops ([`quiet_ms`]). None until the series is first asked
+/// with a `now`: after a start, a live change or a restore, the wait begins then. Not state: not
+/// in the checkpoint, equal whatever it holds.
+#[derive(Clone, Debug, Default)]
+pub struct OnTime(std::cell::Cell<Option<i64>>);
+
+impl OnTime {
+    /// The last reading's arrival, or `now` when there has been none since the start.
+    fn since(&self, now: i64) -> i64 {
+        match self.0.get() {
+            Some(since) => since,
+            None => {
+                self.0.set(Some(now));
+                now
+            }
+        }
+    }
+}
+
+impl PartialEq for OnTime {
+    fn eq(&self, _: &OnTime) -> bool {
+        true
+    }
+}
+
+/// How long without a reading on time before the clock moves an event-time watermark: the
+/// lateness the aggregate allows, and at least a second (with `lateSeconds` 0, a stream whose
+/// readings are a few milliseconds old is not late reading by reading).
+pub fn quiet_ms(t: &EventTime) -> i64 {
+    t.late_ms.max(1000)
 }
 
 /// The next deadline as last computed (None inside: not computed since the panes changed). The
@@ -156,6 +193,7 @@ impl Series {
             dropped: [0; Dropped::ALL.len()],
             hot: Hot::default(),
             deadline: Deadline::default(),
+            on_time: OnTime::default(),
         }
     }
 
@@ -165,11 +203,24 @@ impl Series {
 
     /// The watermark at `now` (not yet raised by a reading).
     fn advance(&mut self, a: &Aggregate, now: i64) {
-        let w = match &a.time {
-            Some(t) => now - t.late_ms,
+        self.watermark = self.watermark.max(self.clock_watermark(a, now));
+    }
+
+    /// The watermark at `now`, as a checkpoint keeps it: raised by the clock too, which a
+    /// restore's fresh wait for a quiet stream ([`OnTime`]) would not redo.
+    pub fn watermark_at(&self, a: &Aggregate, now: i64) -> i64 {
+        self.watermark.max(self.clock_watermark(a, now))
+    }
+
+    /// What the clock alone makes the watermark at `now`: now with arrival time; with event time,
+    /// now − lateSeconds once no reading has come on time for [`quiet_ms`], else nothing.
+    #[inline]
+    fn clock_watermark(&self, a: &Aggregate, now: i64) -> i64 {
+        match &a.time {
             None => now,
-        };
-        self.watermark = self.watermark.max(w);
+            Some(t) if now - self.on_time.since(now) >= quiet_ms(t) => now - t.late_ms,
+            Some(_) => i64::MIN,
+        }
     }
 
     /// Folds one reading: `value` (NaN: none), its `time` (ignored with arrival time), its group
@@ -191,6 +242,8 @@ impl Series {
                 Some(Late::Adjust) => t = self.watermark,
                 _ => return self.drop(Dropped::Late),
             }
+        } else if a.time.is_some() {
+            self.on_time.0.set(Some(now));
         }
         let hot = self.hot;
         let hop = a.hop_ms;
@@ -245,8 +298,7 @@ impl Series {
     /// Whether [`Series::close`] at `now` has a window to close (without moving the watermark).
     #[inline]
     pub fn due(&self, a: &Aggregate, now: i64) -> bool {
-        let w = self.watermark.max(now - a.time.as_ref().map_or(0, |t| t.late_ms));
-        w > self.closed + a.hop_ms
+        self.watermark.max(self.clock_watermark(a, now)) > self.closed + a.hop_ms
     }
 
     /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
@@ -302,14 +354,21 @@ impl Series {
         out
     }
 
-    /// When the clock alone next closes a window (`close` then has something to do), if ever.
+    /// When the clock alone next closes a window (`close` then has something to do), if ever:
+    /// with event time, not before input has been quiet for [`quiet_ms`].
     pub fn next_deadline(&self, a: &Aggregate) -> Option<i64> {
-        if let Some(at) = self.deadline.0.get() {
-            return at;
+        let at = match self.deadline.0.get() {
+            Some(at) => at,
+            None => {
+                let at = self.compute_deadline(a);
+                self.deadline.0.set(Some(at));
+                at
+            }
+        };
+        match (&a.time, self.on_time.0.get()) {
+            (Some(t), Some(since)) => at.map(|at| at.max(since + quiet_ms(t))),
+            _ => at,
         }
-        let at = self.compute_deadline(a);
-        self.deadline.0.set(Some(at));
-        at
     }
 
     fn compute_deadline(&self, a: &Aggregate) -> Option<i64> {

@@ -153,6 +153,68 @@ async fn sigterm_mid_window_then_a_restart_loses_no_reading_over_tcp() {
     sigterm_mid_window_then_a_restart_loses_no_reading(Transport::Tcp).await;
 }
 
+/// A restart that takes longer than lateSeconds: the readings the sensor made meanwhile, which
+/// the hub delivers once the module is back, are older than the clock by up to the downtime,
+/// and still count (the clock moves an event-time watermark only once input stops, not while
+/// readings come on time). Stamped with the real clock, one reading per 1-s window; each window
+/// is sent once, counting its one reading.
+async fn the_backlog_after_a_restart_longer_than_late_seconds_counts(transport: Transport) {
+    let hub = Hub::start(transport, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = aggregates();
+    set["T1s"]["time"]["lateSeconds"] = json!(1);
+    let peer = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
+    let desired = json!({"$version": 1, "CheckpointSeconds": 1, "Aggregates": set});
+    let mut edge = EdgeSide { peer, desired, reported: Vec::new() };
+    let first = ModuleProcess::start(&hub, dir.path(), &[]);
+    edge.reported_until("the aggregates are in effect", WAIT, |r| r["Aggregates"]["T1s"].is_object()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // windows start after the aggregate
+    let mut sent = vec![unix_ms()];
+    folded(&mut edge, "a", 30.0, sent[0]).await;
+    let first_log = first.log_text();
+    assert!(first.terminate().await.success());
+    // The sensor goes on while the module is down; the hub keeps its messages for the module.
+    for mid in ["b", "c", "d"] {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        sent.push(unix_ms());
+        reading(&edge, mid, 30.0, *sent.last().unwrap()).await;
+    }
+    let window = |at: i64| (at - 1).div_euclid(1000) * 1000;
+    close(&edge, window(*sent.last().unwrap())).await;
+    let second = ModuleProcess::start(&hub, dir.path(), &[]);
+    let want: Vec<String> = sent.iter().map(|&at| format_iso(window(at))).collect();
+    let mut summaries = std::collections::BTreeMap::new();
+    let all = tokio::time::timeout(
+        WAIT,
+        edge.until("the summary of every reading's window", WAIT * 3, |p| {
+            if p.topic.contains("%24.on=aggregates&MessageType=Aggregate") {
+                let b: Value = serde_json::from_slice(&p.payload).unwrap();
+                summaries.entry(b["windowStart"].as_str().unwrap().to_string()).or_insert_with(Vec::new).push(b);
+            }
+            want.iter().all(|w| summaries.contains_key(w))
+        }),
+    )
+    .await;
+    assert!(all.is_ok(), "want {want:?}, got {summaries:?}\n{first_log}\n{}", second.log_text());
+    for w in &want {
+        let s = &summaries[w];
+        assert_eq!(s.len(), 1, "the window from {w} sent once: {s:?}");
+        assert_eq!(s[0]["count"], 1, "the window from {w}: {s:?}\n{}", second.log_text());
+    }
+    let log = second.log_text();
+    assert!(!log.contains(" late"), "no reading was late: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_after_a_restart_longer_than_late_seconds_counts_over_tls() {
+    the_backlog_after_a_restart_longer_than_late_seconds_counts(Transport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_after_a_restart_longer_than_late_seconds_counts_over_tcp() {
+    the_backlog_after_a_restart_longer_than_late_seconds_counts(Transport::Tcp).await;
+}
+
 /// A crash loses what was folded since the last checkpoint: here, the one reading after it; an
 /// input the module had not acknowledged yet is redelivered and counted after all. The window
 /// holds between the checkpointed readings and every reading.
