@@ -8,8 +8,10 @@
 //! expected alerts are the messages whose body the module's own decision function alerts on.
 
 pub mod aggregates;
+pub mod check;
 pub mod hub;
 pub mod output;
+pub mod reference;
 pub mod trace;
 
 use std::collections::HashMap;
@@ -97,9 +99,8 @@ pub struct Report {
     /// The publisher's reconnections, and the publishes it sent again after them.
     pub publisher_reconnects: u64,
     pub publisher_resent: u64,
-    /// Aggregate messages received, and the readings their counts add up to (of how many).
-    pub summaries: aggregates::Summaries,
-    pub expected_readings: u64,
+    /// With `--aggregates`: the windows that came back, compared with the reference.
+    pub aggregates: Option<check::Check>,
 }
 
 /// Why a replay could not run.
@@ -240,11 +241,12 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         Subscriber::connect(&o.hub, &format!("perf-sub-{tag}"), &filters, Duration::from_secs(5)).await?;
     let alerts = &mut subscriber.alerts;
     let mut publisher = Publisher::connect(&o.hub, &format!("perf-pub-{tag}"), Duration::from_secs(5)).await?;
-    if let Some(a) = &o.aggregates {
-        a.apply(&mut publisher, alerts, Duration::from_secs(10)).await?;
-    }
+    let applied = match &o.aggregates {
+        Some(a) => Some(a.apply(&mut publisher, alerts, Duration::from_secs(10)).await?),
+        None => None,
+    };
     let outputs = o.aggregates.as_ref().map_or(Vec::new(), |a| a.outputs.clone());
-    let expected_readings = o.aggregates.as_ref().map_or(0, |a| a.counting * messages.len() as u64);
+    let mut sent_ms = Vec::with_capacity(messages.len());
     let due = schedule(messages, o.pace);
     let closed = match o.pace {
         Pace::Closed(n) => Some(n.max(1)),
@@ -307,6 +309,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         }
         let topic = o.target.input_topic(edgefilter::filter::INPUT, &delivery_bag(m, i as u64 + 1));
         let body = Bytes::from(m.body.clone().into_bytes());
+        sent_ms.push(unix_ms());
         publisher.publish(topic, body, hard_stop.into()).await?;
         sent += 1;
         if last_sample.elapsed() >= Duration::from_secs(1) {
@@ -320,7 +323,21 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     publisher.finish(hard_stop.into()).await?;
     let sent_at = Instant::now();
     let settle_until = (sent_at + o.settle).min(hard_stop);
-    while tally.received < expected_count || tally.summaries.readings < expected_readings {
+    // The windows the module must have sent before the replay stops waiting.
+    let until_ms = unix_ms() + settle_until.duration_since(Instant::now()).as_millis() as i64;
+    let reference = o.aggregates.as_ref().zip(applied).map(|(a, applied)| {
+        let run = reference::Run {
+            sent_ms,
+            patch_sent_ms: applied.patch_sent_ms,
+            reported_ms: applied.reported_ms,
+            tolerance_ms: a.tolerance.as_millis() as i64,
+        };
+        let reference = reference::Reference::new(&a.parsed, messages, &run);
+        let required = check::Required::new(&reference, until_ms);
+        (reference, required)
+    });
+    let windows_left = |t: &Tally| reference.as_ref().map_or(0, |(r, required)| required.left(r, &t.summaries));
+    while tally.received < expected_count || windows_left(&tally) > 0 {
         let now = Instant::now();
         if now >= settle_until {
             break;
@@ -336,6 +353,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
     }
     progress.finish(sent, tally.received);
     subscriber.close(events).await;
+    let aggregates = reference.as_ref().map(|(r, _)| check::check(r, &tally.summaries, until_ms, unix_ms()));
     let received = tally.received;
     let missing_all: Vec<u64> = (1..=expected.len() as u64)
         .filter(|&s| expected[s as usize - 1].iter().any(|out| tally.copies(s, out) < tally.wanted(s, out)))
@@ -367,8 +385,7 @@ pub async fn replay(messages: &[Message], o: &ReplayOptions) -> Result<Report, R
         duration: start.elapsed(),
         publisher_reconnects: publisher.reconnects,
         publisher_resent: publisher.resent,
-        summaries: tally.summaries,
-        expected_readings,
+        aggregates,
     })
 }
 
@@ -412,7 +429,7 @@ struct Tally<'a> {
     windows: Vec<Histogram<u64>>,
     /// The aggregates' outputs, and what came on them.
     outputs: Vec<String>,
-    summaries: aggregates::Summaries,
+    summaries: check::Summaries,
 }
 
 /// The window length of [`Report::latency_windows`].
@@ -437,8 +454,8 @@ impl Tally<'_> {
         if p.topic.starts_with("$iothub/twin/") {
             return;
         }
-        if value("$.on").is_some_and(|on| self.outputs.iter().any(|o| o == on)) {
-            self.summaries.record(&p.payload);
+        if let Some(on) = value("$.on").filter(|on| self.outputs.iter().any(|o| o == on)) {
+            self.summaries.record(on, &p.payload);
             return;
         }
         let seq = value("sequenceNumber").and_then(|v| v.parse::<u64>().ok());
@@ -511,8 +528,11 @@ impl Report {
             "module": {"cpuSeconds": self.module_cpu_seconds, "peakRssKb": self.module_peak_rss_kb},
             "durationSeconds": self.duration.as_secs_f64(),
             "publisher": {"reconnects": self.publisher_reconnects, "resent": self.publisher_resent},
-            "aggregates": {"messages": self.summaries.messages, "readings": self.summaries.readings,
-                           "expectedReadings": self.expected_readings},
+            "aggregates": self.aggregates.as_ref().map(|c| json!({
+                "messages": c.messages, "matched": c.matched, "unchecked": c.unchecked,
+                "mismatches": c.mismatches.iter().map(|m| json!({"aggregate": m.aggregate, "group": m.group,
+                    "window": m.window, "field": m.field, "got": m.got, "want": m.want})).collect::<Vec<_>>(),
+            })),
         })
     }
 
@@ -545,11 +565,8 @@ impl Report {
                 self.publisher_reconnects, self.publisher_resent
             ));
         }
-        if self.summaries.messages > 0 || self.expected_readings > 0 {
-            s.push_str(&format!(
-                "\naggregates: {} messages, counting {} readings of {} expected",
-                self.summaries.messages, self.summaries.readings, self.expected_readings
-            ));
+        if let Some(c) = &self.aggregates {
+            s.push_str(&aggregates_summary(c));
         }
         if let (Some(cpu), Some(rss)) = (self.module_cpu_seconds, self.module_peak_rss_kb) {
             s.push_str(&format!("\nmodule: {cpu:.2} s CPU, peak RSS {:.1} MB", rss as f64 / 1024.0));
@@ -559,8 +576,35 @@ impl Report {
 
     /// Whether nothing was lost.
     pub fn complete(&self) -> bool {
-        self.missing == 0 && self.unexpected == 0 && self.summaries.readings == self.expected_readings
+        self.missing == 0 && self.unexpected == 0 && self.aggregates.as_ref().is_none_or(|c| c.mismatches.is_empty())
     }
+}
+
+/// The aggregates' lines of [`Report::summary`]: one when every window matched, else the first
+/// mismatches.
+fn aggregates_summary(c: &check::Check) -> String {
+    const SHOWN: usize = 20;
+    let open = if c.unchecked > 0 {
+        format!(" ({} more may have been sent: still open at the end, or undecided within the tolerances)", c.unchecked)
+    } else {
+        String::new()
+    };
+    let mut s = format!("\naggregates: {} messages, {} windows match the reference{open}", c.messages, c.matched);
+    if !c.mismatches.is_empty() {
+        s.push_str(&format!(", {} mismatches:", c.mismatches.len()));
+        for m in c.mismatches.iter().take(SHOWN) {
+            s.push_str(&format!("\n  {m}"));
+        }
+        if c.mismatches.len() > SHOWN {
+            s.push_str(&format!("\n  … and {} more (the whole list in --json)", c.mismatches.len() - SHOWN));
+        }
+    }
+    s
+}
+
+/// The wall clock in Unix milliseconds, as the module's aggregates read it.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// utime + stime of a process, in seconds (Linux /proc).

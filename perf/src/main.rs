@@ -185,10 +185,14 @@ struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
     /// Aggregates for the module to run: a JSON file holding its twin's `Aggregates` object, set
-    /// with a desired patch before the replay; their messages are counted, and the readings
-    /// their counts add up to checked against the messages sent
+    /// with a desired patch before the replay; the windows that come back are compared with a
+    /// reference computed from the messages sent (a mismatch makes the exit status 1)
     #[arg(long, value_name = "FILE")]
     aggregates: Option<PathBuf>,
+    /// Milliseconds within which the module's time of a reading may differ from its send time:
+    /// with arrival time, a reading this near a window's edge may fall on either side
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    aggregate_tolerance: u64,
     /// The module's process: its CPU time and peak RSS
     #[arg(long)]
     pid: Option<u32>,
@@ -318,7 +322,15 @@ async fn run(command: Command) -> Result<i32, String> {
                 deadline: Duration::from_secs_f64(a.deadline),
                 pid: a.pid,
                 progress: true,
-                aggregates: a.aggregates.as_deref().map(edgefilter_perf::aggregates::Aggregates::read).transpose()?,
+                aggregates: a
+                    .aggregates
+                    .as_deref()
+                    .map(edgefilter_perf::aggregates::Aggregates::read)
+                    .transpose()?
+                    .map(|set| edgefilter_perf::aggregates::Aggregates {
+                        tolerance: Duration::from_millis(a.aggregate_tolerance),
+                        ..set
+                    }),
             };
             let report = replay(&messages, &options).await.map_err(|e| e.to_string())?;
             finish(&report, &a.out, "replay")
