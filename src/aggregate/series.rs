@@ -13,7 +13,7 @@
 //! counts. A reading at t < W is late: dropped, or with `"late": "adjust"` counted at W, in the
 //! oldest window still open. A window closes when W > end, so every reading it can hold has come.
 
-use super::definition::{Aggregate, EventTime, Late, EARLY_MS};
+use super::definition::{Aggregate, EventTime, Late, EARLY_MS, MAX_GROUPS};
 use super::summary::Summary;
 
 /// Why a reading did not count in an aggregate. One name per reason in logs and metrics.
@@ -268,7 +268,7 @@ impl Series {
             Some((k, _)) if k.len() == key.len() && key_order(k.as_bytes(), key.as_bytes()).is_eq() => hot.group,
             _ => match self.groups.binary_search_by(|(k, _)| key_order(k.as_bytes(), key.as_bytes())) {
                 Ok(g) => g,
-                Err(_) if self.groups.len() >= super::definition::MAX_GROUPS => {
+                Err(_) if self.groups.len() >= MAX_GROUPS && self.open_groups(a) >= MAX_GROUPS => {
                     return self.drop(Dropped::TooManyGroups)
                 }
                 Err(g) => {
@@ -376,6 +376,19 @@ impl Series {
         let earliest = self.groups.iter().filter_map(|(_, p)| p.first()).map(|&(j, _)| (j + 1) * hop).min();
         let end = if a.emit_empty { Some(self.closed + hop) } else { earliest.map(|e| e.max(self.closed + hop)) }?;
         Some(end + a.time.as_ref().map_or(0, |t| t.late_ms) + 1)
+    }
+
+    /// The groups still open: with a window the watermark has not passed. A group whose windows
+    /// it has passed is closed, though its windows are sent only at the next [`Series::close`]
+    /// (the session folds, then closes), so it no longer counts against the cap. Asked only at
+    /// the cap.
+    fn open_groups(&self, a: &Aggregate) -> usize {
+        let (hop, hops) = (a.hop_ms, a.hops());
+        let passed = match self.watermark {
+            i64::MIN => self.closed,
+            w => self.closed.max((w - 1).div_euclid(hop) * hop),
+        };
+        self.groups.iter().filter(|(_, panes)| panes.iter().any(|&(j, _)| (j + hops) * hop > passed)).count()
     }
 
     /// The windows holding readings.
