@@ -1,10 +1,13 @@
 //! The `Aggregates` setting and the aggregator's behaviour a user sees: parsing and rejection,
 //! patches, reported properties, the tutorial's ASA job as one twin entry, duplicates, late
-//! readings, and checkpoints (round trip, corrupt, stale, changed definitions).
+//! readings, group keys at their length limit, and checkpoints (round trip, corrupt, stale,
+//! changed definitions, crafted past their checksum).
 
 use std::sync::Arc;
 
 use edgefilter::aggregate::checkpoint::{checksum, RestoreError, Unsent, MAX_UNSENT};
+use edgefilter::aggregate::extract::MAX_GROUP_KEY;
+use edgefilter::aggregate::summary::MAX_BINS;
 use edgefilter::aggregate::time::parse_iso;
 use edgefilter::aggregate::{AggregateSet, Aggregator};
 use edgefilter::sensor::Sensor;
@@ -361,4 +364,369 @@ fn a_checkpoint_keeps_the_newest_unconfirmed_messages_and_reads_version_2_files(
     v2.extend_from_slice(&checksum(v2_payload).to_le_bytes());
     let (restored, _, unsent) = Aggregator::restore_with_unsent(set, &v2, now).unwrap();
     assert_eq!((restored, unsent), (agg, vec![]));
+}
+
+/// This binary's allocator: the system's, noting the largest allocation each thread asks for
+/// while [`largest_allocation`] watches, and refusing one of a GiB or more then (which aborts the
+/// run with "memory allocation of N bytes failed") rather than swapping.
+struct Watched;
+
+thread_local! {
+    /// The largest allocation since the watch began; None: not watched.
+    static LARGEST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether an allocation of `size` may go ahead, noting it.
+fn note(size: usize) -> bool {
+    LARGEST
+        .try_with(|l| match l.get() {
+            Some(largest) => {
+                l.set(Some(largest.max(size)));
+                size < 1 << 30
+            }
+            None => true,
+        })
+        .unwrap_or(true)
+}
+
+unsafe impl std::alloc::GlobalAlloc for Watched {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if !note(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if !note(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if !note(new_size) {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Watched = Watched;
+
+/// What `f` returns, and the largest allocation it made on this thread.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    struct Unwatch;
+    impl Drop for Unwatch {
+        fn drop(&mut self) {
+            LARGEST.with(|l| l.set(None));
+        }
+    }
+    LARGEST.with(|l| l.set(Some(0)));
+    let _unwatch = Unwatch;
+    let out = f();
+    (out, LARGEST.with(|l| l.get()).unwrap_or(0))
+}
+
+/// Several aggregates a checkpoint holds in all their shapes: hopping panes with percentiles
+/// (both signs, zeros, a collapsed sketch), string keys with escapes, number keys, arrival time
+/// with empty windows.
+fn rich_set() -> Arc<AggregateSet> {
+    Arc::new(
+        set(json!({
+            "Hopping": {"path": "machine.temperature", "window": {"kind": "hopping", "seconds": 60, "hopSeconds": 10},
+                "functions": "avg,p50,p99,count,stdev,first,last", "groupBy": "machine.id", "output": "aggregates",
+                "time": {"path": "timeCreated", "lateSeconds": 20, "late": "adjust"}},
+            "Tumbling": {"path": "machine.pressure", "window": {"kind": "tumbling", "seconds": 30},
+                "functions": "min,max,sum,p95", "groupBy": "line", "output": "aggregates",
+                "time": {"path": "timeCreated", "lateSeconds": 5}},
+            "Arrival": {"path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 10},
+                "functions": "count,p90", "emitEmpty": true, "output": "aggregates"}
+        }))
+        .unwrap(),
+    )
+}
+
+/// The `i`th reading of [`rich_set`], its event time `at`.
+fn rich_body(i: usize, at: i64) -> Vec<u8> {
+    let values = [21.5, -3.25, 0.0, 1e-300, -7e12, 98.6, 1e300, 4.0, -0.0, 5e-324];
+    let (id, line) = (["m1", "m2", "m\"3", "é4"][i % 4], [json!(1), json!(2.5), json!(-3)][i % 3].clone());
+    let body = json!({
+        "machine": {"temperature": values[i % 10], "pressure": values[i * 3 % 10], "id": id},
+        "line": line,
+        "timeCreated": edgefilter::aggregate::time::format_iso(at)
+    });
+    body.to_string().into_bytes()
+}
+
+/// [`rich_set`] after 150 readings over 105 s, some out of order or late, windows closed on the way.
+fn rich_state() -> (Aggregator, i64) {
+    let start = 1_796_195_910_000;
+    let mut agg = Aggregator::new(rich_set(), start);
+    let mut now = start;
+    for i in 0..150 {
+        now = start + i as i64 * 700;
+        let at = now - (i as i64 % 7) * 3000;
+        agg.fold(&rich_body(i, at), Some(format!("id{i}").as_bytes()), now).unwrap();
+        if i % 20 == 19 {
+            agg.close(now);
+        }
+    }
+    (agg, now)
+}
+
+/// The place of each field of a checkpoint's payload, as the format (checkpoint.rs) lays it out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Field {
+    Flag,
+    Count,
+    Int,
+    Float,
+    /// A sketch's bin: most of a payload's fields, mutated on their own.
+    Bin,
+    /// A byte of a name, a key, a topic or a body.
+    Text,
+}
+
+fn layout(payload: &[u8]) -> Vec<(usize, Field)> {
+    struct Walk<'a>(&'a [u8], usize, Vec<(usize, Field)>);
+    impl Walk<'_> {
+        fn next(&mut self, f: Field) -> u64 {
+            let width = f.width();
+            let mut le = [0u8; 8];
+            le[..width].copy_from_slice(&self.0[self.1..self.1 + width]);
+            self.2.push((self.1, f));
+            self.1 += width;
+            u64::from_le_bytes(le)
+        }
+        fn skip(&mut self, n: u64, f: Field) {
+            (0..n).for_each(|_| _ = self.next(f));
+        }
+        fn text(&mut self) {
+            let n = self.next(Field::Count);
+            self.skip(n, Field::Text);
+        }
+    }
+    let mut w = Walk(payload, 0, Vec::new());
+    w.skip(1, Field::Int); // written_at
+    let ids = w.next(Field::Count);
+    w.skip(ids, Field::Int);
+    for _ in 0..w.next(Field::Count) {
+        w.text();
+        w.skip(14, Field::Int); // definition, first_start, watermark, closed, seq, dropped
+        for _ in 0..w.next(Field::Count) {
+            w.text();
+            for _ in 0..w.next(Field::Count) {
+                w.skip(2, Field::Int); // index, count
+                w.skip(6, Field::Float);
+                for _ in 0..2 {
+                    w.skip(2, Field::Int);
+                    w.skip(1, Field::Float);
+                }
+                if w.next(Field::Flag) == 1 {
+                    w.skip(1, Field::Int);
+                    for _ in 0..2 {
+                        w.skip(1, Field::Int);
+                        let bins = w.next(Field::Count);
+                        w.skip(bins, Field::Bin);
+                    }
+                }
+            }
+        }
+    }
+    for _ in 0..w.next(Field::Count) {
+        w.text();
+        w.text();
+    }
+    assert_eq!(w.1, payload.len(), "the layout reads the whole payload");
+    w.2
+}
+
+impl Field {
+    fn width(self) -> usize {
+        [1, 4, 8, 8, 4, 1][self as usize]
+    }
+}
+
+/// Values a crafted file might hold in a field of this kind, around the field's own value `was`.
+fn extremes(f: Field, was: u64) -> Vec<u64> {
+    match f {
+        Field::Flag => vec![0, 1, 2, 255],
+        Field::Text => b"\"\\\x00\xffa7,".iter().map(|&b| u64::from(b)).collect(),
+        Field::Count | Field::Bin => [0, 1, 2, 511, 512, 513, 1000, 1001, 0x8000_0000, u64::from(u32::MAX)]
+            .into_iter()
+            .chain([was.wrapping_add(1) & 0xffff_ffff, was.wrapping_sub(1) & 0xffff_ffff])
+            .collect(),
+        Field::Int => {
+            let was = was as i64;
+            let around = [1, 1000, 10_000, 300_001, 86_400_000].into_iter().flat_map(|d| [was + d, was - d]);
+            [0, 1, -1, i64::MIN, i64::MAX, 1 << 52, i64::from(i32::MIN), i64::from(i32::MAX), -37_221, 35_489]
+                .into_iter()
+                .chain(around)
+                .chain([was.wrapping_mul(2), was.wrapping_neg()])
+                .map(|x| x as u64)
+                .collect()
+        }
+        Field::Float => {
+            let was = f64::from_bits(was);
+            [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, f64::MAX, -f64::MAX, 5e-324, 1e300, -was, was * 2.0]
+                .map(f64::to_bits)
+                .to_vec()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// A field (by index; a bin, or any other) overwritten with one of its [`extremes`] (by index).
+    Field(bool, prop::sample::Index, prop::sample::Index),
+    /// One bit of the payload flipped.
+    Flip(prop::sample::Index, u8),
+    /// Eight bytes anywhere in the payload.
+    Write(prop::sample::Index, u64),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        6 => (any::<prop::sample::Index>(), any::<prop::sample::Index>()).prop_map(|(f, v)| Mutation::Field(false, f, v)),
+        1 => (any::<prop::sample::Index>(), any::<prop::sample::Index>()).prop_map(|(f, v)| Mutation::Field(true, f, v)),
+        1 => (any::<prop::sample::Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
+        1 => (any::<prop::sample::Index>(), any::<u64>()).prop_map(|(at, x)| Mutation::Write(at, x)),
+    ]
+}
+
+/// The checkpoint `bytes` with its payload mutated, and its checksum made to match again.
+fn mutated(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+    let (head, payload) = (&bytes[..11], &bytes[11..bytes.len() - 8]);
+    let (bins, fields): (Vec<_>, Vec<_>) = layout(payload).into_iter().partition(|&(_, f)| f == Field::Bin);
+    let mut p = payload.to_vec();
+    for m in mutations {
+        match m {
+            Mutation::Field(bin, f, v) => {
+                let (at, kind) = *f.get(if *bin { &bins } else { &fields });
+                let width = kind.width();
+                let mut le = [0u8; 8];
+                le[..width].copy_from_slice(&p[at..at + width]);
+                let x = *v.get(&extremes(kind, u64::from_le_bytes(le)));
+                p[at..at + width].copy_from_slice(&x.to_le_bytes()[..width]);
+            }
+            Mutation::Flip(at, bit) => {
+                let at = at.index(p.len());
+                p[at] ^= 1 << bit;
+            }
+            Mutation::Write(at, x) => {
+                let at = at.index(p.len() - 7);
+                p[at..at + 8].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    [head, &p, &checksum(&p).to_le_bytes()].concat()
+}
+
+/// What a restored state must hold for a fold or a merge to stay within the bins of finite
+/// readings: at most MAX_BINS per sign, from ⌈log_γ 5e-324⌉ to ⌈log_γ f64::MAX⌉.
+fn sketches_in_range(agg: &Aggregator) -> bool {
+    let bins = agg.series.iter().flat_map(|s| &s.groups).flat_map(|(_, p)| p).filter_map(|(_, s)| s.sketch.as_ref());
+    bins.flat_map(|k| [&k.positive, &k.negative]).all(|b| {
+        let top = i64::from(b.offset) + b.counts.len() as i64 - 1;
+        b.counts.len() <= MAX_BINS && (b.counts.is_empty() || (-37_220 <= b.offset && top <= 35_488))
+    })
+}
+
+/// A checkpoint made from a real state, mutated past its checksum: the restore is an error or a
+/// state that folds, closes (also a week on) and checkpoints again without a panic or an
+/// allocation beyond a few MiB, and whose next checkpoint restores.
+#[test]
+fn crafted_checkpoints_past_the_checksum_are_refused_or_work() {
+    let (agg, now) = rich_state();
+    let bytes = agg.checkpoint(now);
+    let restored = Aggregator::restore(agg.set.clone(), &bytes, now).unwrap().0;
+    assert_eq!(restored, agg, "unmutated, the state comes back");
+    let sketches: Vec<_> =
+        agg.series.iter().flat_map(|s| &s.groups).flat_map(|(_, p)| p).filter_map(|(_, s)| s.sketch.as_ref()).collect();
+    assert!(sketches.iter().any(|k| !k.negative.counts.is_empty()), "negative bins");
+    assert!(sketches.iter().any(|k| k.positive.counts.len() == MAX_BINS), "a collapsed sketch");
+    assert!(agg.series.iter().map(|s| s.groups.len()).max() >= Some(4), "several groups");
+
+    let outcomes = std::cell::RefCell::new(std::collections::BTreeMap::<String, usize>::new());
+    let config = ProptestConfig { cases: 2000, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let strategy = prop::collection::vec(mutation(), 1..3);
+    let result = runner.run(&strategy, |mutations| {
+        let b = mutated(&bytes, &mutations);
+        let (outcome, largest) = largest_allocation(|| {
+            let (mut agg, _) = Aggregator::restore(rich_set(), &b, now)?;
+            assert!(sketches_in_range(&agg), "a restored sketch beyond the bins of finite readings");
+            for i in 0..40 {
+                let later = now + 500 + i as i64 * 900;
+                let _ = agg.fold(&rich_body(i, later - (i as i64 % 5) * 4000), None, later);
+                agg.close(later);
+            }
+            assert!(sketches_in_range(&agg), "a folded sketch beyond the bins of finite readings");
+            let far = now + 7 * 86_400_000;
+            agg.close(far);
+            agg.close(far + 60_000);
+            if let Err(e) = Aggregator::restore(rich_set(), &agg.checkpoint(far + 60_000), far + 60_000) {
+                panic!("a restored state, used, checkpoints into a file that does not restore: {e}");
+            }
+            Ok(())
+        });
+        // A sketch spanning every bin of a finite reading is 290 KiB; one whose range a crafted
+        // file set at will, gigabytes.
+        prop_assert!(largest <= 4 << 20, "an allocation of {} bytes", largest);
+        let name = match outcome {
+            Ok(()) => "restored".to_string(),
+            Err(RestoreError::Corrupt(what)) => format!("corrupt: {what}"),
+            Err(e) => format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string(),
+        };
+        *outcomes.borrow_mut().entry(name).or_default() += 1;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let outcomes = outcomes.into_inner();
+    println!("{outcomes:#?}");
+    let share = |f: &dyn Fn(&str) -> bool| outcomes.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum::<usize>();
+    let total = share(&|_| true);
+    assert_eq!(share(&|k| k == "Checksum"), 0, "every case passes the checksum");
+    assert!(share(&|k| k == "restored") * 10 >= total, "a tenth or more restore and are used: {outcomes:?}");
+    assert!(share(&|k| k.starts_with("corrupt")) * 2 >= total, "half or more are refused as corrupt: {outcomes:?}");
+    assert!(outcomes.keys().filter(|k| k.starts_with("corrupt")).count() >= 15, "many checks reached: {outcomes:?}");
+}
+
+/// A group key is at most MAX_GROUP_KEY bytes of canonical JSON text: a longer one counts as
+/// `no_group`, and every key kept is one a checkpoint restores.
+#[test]
+fn a_long_group_key_counts_as_no_group_and_one_at_the_limit_restores() {
+    let def = json!({"G": {"path": "v", "window": {"kind": "tumbling", "seconds": 10}, "functions": "count",
+        "groupBy": "g", "output": "o"}});
+    let start = 1_700_000_010_000;
+    let set = Arc::new(set(def).unwrap());
+    let mut agg = Aggregator::new(set.clone(), start);
+    let at_limit = "k".repeat(MAX_GROUP_KEY - 2); // with its quotes, MAX_GROUP_KEY bytes
+    for g in ["a".repeat(600), "b".repeat(500), at_limit.clone(), "c".repeat(MAX_GROUP_KEY - 1)] {
+        agg.fold(json!({"v": 1, "g": g}).to_string().as_bytes(), None, start + 1000).unwrap();
+    }
+    // 600 bytes as escapes, 200 as canonical text: the limit is on the key as kept.
+    agg.fold(format!(r#"{{"v": 1, "g": "{}"}}"#, "\\u00e9".repeat(100)).as_bytes(), None, start + 1000).unwrap();
+    let no_group = agg.dropped().find(|(_, d, _)| d.name() == "no_group").unwrap().2;
+    assert_eq!(no_group, 2, "600 bytes, and one byte over the limit");
+
+    let bytes = agg.checkpoint(start + 1000);
+    let (mut restored, log) = Aggregator::restore(set, &bytes, start + 2000).unwrap();
+    assert!(log.is_empty());
+    assert_eq!(restored, agg);
+    let mut groups: Vec<(String, u64)> = restored
+        .close(start + 10_001)
+        .iter()
+        .map(|e| {
+            let b: Value = serde_json::from_str(&e.body).unwrap();
+            (b["group"].as_str().unwrap().to_string(), b["count"].as_u64().unwrap())
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(groups, [("b".repeat(500), 1), (at_limit, 1), ("é".repeat(100), 1)]);
 }

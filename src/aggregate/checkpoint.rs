@@ -7,7 +7,7 @@
 //! aggregate = name:str definition:u64 first_start watermark closed:i64 seq:u64 dropped:u64*9
 //!             groups:u32 (key:str panes:u32 (index:i64 summary)*)*
 //! summary = count:u64 sum compensation mean m2 min max:f64 first last:(i64 u64 f64)
-//!           sketch:u8 [zeros:u64 (offset:i32 bins:u32 count:u32*)*2]
+//!           sketch:u8 [zeros:u64 (offset:i64 bins:u32 count:u32*)*2]
 //! str = length:u32 utf-8; bytes = length:u32 byte*
 //! ```
 //!
@@ -19,13 +19,28 @@
 //! one the set no longer holds, or holds changed, is left out with a log line, as a live change
 //! would. Anything wrong with the bytes is a [`RestoreError`], never a panic: the shell logs it
 //! and starts afresh.
+//!
+//! The bytes are wrong when no run of the module could have written them, whatever their
+//! checksum: a count beyond its limit (ids, aggregates, groups, panes, bins, unsent messages, a
+//! string's bytes; nothing is allocated before its bytes are read), names, groups or panes out of
+//! order, and, for each aggregate restored, a state its definition cannot reach (`check`): window
+//! bounds off the hop or before the definition; a watermark more than [`EARLY_MS`] ahead of
+//! `written_at`, or behind a reading by more than `lateSeconds`; `closed` not behind the watermark
+//! (unless nothing closed yet); a group with no pane, a pane no open window holds or with a
+//! reading's time outside it; a group key no reading makes ([`is_group_key`]: at most
+//! [`MAX_GROUP_KEY`] bytes, the same limit when read from a message); a count over [`MAX_COUNT`];
+//! a summary [`Summary::check`] refuses, such as a sketch whose bins span more than its readings'
+//! min and max give. So after a restore, a fold, a close, a merge and a checkpoint hold what they
+//! hold after a start.
 
 use std::sync::Arc;
 
-use super::definition::{AggregateSet, MAX_GROUPS};
+use super::definition::{Aggregate, AggregateSet, EARLY_MS, MAX_GROUPS};
+use super::extract::{is_group_key, MAX_GROUP_KEY};
 use super::series::{Dropped, Hot, Panes, Series};
-use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS};
+use super::summary::{Bins, Sketch, Stamped, Summary, MAX_BINS, MAX_COUNT};
 use super::{Aggregator, Seen};
+use crate::rules::MAX_TEXT;
 
 const MAGIC: &[u8; 6] = b"EFAGGR";
 pub const VERSION: u8 = 3;
@@ -187,16 +202,17 @@ impl Aggregator {
             agg.seen.insert(r.u64()?);
         }
         let mut log = Vec::new();
+        let mut last_name = None;
         for _ in 0..r.count(super::definition::MAX_AGGREGATES)? {
-            let name = r.string()?;
+            let name = r.string(MAX_TEXT)?;
+            if last_name.as_ref().is_some_and(|last| *last >= name) {
+                return Err(RestoreError::Corrupt("aggregates out of order"));
+            }
             let hash = r.u64()?;
             let series = series(&mut r)?;
             match agg.set.aggregates.iter().position(|a| a.name == name) {
                 Some(i) if agg.set.hashes[i] == hash => {
-                    let percentiles = agg.set.aggregates[i].percentiles();
-                    if series.groups.iter().flat_map(|(_, p)| p).any(|(_, s)| s.sketch.is_some() != percentiles) {
-                        return Err(RestoreError::Corrupt("a sketch where none belongs, or none where one does"));
-                    }
+                    check(&series, &agg.set.aggregates[i], written).map_err(RestoreError::Corrupt)?;
                     agg.series[i] = series;
                 }
                 Some(_) => {
@@ -206,6 +222,7 @@ impl Aggregator {
                     log.push(format!("Aggregates: {name:?} is no longer defined: its checkpointed windows discarded"))
                 }
             }
+            last_name = Some(name);
         }
         let mut unsent = Vec::new();
         if version >= 3 {
@@ -231,7 +248,7 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
     }
     let mut groups: Vec<(Box<str>, Panes)> = Vec::new();
     for _ in 0..r.count(MAX_GROUPS)? {
-        let key = r.string()?.into_boxed_str();
+        let key = r.string(MAX_GROUP_KEY)?.into_boxed_str();
         let mut panes: Vec<(i64, Summary)> = Vec::new();
         for _ in 0..r.count(super::definition::MAX_PANES)? {
             let j = r.i64()?;
@@ -256,6 +273,62 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
         deadline: Default::default(),
         on_time: Default::default(),
     })
+}
+
+/// Why `s` is not a state of `a` that folding and closing readings could have made by `written`,
+/// if it is not: what a later fold, close, merge or checkpoint relies on (see the module docs).
+fn check(s: &Series, a: &Aggregate, written: i64) -> Result<(), &'static str> {
+    let hop = a.hop_ms;
+    let late = a.time.as_ref().map_or(0, |t| t.late_ms);
+    // The latest time a reading can have: at most EARLY_MS ahead of the clock.
+    let newest = written.saturating_add(EARLY_MS);
+    let unclosed = s.first_start.saturating_add(a.window_ms - hop);
+    if s.first_start % hop != 0 || s.first_start >= written.saturating_add(hop) {
+        return Err("a first window start off the hop or after the checkpoint");
+    }
+    if s.watermark > newest {
+        return Err("a watermark ahead of the checkpoint's time");
+    }
+    if s.closed % hop != 0 || s.closed < unclosed || (s.closed > unclosed && s.closed >= s.watermark) {
+        return Err("a closed window end off the hop, before the first window or not behind the watermark");
+    }
+    if s.seq > MAX_COUNT || s.dropped.iter().any(|&d| d > MAX_COUNT) {
+        return Err("a count beyond its limit");
+    }
+    if a.group_by.is_none() && s.groups.iter().any(|(k, _)| !k.is_empty()) {
+        return Err("a group key for an aggregate without groupBy");
+    }
+    for (key, panes) in &s.groups {
+        if a.group_by.is_some() && !is_group_key(key) {
+            return Err("a group key that no reading makes");
+        }
+        if panes.is_empty() {
+            return Err("a group with no pane");
+        }
+        for (j, p) in panes {
+            let Some((lo, hi)) = j.checked_mul(hop).and_then(|lo| Some((lo, lo.checked_add(hop)?))) else {
+                return Err("a pane index out of range");
+            };
+            if lo < s.first_start || lo.saturating_add(a.window_ms) <= s.closed {
+                return Err("a pane before the first window, or in none still open");
+            }
+            p.check()?;
+            if p.sketch.is_some() != a.percentiles() {
+                return Err("a sketch where none belongs, or none where one does");
+            }
+            if p.first.time <= lo || p.last.time > hi.min(newest) || s.watermark < p.last.time.saturating_sub(late) {
+                return Err("a reading's time outside its pane, or ahead of the watermark by more than lateSeconds");
+            }
+            if p.first.seq == 0 || p.last.seq > s.seq {
+                return Err("a reading's arrival out of the aggregate's sequence");
+            }
+        }
+        // No overflow: each pane's count is at most MAX_COUNT, and a group has at most MAX_PANES.
+        if panes.iter().map(|(_, p)| p.count).sum::<u64>() > MAX_COUNT {
+            return Err("a group with more readings than a count holds");
+        }
+    }
+    Ok(())
 }
 
 fn put_summary(p: &mut Vec<u8>, s: &Summary) {
@@ -366,8 +439,9 @@ impl<'a> Reader<'a> {
         let n = self.count(crate::limits::MAX_PACKET_SIZE)?;
         self.take(n)
     }
-    fn string(&mut self) -> Result<String, RestoreError> {
-        let n = self.count(crate::rules::MAX_TEXT * 4)?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| RestoreError::Corrupt("a name that is not UTF-8"))
+    /// An aggregate's name or a group key, at most `max` bytes.
+    fn string(&mut self, max: usize) -> Result<String, RestoreError> {
+        let n = self.count(max)?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| RestoreError::Corrupt("a name or key that is not UTF-8"))
     }
 }

@@ -6,12 +6,18 @@
 //! place of the string there (an ISO-8601 time, a string group key), which is read only when an
 //! aggregate asks for it. The filter's own `machine.temperature` is one of the slots when there is
 //! room, so that the decision needs no second pass ([`Extractor::temperature`]).
+//!
+//! A group key is the value's canonical JSON text, at most [`MAX_GROUP_KEY`] bytes: a longer one is
+//! no usable group (the reading counts as `no_group`), so that every key an aggregate keeps fits
+//! in a checkpoint, whose restore refuses any other ([`is_group_key`]).
 
 use crate::rules::{Matcher, MAX_RULES};
 use crate::scan::{scan_paths_strings, scan_with_top_member, Malformed, StringAt, Strings};
 
 /// The most distinct paths (values, times, group keys) in one set: the scanner's slots.
 pub const MAX_PATHS: usize = MAX_RULES;
+/// The longest group key, as canonical JSON text (with a string's quotes), in bytes.
+pub const MAX_GROUP_KEY: usize = crate::rules::MAX_TEXT;
 
 /// One aggregate's fields in one message.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,8 +26,8 @@ pub struct Reading<'a> {
     pub value: f64,
     /// Unix milliseconds; None: no usable time (ignored without `time`).
     pub time: Option<i64>,
-    /// The group key as canonical JSON text (`"m1"`, `7`); None: none at `groupBy` (ignored
-    /// without `groupBy`).
+    /// The group key as canonical JSON text (`"m1"`, `7`); None: none at `groupBy`, or one longer
+    /// than [`MAX_GROUP_KEY`] (ignored without `groupBy`).
     pub group: Option<&'a str>,
 }
 
@@ -196,6 +202,7 @@ impl Extractor {
                 }
             }
         });
+        let key = key.filter(|k| k.len() <= MAX_GROUP_KEY);
         Reading { value: scan.values[usize::from(fields.value)], time, group: key }
     }
 }
@@ -207,6 +214,19 @@ pub fn canonical_number(x: f64) -> String {
     } else {
         serde_json::Value::from(x).to_string()
     }
+}
+
+/// Whether `key` is one [`Extractor::reading`] can make: a JSON string or number as canonical
+/// text, at most [`MAX_GROUP_KEY`] bytes. A restore checks a checkpoint's keys with it: a summary's
+/// body holds its key as it is.
+pub fn is_group_key(key: &str) -> bool {
+    use serde_json::Value;
+    key.len() <= MAX_GROUP_KEY
+        && match serde_json::from_str::<Value>(key) {
+            Ok(Value::String(s)) => serde_json::to_string(&s).is_ok_and(|k| k == key),
+            Ok(Value::Number(n)) => n.as_f64().is_some_and(|x| canonical_number(x) == key),
+            _ => false,
+        }
 }
 
 /// A valid JSON string's content, unescaped.
@@ -256,5 +276,18 @@ mod tests {
         assert_eq!(canonical_number(-0.0), "0");
         assert_eq!(canonical_number(1.5), "1.5");
         assert_eq!(canonical_number(1e300), "1e+300");
+    }
+
+    #[test]
+    fn group_keys_are_canonical_json_text() {
+        for key in [r#""m1""#, r#""a \"b\" \\ c""#, "\"\u{e9}\"", r#""""#, "7", "-3", "1.5", "1e+300"] {
+            assert!(is_group_key(key), "{key}");
+        }
+        for key in ["", "m1", r#""caf\u00e9""#, "7.0", "1e300", "-0", "[1]", "null", r#""a","b""#, "\"x"] {
+            assert!(!is_group_key(key), "not as a reading makes it: {key}");
+        }
+        let quoted = |n: usize| format!("\"{}\"", "k".repeat(n));
+        assert!(is_group_key(&quoted(MAX_GROUP_KEY - 2)));
+        assert!(!is_group_key(&quoted(MAX_GROUP_KEY - 1)), "one byte over");
     }
 }

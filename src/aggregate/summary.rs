@@ -13,12 +13,19 @@
 //!   zeros a count.
 //!
 //! `first` and `last` are the readings with the earliest and latest time, ties broken by arrival.
+//!
+//! [`Summary::check`] says whether a summary could be a pane folded from readings: what a restored
+//! checkpoint must hold before a fold, a merge or a percentile relies on it.
 
 /// The relative error of a percentile.
 pub const ALPHA: f64 = 0.01;
 /// The most bins per sign in a [`Sketch`]: readings of one sign within a factor γ^512 ≈ 29,000 of
 /// the largest are kept apart; smaller magnitudes share the lowest bin.
 pub const MAX_BINS: usize = 512;
+/// The most readings a count in the state holds (a group's panes together, an aggregate's arrival
+/// order, a drop reason): below 2⁵², where [`count_f64`] is exact and a percentile's rank
+/// (count · percent) cannot overflow; at a million readings a second, 142 years.
+pub const MAX_COUNT: u64 = (1 << 52) - 1;
 
 /// A reading's place in arrival order and time, for `first` and `last`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,6 +125,25 @@ impl Summary {
         if let (Some(a), Some(b)) = (&mut self.sketch, &o.sketch) {
             a.merge(b);
         }
+    }
+
+    /// Why this could not be a pane folded from finite readings, if it could not: at least one
+    /// reading and at most [`MAX_COUNT`]; `first` and `last` in order, their values within
+    /// `min..=max` (so no NaN there, and the percentiles' clamp holds); the sketch's bins
+    /// consistent with them (`Sketch::check`). The moments are not checked: whatever float their arithmetic
+    /// reaches (infinities, NaN after overflow) is harmless.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let (first, last) = (self.first, self.last);
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return Err("a pane's count");
+        }
+        if ![first.value, last.value].iter().all(|v| (self.min..=self.max).contains(v)) {
+            return Err("a pane's first or last outside its min and max");
+        }
+        if (first.time, first.seq) > (last.time, last.seq) || (self.count == 1 && first != last) {
+            return Err("a pane's first after its last");
+        }
+        self.sketch.as_ref().map_or(Ok(()), |k| k.check(self))
     }
 
     /// A function's value: None for an empty window (and for `stdev` of one reading).
@@ -232,7 +258,7 @@ impl Sketch {
             self.zeros += u64::from(n);
             return;
         }
-        let key = (x.abs().ln() / gamma_ln()).ceil().clamp(-1e9, 1e9) as i32;
+        let key = key(x.abs());
         if x > 0.0 {
             self.positive.add(key, n);
         } else {
@@ -249,6 +275,25 @@ impl Sketch {
                 }
             }
         }
+    }
+
+    /// Why these could not be the bins of `s`'s readings, if they could not: the counts add up to
+    /// `s.count` (less only when a bin saturated), zeros only when `s.min..=s.max` holds 0, and
+    /// each sign's bins as [`Bins::hold`] says.
+    fn check(&self, s: &Summary) -> Result<(), &'static str> {
+        let sum = |b: &Bins| b.counts.iter().map(|&c| u64::from(c)).sum::<u64>();
+        let saturated = self.positive.counts.iter().chain(&self.negative.counts).any(|&c| c == u32::MAX);
+        let total = self.zeros.checked_add(sum(&self.positive) + sum(&self.negative));
+        if !total.is_some_and(|t| t == s.count || (saturated && t < s.count)) {
+            return Err("a sketch's counts do not add up to its pane's");
+        }
+        let (positive, negative) = ((s.max > 0.0).then_some(s.max), (s.min < 0.0).then_some(-s.min));
+        let holds = self.positive.hold(positive, (s.min > 0.0).then_some(s.min))
+            && self.negative.hold(negative, (s.max < 0.0).then_some(-s.max));
+        if !holds || (self.zeros > 0 && !(s.min..=s.max).contains(&0.0)) {
+            return Err("a sketch's bins do not fit its pane's min and max");
+        }
+        Ok(())
     }
 
     /// The estimate of the `percent`th percentile of `n` readings as ASA's `PERCENTILE_DISC` defines
@@ -279,7 +324,31 @@ impl Sketch {
     }
 }
 
+/// The bin of a magnitude m > 0: ⌈log_γ m⌉, from −37,220 for the least f64 to 35,488 for the
+/// greatest.
+#[inline]
+fn key(m: f64) -> i32 {
+    (m.ln() / gamma_ln()).ceil().clamp(-1e9, 1e9) as i32
+}
+
 impl Bins {
+    /// Whether these could be the bins of readings of one sign whose greatest magnitude is
+    /// `greatest` (None: no reading of this sign, the bins as new) and least `least`, when known:
+    /// from `greatest`'s bin down to `least`'s, or [`MAX_BINS`] when lower ones were folded, and
+    /// both end bins counted. So a later add or merge spans at most the bins of finite readings.
+    fn hold(&self, greatest: Option<f64>, least: Option<f64>) -> bool {
+        let Some(greatest) = greatest else { return self.counts.is_empty() && self.offset == 0 };
+        let (Some(&low), Some(&high)) = (self.counts.first(), self.counts.last()) else { return false };
+        let top = key(greatest);
+        let lowest = least.map_or(key(f64::from_bits(1)), |m| key(m).max(top - (MAX_BINS as i32 - 1)));
+        let bottom = i64::from(top) + 1 - self.counts.len() as i64;
+        low > 0
+            && high > 0
+            && self.counts.len() <= MAX_BINS
+            && i64::from(self.offset) == bottom
+            && if least.is_some() { self.offset == lowest } else { self.offset >= lowest }
+    }
+
     fn add(&mut self, key: i32, n: u32) {
         if self.counts.is_empty() {
             self.offset = key;
@@ -359,5 +428,34 @@ mod tests {
         assert_eq!(s.positive.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), 100_000);
         let top = 1e-9 * 1.001f64.powi(99_999);
         assert!((s.quantile(100, 100_000).unwrap() - top).abs() <= ALPHA * top);
+    }
+
+    #[test]
+    fn folded_panes_pass_their_check_and_altered_ones_do_not() {
+        let mut s = Summary::new(true);
+        for (i, x) in [3.0, -1e-300, 0.0, f64::MAX, -5.0, 1e-320].into_iter().enumerate() {
+            s.fold(x, 10 + i as i64, i as u64 + 1);
+            assert_eq!(s.check(), Ok(()), "after {x}");
+        }
+        let mut wide = Summary::new(true);
+        (0..2000).for_each(|i| wide.fold(1.01f64.powi(i), 1, i as u64 + 1));
+        assert_eq!((wide.check(), wide.sketch.as_ref().unwrap().positive.counts.len()), (Ok(()), MAX_BINS));
+        assert_eq!((key(f64::from_bits(1)), key(f64::MAX)), (-37_220, 35_488));
+        let altered: [fn(&mut Summary); 9] = [
+            |s| s.count = 0,
+            |s| s.min = f64::NAN,
+            |s| s.first.value = s.max * 2.0,
+            |s| s.first.time = s.last.time + 1,
+            |s| s.sketch.as_mut().unwrap().zeros += 1,
+            |s| s.sketch.as_mut().unwrap().positive.offset -= 1,
+            |s| s.sketch.as_mut().unwrap().negative.offset = i32::MIN,
+            |s| s.sketch.as_mut().unwrap().positive.counts.push(0),
+            |s| s.max *= 0.5,
+        ];
+        for (i, alter) in altered.iter().enumerate() {
+            let mut bad = s.clone();
+            alter(&mut bad);
+            assert!(bad.check().is_err(), "alteration {i}");
+        }
     }
 }
