@@ -68,6 +68,57 @@ fn the_issues_example_parses_and_reads_back_from_its_report() {
     assert_eq!(set(reported).unwrap().aggregates, s.aggregates);
 }
 
+/// The entries the README and docs show, and the twin file local mode runs, are the tests' own
+/// tutorial entry, and they parse.
+#[test]
+fn the_documented_twin_entries_parse_and_are_the_tutorials() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |f: &str| std::fs::read_to_string(format!("{root}/{f}")).unwrap();
+    let file: Value = serde_json::from_str(&read("docs/asa-tutorial.twin.json")).unwrap();
+    let all = set(file["Aggregates"].clone()).unwrap();
+    assert_eq!(all.aggregates.len(), 2);
+    assert_eq!(file["Aggregates"]["ResetWhenHot"], tutorial()["ResetWhenHot"]);
+    for doc in ["README.md", "docs/aggregates.md"] {
+        let text = read(doc);
+        let at =
+            text.find("```json\n\"Aggregates\": {\n  \"ResetWhenHot\"").unwrap_or_else(|| panic!("{doc}: no entry"));
+        let block = &text[at + "```json\n".len()..];
+        let block = &block[..block.find("```").unwrap()];
+        let entry: Value = serde_json::from_str(&format!("{{{block}}}")).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        assert_eq!(entry["Aggregates"], tutorial(), "{doc}");
+        assert!(text.contains("GROUP BY TumblingWindow(second,30)\nHAVING Avg(machine.temperature) > 70"), "{doc}");
+    }
+}
+
+/// Each limit is itself accepted, and one past it refused.
+#[test]
+fn the_limits_themselves_are_accepted() {
+    let with = |window: Value, late: Option<u64>| {
+        let mut a = json!({"path": "v", "window": window, "functions": "count", "output": "o"});
+        if let Some(l) = late {
+            a["time"] = json!({"path": "t", "lateSeconds": l});
+        }
+        set(json!({ "A": a }))
+    };
+    assert!(with(json!({"kind": "tumbling", "seconds": 604_800}), None).is_ok());
+    assert!(with(json!({"kind": "tumbling", "seconds": 604_801}), None).is_err());
+    assert!(with(json!({"kind": "hopping", "seconds": 60, "hopSeconds": 1}), None).is_ok());
+    assert!(with(json!({"kind": "hopping", "seconds": 61, "hopSeconds": 1}), None).is_err());
+    assert!(with(json!({"kind": "hopping", "seconds": 604_800, "hopSeconds": 86_400}), None).is_ok());
+    assert!(with(json!({"kind": "tumbling", "seconds": 1}), Some(60)).is_ok(), "60 hops");
+    assert!(with(json!({"kind": "tumbling", "seconds": 1}), Some(61)).is_err(), "over 60 hops");
+    assert!(with(json!({"kind": "tumbling", "seconds": 86_400}), Some(86_400)).is_ok(), "a day");
+    assert!(with(json!({"kind": "tumbling", "seconds": 86_400}), Some(86_401)).is_err(), "over a day");
+    let many = |n: usize| {
+        let m: Map<String, Value> = (0..n)
+            .map(|i| (format!("A{i}"), json!({"path": "v", "window": {"kind": "tumbling", "seconds": 1}, "functions": "count", "output": "o"})))
+            .collect();
+        AggregateSet::parse(&m)
+    };
+    assert!(many(16).is_ok());
+    assert!(many(17).is_err());
+}
+
 #[test]
 fn invalid_aggregates_are_refused_with_the_aggregate_and_field_named() {
     let with = |field: &str, v: Value| {
