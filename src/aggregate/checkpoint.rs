@@ -271,7 +271,7 @@ fn series(r: &mut Reader) -> Result<Series, RestoreError> {
         dropped,
         hot: Hot::default(),
         deadline: Default::default(),
-        on_time: Default::default(),
+        quiet: Default::default(),
     })
 }
 

@@ -95,32 +95,40 @@ pub struct Series {
     pub hot: Hot,
     /// [`Series::next_deadline`], kept until a pane is made or a window closes.
     pub deadline: Deadline,
-    /// When the last reading on time came (event time only).
-    pub on_time: OnTime,
+    /// From when the clock moves an event-time watermark, input having stopped.
+    pub quiet: Quiet,
 }
 
-/// The module's clock when the last reading on time (not late) came, for the rule that the clock
-/// takes the watermark over when input stops ([`quiet_ms`]). None until the series is first asked
-/// with a `now`: after a start, a live change or a restore, the wait begins then. Not state: not
-/// in the checkpoint, equal whatever it holds.
-#[derive(Clone, Debug, Default)]
-pub struct OnTime(std::cell::Cell<Option<i64>>);
+/// From when the clock takes the watermark over, input having stopped ([`quiet_ms`] after the
+/// last reading on time); unset (i64::MIN) until the series is first asked with a `now`: after a
+/// start, a live change or a restore, the wait begins then. Kept as that instant, not the
+/// reading's, so that a fold, a close check and a deadline each ask one compare. Not state: not in
+/// the checkpoint, equal whatever it holds.
+#[derive(Clone, Debug)]
+pub struct Quiet(std::cell::Cell<i64>);
 
-impl OnTime {
-    /// The last reading's arrival, or `now` when there has been none since the start.
-    fn since(&self, now: i64) -> i64 {
+impl Default for Quiet {
+    fn default() -> Quiet {
+        Quiet(std::cell::Cell::new(i64::MIN))
+    }
+}
+
+impl Quiet {
+    /// When the clock takes over; `now` + `quiet` when nothing has been asked since the start.
+    #[inline]
+    fn clock_from(&self, now: i64, quiet: i64) -> i64 {
         match self.0.get() {
-            Some(since) => since,
-            None => {
-                self.0.set(Some(now));
-                now
+            i64::MIN => {
+                self.0.set(now + quiet);
+                now + quiet
             }
+            from => from,
         }
     }
 }
 
-impl PartialEq for OnTime {
-    fn eq(&self, _: &OnTime) -> bool {
+impl PartialEq for Quiet {
+    fn eq(&self, _: &Quiet) -> bool {
         true
     }
 }
@@ -193,7 +201,7 @@ impl Series {
             dropped: [0; Dropped::ALL.len()],
             hot: Hot::default(),
             deadline: Deadline::default(),
-            on_time: OnTime::default(),
+            quiet: Quiet::default(),
         }
     }
 
@@ -207,7 +215,7 @@ impl Series {
     }
 
     /// The watermark at `now`, as a checkpoint keeps it: raised by the clock too, which a
-    /// restore's fresh wait for a quiet stream ([`OnTime`]) would not redo.
+    /// restore's fresh wait for a quiet stream ([`Quiet`]) would not redo.
     pub fn watermark_at(&self, a: &Aggregate, now: i64) -> i64 {
         self.watermark.max(self.clock_watermark(a, now))
     }
@@ -218,7 +226,7 @@ impl Series {
     fn clock_watermark(&self, a: &Aggregate, now: i64) -> i64 {
         match &a.time {
             None => now,
-            Some(t) if now - self.on_time.since(now) >= quiet_ms(t) => now - t.late_ms,
+            Some(t) if now >= self.quiet.clock_from(now, quiet_ms(t)) => now - t.late_ms,
             Some(_) => i64::MIN,
         }
     }
@@ -242,8 +250,8 @@ impl Series {
                 Some(Late::Adjust) => t = self.watermark,
                 _ => return self.drop(Dropped::Late),
             }
-        } else if a.time.is_some() {
-            self.on_time.0.set(Some(now));
+        } else if let Some(e) = &a.time {
+            self.quiet.0.set(now + quiet_ms(e));
         }
         let hot = self.hot;
         let hop = a.hop_ms;
@@ -365,9 +373,9 @@ impl Series {
                 at
             }
         };
-        match (&a.time, self.on_time.0.get()) {
-            (Some(t), Some(since)) => at.map(|at| at.max(since + quiet_ms(t))),
-            _ => at,
+        match self.quiet.0.get() {
+            i64::MIN => at,
+            from => at.map(|at| at.max(from)),
         }
     }
 
