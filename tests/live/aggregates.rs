@@ -162,7 +162,7 @@ async fn the_backlog_after_a_restart_longer_than_late_seconds_counts(transport: 
     let hub = Hub::start(transport, "");
     let dir = tempfile::tempdir().unwrap();
     let mut set = aggregates();
-    set["T1s"]["time"]["lateSeconds"] = json!(1);
+    set["T1s"]["time"]["lateSeconds"] = json!(2);
     let peer = Peer::connect(hub.broker.port, "edgehub-side", true, &EDGE_SIDE).await;
     let desired = json!({"$version": 1, "CheckpointSeconds": 1, "Aggregates": set});
     let mut edge = EdgeSide { peer, desired, reported: Vec::new() };
@@ -174,7 +174,7 @@ async fn the_backlog_after_a_restart_longer_than_late_seconds_counts(transport: 
     let first_log = first.log_text();
     assert!(first.terminate().await.success());
     // The sensor goes on while the module is down; the hub keeps its messages for the module.
-    for mid in ["b", "c", "d"] {
+    for mid in ["b", "c", "d", "e"] {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         sent.push(unix_ms());
         reading(&edge, mid, 30.0, *sent.last().unwrap()).await;
