@@ -11,10 +11,7 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     }
     let (wa, wb) = (a.chunks_exact(4), b.chunks_exact(4));
     let tails = wa.remainder().iter().zip(wb.remainder()).all(|(x, y)| x == y);
-    tails
-        && wa
-            .zip(wb)
-            .all(|(x, y)| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) == u32::from_ne_bytes([y[0], y[1], y[2], y[3]]))
+    tails && wa.zip(wb).all(|(x, y)| word(x) == word(y))
 }
 
 /// A mask of the little-endian word `w` whose lowest set bit is the top bit of the first byte

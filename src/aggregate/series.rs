@@ -183,6 +183,12 @@ fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len())
 }
 
+/// Whether pane `j` (of `hop`, in windows of `hops` hops) is in a window ending after `end`.
+#[inline]
+fn open_after(j: i64, hop: i64, hops: i64, end: i64) -> bool {
+    (j + hops) * hop > end
+}
+
 /// The windows at most one close emits empty (`emitEmpty`), newest kept: after a long stop, a
 /// day of minute windows.
 pub const MAX_EMPTY_WINDOWS: i64 = 1440;
@@ -211,7 +217,7 @@ impl Series {
 
     /// The watermark at `now` (not yet raised by a reading).
     fn advance(&mut self, a: &Aggregate, now: i64) {
-        self.watermark = self.watermark.max(self.clock_watermark(a, now));
+        self.watermark = self.watermark_at(a, now);
     }
 
     /// The watermark at `now`, as a checkpoint keeps it: raised by the clock too, which a
@@ -306,7 +312,7 @@ impl Series {
     /// Whether [`Series::close`] at `now` has a window to close (without moving the watermark).
     #[inline]
     pub fn due(&self, a: &Aggregate, now: i64) -> bool {
-        self.watermark.max(self.clock_watermark(a, now)) > self.closed + a.hop_ms
+        self.watermark_at(a, now) > self.closed + a.hop_ms
     }
 
     /// Closes the windows the watermark at `now` has passed, oldest first, groups in key order.
@@ -316,8 +322,7 @@ impl Series {
         if self.watermark <= self.closed + hop {
             return Vec::new();
         }
-        // The newest window end the watermark has passed (W > end).
-        let last = (self.watermark - 1).div_euclid(hop) * hop;
+        let last = self.passed(hop);
         if last <= self.closed {
             return Vec::new();
         }
@@ -354,7 +359,7 @@ impl Series {
         }
         self.closed = last;
         for (_, panes) in &mut self.groups {
-            panes.retain(|(j, _)| (j + hops) * hop > last);
+            panes.retain(|&(j, _)| open_after(j, hop, hops, last));
         }
         self.groups.retain(|(_, panes)| !panes.is_empty());
         self.hot = Hot::default();
@@ -391,12 +396,17 @@ impl Series {
     /// (the session folds, then closes), so it no longer counts against the cap. Asked only at
     /// the cap.
     fn open_groups(&self, a: &Aggregate) -> usize {
-        let (hop, hops) = (a.hop_ms, a.hops());
-        let passed = match self.watermark {
+        let (hop, hops, passed) = (a.hop_ms, a.hops(), self.passed(a.hop_ms));
+        self.groups.iter().filter(|(_, panes)| panes.iter().any(|&(j, _)| open_after(j, hop, hops, passed))).count()
+    }
+
+    /// The newest window end the watermark has passed (W > end), or the last closed if later:
+    /// windows ending there or before are closed, whether or not [`Series::close`] has sent them.
+    fn passed(&self, hop: i64) -> i64 {
+        match self.watermark {
             i64::MIN => self.closed,
             w => self.closed.max((w - 1).div_euclid(hop) * hop),
-        };
-        self.groups.iter().filter(|(_, panes)| panes.iter().any(|&(j, _)| (j + hops) * hop > passed)).count()
+        }
     }
 
     /// The windows holding readings.
