@@ -32,22 +32,41 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Waits until something accepts connections on the port (up to 20 s: 64 tests start their
-/// brokers at once on a loaded 2-core machine, and 5 s was once too short).
-pub fn wait_for_port(port: u16) {
-    assert!(listens_within(port, Duration::from_secs(20)), "nothing listens on port {port}");
+/// Waits until process `pid` listens on the port (up to 20 s: 64 tests start their brokers at
+/// once on a loaded 2-core machine, and 5 s was once too short). A connection that succeeds is not
+/// enough: the port `free_port` handed out can be bound meanwhile by another test's listener.
+pub fn wait_for_listener(pid: u32, port: u16) {
+    assert!(listens_within(pid, port, Duration::from_secs(20)), "process {pid} does not listen on port {port}");
 }
 
-/// Whether something accepts connections on the port within `limit`.
-pub fn listens_within(port: u16, limit: Duration) -> bool {
+/// Whether process `pid` listens on the port within `limit`.
+pub fn listens_within(pid: u32, port: u16, limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if owns_listener(pid, port) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     false
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from /proc/net/tcp and
+/// the process's descriptors), so that a test never talks to another test's listener.
+pub fn owns_listener(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// A mosquitto broker with persistence, in its own directory.
@@ -90,7 +109,8 @@ impl Broker {
         panic!("mosquitto did not start again on port {}", self.port);
     }
 
-    /// Starts mosquitto and waits until it listens (up to 20 s); false if it exited first.
+    /// Starts mosquitto and waits until it listens (up to 20 s); false if it exited first (its
+    /// port was taken: another test's listener there does not count as the broker).
     fn try_spawn(&mut self) -> bool {
         let mut child = Command::new(mosquitto_binary())
             .arg("-c")
@@ -100,7 +120,7 @@ impl Broker {
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
         for _ in 0..800 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if owns_listener(child.id(), self.port) {
                 self.child = Some(child);
                 return true;
             }
@@ -112,6 +132,11 @@ impl Broker {
         let _ = child.kill();
         let _ = child.wait();
         panic!("mosquitto on port {} did not listen within 20 s", self.port);
+    }
+
+    /// The broker's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker runs").id()
     }
 
     /// Stops the broker gracefully (it saves its persistent sessions) and starts it again.
@@ -328,7 +353,7 @@ impl Peer {
                 }
             }
         });
-        // 20 s, as wait_for_port: 64 tests connect at once on a loaded 2-core machine.
+        // 20 s, as wait_for_listener: 64 tests connect at once on a loaded 2-core machine.
         tokio::time::timeout(Duration::from_secs(20), ready_rx).await.expect("peer did not connect").unwrap();
         Peer { client, rx, task, acks }
     }
@@ -490,7 +515,7 @@ pub fn tls_broker(certs: &Path) -> (Broker, u16, PathBuf) {
         cert.display(),
         key.display()
     ));
-    wait_for_port(tls_port);
+    wait_for_listener(broker.pid(), tls_port);
     (broker, tls_port, ca)
 }
 
@@ -565,7 +590,7 @@ impl Hub {
                         cert.display(),
                         key.display()
                     ));
-                    if listens_within(tls_port, Duration::from_secs(10)) {
+                    if listens_within(broker.pid(), tls_port, Duration::from_secs(10)) {
                         return Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs };
                     }
                 }

@@ -324,7 +324,7 @@ async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
         .spawn()
         .unwrap();
     let mut local = crate::common::Reaped::new(local);
-    crate::common::wait_for_port(port);
+    crate::common::wait_for_listener(local.id(), port);
     let mut upstream = Peer::connect(port, "console", true, &["local/upstream/#"]).await;
     let temperature = |p: &rumqttc::Publish| {
         serde_json::from_slice::<Value>(&p.payload).ok().and_then(|b| b["machine"]["temperature"].as_f64())

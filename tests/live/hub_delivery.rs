@@ -206,7 +206,7 @@ async fn after_a_reconnect_the_unacknowledged_message_comes_again_still_alone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_acknowledges_a_module_late_in_order_without_stalling_the_connection() {
-    let delay = AckDelay::parse("200-400").unwrap();
+    let delay = AckDelay::parse("1000-1200").unwrap();
     let (_hub, port) =
         embedded_hub_with(serde_json::json!({}), Delivery { ack_delay: delay, ..Default::default() }).await;
     let mut module = Raw::module(port, true).await;
@@ -215,19 +215,23 @@ async fn the_hub_acknowledges_a_module_late_in_order_without_stalling_the_connec
     for n in 0..10 {
         sent.push(module.publish("devices/dev/modules/filter/messages/events/%24.on=output1", &n.to_string()).await);
     }
-    // While the PUBACKs are owed the hub still serves the connection: a ping is answered first.
+    // While the PUBACKs are owed the hub still serves the connection: the ping is answered
+    // before the last of them (a hub that held the connection would answer it after all ten;
+    // on a loaded machine the first PUBACKs may come before it, so only the last is asked).
     module.send(Packet::PingReq).await;
-    assert!(matches!(module.next(Duration::from_secs(5)).await, Some(Packet::PingResp)));
     let mut acked = Vec::new();
+    let mut ponged = false;
     while acked.len() < sent.len() {
         match module.next(Duration::from_secs(5)).await {
+            Some(Packet::PingResp) if !ponged => ponged = true,
             Some(Packet::PubAck(a)) => {
                 if acked.is_empty() {
                     assert!(started.elapsed() >= delay.min, "the first PUBACK came {:?} after", started.elapsed());
                 }
                 acked.push(a.pkid);
+                assert!(ponged || acked.len() < sent.len(), "the ping waited for every PUBACK owed");
             }
-            other => panic!("expected PUBACKs, got {other:?}"),
+            other => panic!("expected PUBACKs and one PINGRESP, got {other:?}"),
         }
     }
     assert_eq!(acked, sent, "in the order of the publishes");

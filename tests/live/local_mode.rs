@@ -334,7 +334,7 @@ fn typed(child: &mut std::process::Child, port: u16, line: &str) -> String {
 fn local_mode_shows_alerts_and_applies_a_threshold_change() {
     let port = free_port();
     let mut child = Reaped::new(local(port, &[]).spawn().unwrap());
-    wait_for_port(port);
+    wait_for_listener(child.id(), port);
     // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
     let text = upstream(port, 3, 15);
     assert_eq!(
@@ -366,7 +366,7 @@ fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
         .spawn()
         .unwrap();
     let mut child = Reaped::new(child);
-    wait_for_port(port);
+    wait_for_listener(child.id(), port);
     // Every message matches the one rule: on its output, with its property.
     let text = upstream(port, 3, 15);
     assert_eq!(text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/everything {")).count(), 3, "{text}");

@@ -142,7 +142,7 @@ async fn every_series_carries_the_hub_device_module_and_a_new_instance_number() 
     // The next start has a new instance number.
     let port2 = free_port();
     let again = RunningModule::on(broker.port, &[("EDGEFILTER_METRICS_ADDR", format!("127.0.0.1:{port2}"))]);
-    wait_for_port(port2);
+    wait_for_listener(std::process::id(), port2);
     let text2 = tokio::task::spawn_blocking(move || scrape(port2)).await.unwrap();
     let instances2 = instance_numbers(&parse(&text2));
     assert_ne!(instances2[0], instances[0]);
@@ -165,7 +165,7 @@ fn out_of_file_descriptors_the_endpoint_backs_off_counts_and_recovers() {
         .spawn()
         .unwrap();
     let child = Reaped::new(child);
-    wait_for_port(port);
+    wait_for_listener(child.id(), port);
     let mut kept = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while value(&get(&mut kept), "edgefilter_connections_total{") < 1.0 {
@@ -225,7 +225,7 @@ async fn a_client_that_never_finishes_its_request_is_disconnected_and_scrapes_go
 }
 
 fn slow_clients_are_disconnected(port: u16) {
-    wait_for_port(port);
+    wait_for_listener(std::process::id(), port);
     let started = Instant::now();
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut trickling = TcpStream::connect(("127.0.0.1", port)).unwrap();
