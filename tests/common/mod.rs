@@ -81,21 +81,44 @@ impl Broker {
     /// bind (the kernel hands the same range to the tests' outgoing connections), so a broker
     /// that exits at once is started again on another port.
     pub fn start(extra: &str) -> Broker {
+        (0..5).find_map(|_| Broker::try_start(extra, None)).expect("mosquitto did not start on any of 5 ports")
+    }
+
+    /// A broker with a plain listener and a TLS one (`cert`, `key`), both on free ports; returns
+    /// it and the TLS port. Either port can be taken before mosquitto binds it, and mosquitto
+    /// then exits: it is started again on two other ports.
+    pub fn start_tls(extra: &str, cert: &Path, key: &Path) -> (Broker, u16) {
+        (0..10)
+            .find_map(|_| {
+                let tls_port = free_port();
+                let tls = format!(
+                    "{extra}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+                    cert.display(),
+                    key.display()
+                );
+                Broker::try_start(&tls, Some(tls_port)).map(|b| (b, tls_port))
+            })
+            .expect("mosquitto with a TLS listener did not start on any of 10 pairs of ports")
+    }
+
+    /// A broker on a free port (and listening on `also`, if given), or None if it exited first.
+    fn try_start(extra: &str, also: Option<u16>) -> Option<Broker> {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Broker { port: 0, dir, child: None };
-        for _ in 0..5 {
-            b.port = free_port();
-            let conf = format!(
-                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_packet_size 300000\n{extra}\n",
-                b.port,
-                b.dir.path().display()
-            );
-            std::fs::write(b.dir.path().join("mosquitto.conf"), conf).unwrap();
-            if b.try_spawn() {
-                return b;
-            }
+        let mut b = Broker { port: free_port(), dir, child: None };
+        let conf = format!(
+            "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_packet_size 300000\n{extra}\n",
+            b.port,
+            b.dir.path().display()
+        );
+        std::fs::write(b.dir.path().join("mosquitto.conf"), conf).unwrap();
+        if !b.try_spawn() {
+            return None;
         }
-        panic!("mosquitto did not start on any of 5 ports");
+        // mosquitto binds its listeners in order and exits if one fails.
+        match also {
+            Some(port) if !listens_within(b.pid(), port, Duration::from_secs(10)) => None,
+            _ => Some(b),
+        }
     }
 
     fn spawn(&mut self) {
@@ -509,13 +532,7 @@ pub async fn embedded_hub_with(
 /// certificate, for `localhost`, is signed by the returned CA file.
 pub fn tls_broker(certs: &Path) -> (Broker, u16, PathBuf) {
     let (ca, cert, key) = certificates(certs);
-    let tls_port = free_port();
-    let broker = Broker::start(&format!(
-        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-        cert.display(),
-        key.display()
-    ));
-    wait_for_listener(broker.pid(), tls_port);
+    let (broker, tls_port) = Broker::start_tls("", &cert, &key);
     (broker, tls_port, ca)
 }
 
@@ -581,20 +598,8 @@ impl Hub {
             }
             Transport::Tls => {
                 let (ca, cert, key) = certificates(certs.path());
-                // The TLS port can be taken between free_port and mosquitto's bind, as the plain
-                // one can (Broker::start): another port then.
-                for _ in 0..5 {
-                    let tls_port = free_port();
-                    let broker = Broker::start(&format!(
-                        "{extra}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true",
-                        cert.display(),
-                        key.display()
-                    ));
-                    if listens_within(broker.pid(), tls_port, Duration::from_secs(10)) {
-                        return Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs };
-                    }
-                }
-                panic!("mosquitto's TLS listener did not start on any of 5 ports")
+                let (broker, tls_port) = Broker::start_tls(extra, &cert, &key);
+                Hub { module_port: tls_port, broker, transport, ca: Some(ca), _certs: certs }
             }
         }
     }
