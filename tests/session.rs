@@ -102,6 +102,43 @@ fn input_is_held_back_while_max_unconfirmed_alerts_await_confirmation_and_resume
     assert_eq!(pubacks(&out), inputs[..2].to_vec());
 }
 
+/// A twin message is not input: a desired patch takes effect while input is held back, is not
+/// counted as overloaded, and only its PUBACK waits behind the input held back before it
+/// (edgeHub's protocol gateway expects PUBACKs in the order of its publishes).
+#[test]
+fn a_desired_patch_takes_effect_while_input_is_held_back_and_its_puback_keeps_its_place() {
+    let mut sim = Sim::up(config(|c| c.max_unconfirmed = 2), json!({}));
+    let inputs: Vec<u16> = (0..3).map(|_| sim.input(&hot(30.0))).collect();
+    let sent = alerts(&sim.written());
+    assert_eq!(sent.len(), 2, "two alerts in flight, the third input held back");
+    let patch = json!({"TemperatureThreshold": 40, "$version": 2});
+    sim.hub_publishes(&edgefilter::topic::twin_desired_patch(2), patch.to_string().as_bytes(), 900);
+    let out = sim.written();
+    assert_eq!(reported(&out).pop().unwrap()["TemperatureThreshold"], json!(40.0), "applied at once");
+    assert!(pubacks(&out).is_empty(), "its PUBACK waits behind the held input's");
+    assert_eq!(sim.stats.overloaded.load(Relaxed), 1, "the input only");
+    sim.puback(sent[0].0);
+    sim.puback(sent[1].0);
+    let out = sim.written();
+    assert!(alerts(&out).is_empty(), "the held input is decided under the new threshold: 30 is not over 40");
+    assert_eq!(pubacks(&out), [&inputs[..], &[900]].concat());
+}
+
+/// Beyond the hold-back bound a twin message still takes effect; its PUBACK is left with the
+/// input after which it came, for the hub to send it again after the reconnect.
+#[test]
+fn a_twin_message_past_the_hold_back_bound_takes_effect_and_is_left_with_the_input() {
+    let mut sim = Sim::up(config(|c| c.max_unconfirmed = 1), json!({}));
+    let inputs: Vec<u16> = (0..3).map(|_| sim.input(&hot(30.0))).collect();
+    let sent = alerts(&sim.written());
+    let patch = json!({"TemperatureThreshold": 40, "$version": 2});
+    sim.hub_publishes(&edgefilter::topic::twin_desired_patch(2), patch.to_string().as_bytes(), 900);
+    assert_eq!(reported(&sim.written()).pop().unwrap()["TemperatureThreshold"], json!(40.0));
+    sim.puback(sent[0].0);
+    assert_eq!(pubacks(&sim.written()), inputs[..2].to_vec(), "the third input and the patch were left");
+    assert_eq!(sim.settle(), vec![Action::Close], "reconnects for the hub to send them again");
+}
+
 #[test]
 fn beyond_twice_max_unconfirmed_input_is_left_for_redelivery_and_the_module_reconnects() {
     let mut sim = Sim::up(config(|c| c.max_unconfirmed = 1), json!({}));

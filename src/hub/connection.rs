@@ -175,8 +175,18 @@ impl Hub {
                 write(out, Packet::PubComp(PubComp::new(r.pkid)))?;
             }
             Packet::PubAck(a) => {
-                if let Some(s) = self.lock().sessions.get_mut(client.id) {
-                    s.acknowledged(a.pkid);
+                let mut state = self.lock();
+                let Some(Err(expected)) = state.sessions.get_mut(client.id).map(|s| s.acknowledged(a.pkid)) else {
+                    return Ok(true);
+                };
+                state.out_of_order_acks += 1;
+                drop(state);
+                match expected {
+                    Some(e) => warn!(
+                        "hub: {}: PUBACK #{} came while #{e} was expected: ignored, as edgeHub ignores it",
+                        client.id, a.pkid
+                    ),
+                    None => warn!("hub: {}: PUBACK #{} came with nothing in flight: ignored", client.id, a.pkid),
                 }
             }
             // We never send QoS 2, but answer politely.

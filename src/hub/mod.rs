@@ -86,6 +86,8 @@ struct State {
     next_connection: u64,
     /// Messages dropped because a client's queue was full.
     overflowed: u64,
+    /// PUBACKs ignored because they did not come in the order of the publishes.
+    out_of_order_acks: u64,
     /// Fault injection: the client whose publishes are not acknowledged for now.
     withhold_acks_from: Option<String>,
 }
@@ -179,6 +181,11 @@ impl Hub {
     /// sleeping after a third-party client (mosquitto_sub) subscribes.
     pub fn subscribers(&self, filter: &str) -> usize {
         self.lock().sessions.values().filter(|s| s.subscriptions.iter().any(|(f, _)| f == filter)).count()
+    }
+
+    /// The PUBACKs ignored because they came out of the order of the hub's publishes.
+    pub fn out_of_order_acks(&self) -> u64 {
+        self.lock().out_of_order_acks
     }
 
     /// The messages dropped because a client did not keep up.

@@ -10,6 +10,11 @@
 //! acknowledged yet. Plain clients (mosquitto_sub, the load tester's subscriber) are not modules:
 //! they get a broker's window, [`BROKER_WINDOW`], as mosquitto gives them its
 //! `max_inflight_messages`.
+//!
+//! PUBACKs are taken in the order of the publishes, as edgeHub's protocol gateway takes them
+//! (`RequestAckPairProcessor`, Azure/azure-iot-protocol-gateway): one for any other packet than
+//! the oldest unacknowledged is ignored (with `AbortOnOutOfOrderPubAck` at its default, false),
+//! and that message stays in flight until the next connection.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -71,6 +76,8 @@ pub(super) struct Session {
     /// …twin traffic, which goes out ahead of them and outside the window.
     twin_queue: VecDeque<Message>,
     inflight: BTreeMap<u16, Message>,
+    /// The packet ids of `inflight`, in the order they were sent: the order PUBACKs must come in.
+    sent: VecDeque<u16>,
     /// Messages (not twin traffic) among `inflight`.
     windowed: usize,
     /// Most messages in flight: set at each connection.
@@ -97,7 +104,8 @@ impl Session {
     pub fn resume(&mut self, window: usize) {
         self.window = window;
         self.windowed = 0;
-        for (_, mut m) in std::mem::take(&mut self.inflight).into_iter().rev() {
+        for pkid in std::mem::take(&mut self.sent).into_iter().rev() {
+            let Some(mut m) = self.inflight.remove(&pkid) else { continue };
             m.dup = true;
             if m.is_twin() {
                 self.twin_queue.push_front(m);
@@ -107,13 +115,19 @@ impl Session {
         }
     }
 
-    /// The client's PUBACK for `pkid`.
-    pub fn acknowledged(&mut self, pkid: u16) {
+    /// The client's PUBACK for `pkid`: Err with the packet id expected instead, when it is not
+    /// the oldest in flight (ignored, as edgeHub's protocol gateway ignores it).
+    pub fn acknowledged(&mut self, pkid: u16) -> Result<(), Option<u16>> {
+        if self.sent.front() != Some(&pkid) {
+            return Err(self.sent.front().copied());
+        }
+        self.sent.pop_front();
         if let Some(m) = self.inflight.remove(&pkid) {
             if !m.is_twin() {
                 self.windowed -= 1;
             }
         }
+        Ok(())
     }
 
     /// Encodes into `out` what may go out now: the twin traffic, then messages up to the window.
@@ -135,6 +149,7 @@ impl Session {
             p.pkid = self.next_pkid();
             self.windowed += usize::from(!m.is_twin());
             self.inflight.insert(p.pkid, m);
+            self.sent.push_back(p.pkid);
         }
         super::write(out, Packet::Publish(p))
     }
@@ -194,6 +209,24 @@ mod tests {
     }
 
     #[test]
+    fn pubacks_are_taken_only_in_the_order_of_the_publishes() {
+        let mut s = Session { window: 1, connection: None, ..Session::default() };
+        s.queue.push_back(input(1));
+        s.twin_queue.push_back(Message::new("$iothub/twin/res/200/?$rid=1".into(), Bytes::new(), QoS::AtLeastOnce));
+        let mut out = BytesMut::new();
+        s.send_ready(&mut out).unwrap();
+        let first = sent(&mut out);
+        let (twin, input) = (first[0].1, first[1].1);
+        assert_eq!(s.acknowledged(input), Err(Some(twin)), "the twin response went first");
+        s.send_ready(&mut out).unwrap();
+        assert!(sent(&mut out).is_empty(), "the input is still in flight: its PUBACK was ignored");
+        assert_eq!(s.acknowledged(twin), Ok(()));
+        assert_eq!(s.acknowledged(twin), Err(Some(input)), "once");
+        assert_eq!(s.acknowledged(input), Ok(()));
+        assert_eq!(s.acknowledged(input), Err(None), "nothing in flight");
+    }
+
+    #[test]
     fn a_window_of_one_sends_the_next_message_only_after_the_ack() {
         let mut s = Session { window: 1, connection: None, ..Session::default() };
         s.subscriptions.push(("#".into(), QoS::AtLeastOnce));
@@ -208,10 +241,10 @@ mod tests {
         assert!(first[0].0.starts_with("$iothub/") && first[1].0.ends_with("n=1"));
         s.send_ready(&mut out).unwrap();
         assert!(sent(&mut out).is_empty(), "nothing more before the PUBACK");
-        s.acknowledged(first[0].1); // the twin response's ack frees nothing
+        s.acknowledged(first[0].1).unwrap(); // the twin response's ack frees nothing
         s.send_ready(&mut out).unwrap();
         assert!(sent(&mut out).is_empty());
-        s.acknowledged(first[1].1);
+        s.acknowledged(first[1].1).unwrap();
         s.send_ready(&mut out).unwrap();
         let next = sent(&mut out);
         assert_eq!(next.len(), 1);

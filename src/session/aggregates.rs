@@ -135,11 +135,6 @@ impl Session {
         self.aggregates.restore.is_some() && c.twin_request.is_some()
     }
 
-    /// A twin message while input waits for the twin to restore the windows: handled at once.
-    pub(super) fn restore_answer(&self, publish: &crate::mqtt::Message) -> bool {
-        self.aggregates.restore.is_some() && publish.topic().starts_with("$iothub/twin/")
-    }
-
     /// The aggregates' one scan of an input's body, and what the filter's decision needs from it
     /// (`machine.temperature`, see [`Aggregator::temperature`]): None without aggregates, or for
     /// a body over edgeHub's limit (the decision refuses it unread).

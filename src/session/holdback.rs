@@ -4,6 +4,12 @@
 //! to redeliver after a reconnect. Held-back input goes on, in arrival order, once the hub has
 //! confirmed half of `max_unconfirmed`. Input also waits while the aggregates' state file waits
 //! for the first twin.
+//!
+//! A twin message (a response, a desired patch) is not input and is never held back: it takes
+//! effect at once, so that a setting never waits for the hub's confirmations and the state file's
+//! restore never waits for its own answer. Only its PUBACK keeps its place behind the input held
+//! back before it ([`Session::acknowledge_in_turn`]): edgeHub's protocol gateway expects PUBACKs
+//! in the order of its publishes, and ignores, or closes the connection on, any other.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -12,7 +18,7 @@ use log::warn;
 use rumqttc::mqttbytes::v4::Packet;
 
 use super::inbound::OVERLOAD_WARNING_EVERY;
-use super::{Phase, Session, MAX_OUT};
+use super::{HeldBack, Phase, Session, MAX_OUT};
 use crate::mqtt::Message;
 
 impl Session {
@@ -60,7 +66,20 @@ impl Session {
             );
             self.overload_warned = Some(now);
         }
-        c.deferred.push_back((publish.clone(), now));
+        c.deferred.push_back(HeldBack::Publish(publish.clone(), now));
+    }
+
+    /// A twin message's acknowledgement, in arrival order: behind what is held back or left
+    /// unacknowledged before it (within the same bound as input), else at once.
+    pub(super) fn acknowledge_in_turn(&mut self, pkid: u16) {
+        let max = self.max_unconfirmed;
+        match &mut self.phase {
+            Phase::Up(c) if pkid != 0 && (c.left_unacknowledged > 0 || c.deferred.len() >= max) => {
+                c.left_unacknowledged += 1
+            }
+            Phase::Up(c) if pkid != 0 && !c.deferred.is_empty() => c.deferred.push_back(HeldBack::TwinAck(pkid)),
+            _ => self.delivery.dropped(pkid),
+        }
     }
 
     /// Held-back publishes can go now: the hub has confirmed half of `max_unconfirmed` (so that
@@ -82,8 +101,13 @@ impl Session {
             && self.unflushed() < self.settings.batch_size as usize
         {
             let Phase::Up(c) = &mut self.phase else { break };
-            let Some((publish, received)) = c.deferred.pop_front() else { break };
-            inputs += u64::from(self.publish_at(&publish, received, now));
+            match c.deferred.pop_front() {
+                Some(HeldBack::Publish(publish, received)) => {
+                    inputs += u64::from(self.publish_at(&publish, received, now))
+                }
+                Some(HeldBack::TwinAck(pkid)) => self.delivery.dropped(pkid),
+                None => break,
+            }
         }
         inputs
     }

@@ -100,7 +100,7 @@ impl Session {
     /// One packet; true when it was an input message.
     fn packet(&mut self, packet: &Received, now: Instant) -> bool {
         let packet = match packet {
-            Received::Publish(p) if self.holding_back() && !self.restore_answer(p) => {
+            Received::Publish(p) if self.holding_back() && !self.is_twin(p) => {
                 self.hold_back(p, now);
                 return false;
             }
@@ -133,6 +133,11 @@ impl Session {
         false
     }
 
+    /// A twin response or desired patch: never held back (`holdback.rs`).
+    fn is_twin(&self, publish: &Message) -> bool {
+        matches!(topic::classify(&self.id, publish.topic()), Ok(Inbound::TwinResponse { .. } | Inbound::DesiredPatch))
+    }
+
     fn publish(&mut self, publish: &Message, now: Instant) -> bool {
         self.publish_at(publish, now, now)
     }
@@ -156,13 +161,13 @@ impl Session {
                 true
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
-                self.delivery.dropped(publish.pkid);
+                self.acknowledge_in_turn(publish.pkid);
                 let rid = rid.to_string();
                 self.twin_response(now, status, &rid, &publish.payload);
                 false
             }
             Ok(Inbound::DesiredPatch) => {
-                self.delivery.dropped(publish.pkid);
+                self.acknowledge_in_turn(publish.pkid);
                 self.desired(now, &publish.payload, crate::settings::Source::Patch);
                 false
             }

@@ -120,8 +120,8 @@ struct Conn {
     acked: Vec<(Instant, bool)>,
     /// Reading waits until then, for input to gather ([`Gather`]).
     read_after: Option<Instant>,
-    /// Publishes held back while too many alerts await confirmation, with when they arrived.
-    deferred: VecDeque<(Message, Instant)>,
+    /// What is held back while too many alerts await confirmation, in arrival order.
+    deferred: VecDeque<HeldBack>,
     /// Publishes neither handled nor held back on this connection ([`Session::hold_back`]).
     left_unacknowledged: u64,
     /// The outstanding full-twin request: its rid and when it was sent.
@@ -153,6 +153,15 @@ impl Conn {
             turn_inputs: 0,
         }
     }
+}
+
+/// What waits, in arrival order, while input is held back ([`Session::hold_back`]).
+#[derive(Debug)]
+enum HeldBack {
+    /// A publish, with when it arrived.
+    Publish(Message, Instant),
+    /// The acknowledgement of a twin message handled at once: only its PUBACK waits its turn.
+    TwinAck(u16),
 }
 
 /// An alert held until the hub confirms it.

@@ -129,7 +129,7 @@ pub fn render(stats: &Stats, latency: &[Snapshot; 6], labels: &Labels) -> String
         ("connections_total", "Connections to the hub.", &stats.connections),
         ("twin_updates_total", "Desired-property updates applied.", &stats.twin_updates),
         ("twin_rejections_total", "Desired values rejected.", &stats.twin_rejections),
-        ("overloaded_total", "Messages held back, or left for the hub to redeliver, while EDGEFILTER_MAX_UNCONFIRMED alerts await confirmation.", &stats.overloaded),
+        ("overloaded_total", "Input messages held back, or left for the hub to redeliver, while EDGEFILTER_MAX_UNCONFIRMED alerts await confirmation.", &stats.overloaded),
         ("dead_lettered_total", "Malformed messages sent to DeadLetterOutput.", &stats.dead_lettered),
         ("metrics_accept_failures_total", "Connections to /metrics that could not be accepted.", &stats.metrics_accept_failures),
         ("aggregates_emitted_total", "Aggregate messages (a closed window's summary or body) queued to the hub.", &stats.aggregates_emitted),

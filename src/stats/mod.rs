@@ -115,7 +115,8 @@ pub struct Stats {
     pub twin_updates: AtomicU64,
     /// Desired values or documents rejected.
     pub twin_rejections: AtomicU64,
-    /// Inputs left unacknowledged because too many alerts awaited confirmation.
+    /// Inputs held back or left unacknowledged because too many alerts awaited confirmation
+    /// (twin messages are never held back).
     pub overloaded: AtomicU64,
     /// Malformed messages sent to `DeadLetterOutput`.
     pub dead_lettered: AtomicU64,

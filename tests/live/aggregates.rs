@@ -352,3 +352,46 @@ async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
     assert!(cooled.is_some(), "the sensor never restarted its ramp after the reset\n{log}");
     assert!(log.contains("sensor: reset command received"), "{log}");
 }
+
+/// After a restart with a state file, edgeHub's backlog reaches the module before the answer to
+/// its twin request: the module holds that input until the twin restores the windows, takes the
+/// twin at once, and acknowledges both in the order the hub sent them. The local hub takes
+/// PUBACKs only in that order, as edgeHub's protocol gateway does; the twin's first would be
+/// ignored there, and every input after it would wait for a PUBACK the hub had ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_backlog_and_the_twin_are_acknowledged_in_the_hubs_order() {
+    use crate::common::{embedded_hub, wait_until, RunningModule};
+    let count = json!({"Count": {"path": "machine.temperature", "window": {"kind": "tumbling", "seconds": 3600},
+        "functions": "count", "output": "aggregates"}});
+    let (hub, port) = embedded_hub(json!({"CheckpointSeconds": 1, "Aggregates": count})).await;
+    let mut upstream = Peer::connect(port, "upstream", true, &["local/upstream/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("EDGEFILTER_STATE_DIR", dir.path().display().to_string())];
+    let sensor = Peer::connect(port, "sensor-anon", true, &[]).await;
+    let send = |seq: u64| {
+        let topic = format!("devices/dev/modules/sensor/messages/events/%24.on=temperatureOutput&sequenceNumber={seq}");
+        let sensor = &sensor;
+        async move { sensor.publish(&topic, format!(r#"{{"machine":{{"temperature":30}},"seq":{seq}}}"#)).await }
+    };
+    let first = RunningModule::on(port, &env);
+    wait_until("subscribed", WAIT, || hub.subscribers("devices/dev/modules/filter/inputs/#") == 1).await;
+    send(1).await;
+    assert!(upstream.next(WAIT).await.is_some(), "the first alert");
+    first.stop().await.unwrap();
+    assert!(state_file(dir.path()).exists(), "the stop's checkpoint");
+    for seq in 2..=6 {
+        send(seq).await;
+    }
+    sensor.wait_confirmed(6).await;
+    let second = RunningModule::on(port, &env);
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let Some(p) = upstream.next(WAIT).await else { break };
+        if let Ok(body) = serde_json::from_slice::<Value>(&p.payload) {
+            seen.extend(body["seq"].as_u64());
+        }
+    }
+    assert_eq!(seen, [2, 3, 4, 5, 6], "the backlog drains, in order");
+    assert_eq!(hub.out_of_order_acks(), 0, "every PUBACK in the hub's order");
+    second.stop().await.unwrap();
+}

@@ -175,10 +175,33 @@ async fn the_window_widens_when_asked() {
     }
     assert_eq!(first.iter().map(sequence).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(module.next(QUIET).await.is_none(), "no fourth before a PUBACK");
-    module.puback(first[1].pkid).await;
+    module.puback(first[0].pkid).await;
     let p = module.next_publish(Duration::from_secs(5)).await.expect("a slot freed");
     assert_eq!(sequence(&p), 4);
     assert!(module.next(QUIET).await.is_none());
+}
+
+/// As edgeHub's protocol gateway: a PUBACK for any but the oldest message in flight is ignored
+/// (counted, logged), so that message stays in flight; the hub takes it once the older one's came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_out_of_the_order_of_the_publishes_is_ignored() {
+    let (hub, port) = embedded_hub_with(serde_json::json!({}), Delivery { inflight: 2, ..Default::default() }).await;
+    let mut module = Raw::module(port, false).await;
+    module.subscribe(INPUTS).await;
+    route(port, 1..=4).await;
+    let one = module.next_publish(Duration::from_secs(5)).await.unwrap();
+    let two = module.next_publish(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((sequence(&one), sequence(&two)), (1, 2));
+    module.puback(two.pkid).await;
+    assert!(module.next(QUIET).await.is_none(), "ignored: both still in flight, no third message");
+    assert_eq!(hub.out_of_order_acks(), 1);
+    module.puback(one.pkid).await;
+    let three = module.next_publish(Duration::from_secs(5)).await.expect("one slot freed");
+    assert_eq!(sequence(&three), 3);
+    assert!(module.next(QUIET).await.is_none(), "two is still in flight: its PUBACK was ignored");
+    module.puback(two.pkid).await;
+    assert_eq!(sequence(&module.next_publish(Duration::from_secs(5)).await.expect("taken now")), 4);
+    assert_eq!(hub.out_of_order_acks(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
