@@ -9,7 +9,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/build-release.sh armv7-unknown-linux-gnueabihf dist/armv7
 EDGEFILTER_ARM_BINARY="$PWD/dist/armv7/edgefilter" cargo test --workspace
-scripts/prometheus.sh target/debug/edgefilter   # promtool check metrics, and a real Prometheus scraping
+scripts/prometheus.sh "${CARGO_TARGET_DIR:-target}/debug/edgefilter"   # promtool check metrics, and a real Prometheus scraping
 hadolint Dockerfile.amd64 Dockerfile.arm32v7
 scripts/check-links.py
 echo "== armv7 figures"
