@@ -139,6 +139,49 @@ fn a_twin_message_past_the_hold_back_bound_takes_effect_and_is_left_with_the_inp
     assert_eq!(sim.settle(), vec![Action::Close], "reconnects for the hub to send them again");
 }
 
+/// A stop takes no more input: one that arrives while it drains is left for the next start, and
+/// so is every acknowledgement after it (a desired patch's), held back or not.
+#[test]
+fn while_a_stop_drains_nothing_is_acknowledged_ahead_of_an_input_left_for_the_next_start() {
+    let patch = json!({"TemperatureThreshold": 40, "$version": 2}).to_string();
+    // An input arrives during the drain.
+    let mut sim = Sim::up(config(|_| {}), json!({}));
+    let first = sim.input(&hot(30.0));
+    let sent = alerts(&sim.written());
+    sim.s.on_stop(sim.now);
+    sim.input(&hot(30.0));
+    sim.hub_publishes(&edgefilter::topic::twin_desired_patch(2), patch.as_bytes(), 900);
+    sim.puback(sent[0].0);
+    assert_eq!(pubacks(&sim.written()), vec![first], "not the patch's: the input before it was left");
+    // An input was held back when the stop came.
+    let mut sim = Sim::up(config(|c| c.max_unconfirmed = 2), json!({}));
+    let inputs: Vec<u16> = (0..3).map(|_| sim.input(&hot(30.0))).collect();
+    let sent = alerts(&sim.written());
+    sim.s.on_stop(sim.now);
+    sim.hub_publishes(&edgefilter::topic::twin_desired_patch(2), patch.as_bytes(), 900);
+    sim.puback(sent[0].0);
+    sim.puback(sent[1].0);
+    assert_eq!(pubacks(&sim.written()), inputs[..2].to_vec(), "the held input and the patch are left");
+}
+
+/// A QoS 0 input past the hold-back bound has no redelivery to wait for: it is dropped (counted
+/// as overloaded), and the module does not reconnect for it.
+#[test]
+fn a_qos_0_input_past_the_hold_back_bound_is_dropped_without_a_reconnect() {
+    let mut sim = Sim::up(config(|c| c.max_unconfirmed = 1), json!({}));
+    let inputs: Vec<u16> = (0..2).map(|_| sim.input(&hot(30.0))).collect();
+    let sent = alerts(&sim.written());
+    sim.hub_publishes(sim::INPUT, hot(30.0).as_bytes(), 0);
+    assert_eq!(sim.stats.overloaded.load(Relaxed), 2);
+    sim.puback(sent[0].0);
+    let out = sim.written();
+    let next = alerts(&out);
+    assert_eq!(next.len(), 1, "the held input's alert");
+    sim.puback(next[0].0);
+    assert_eq!([pubacks(&out), pubacks(&sim.written())].concat(), inputs);
+    assert!(sim.settle().is_empty(), "no reconnect: nothing was left for the hub to send again");
+}
+
 #[test]
 fn beyond_twice_max_unconfirmed_input_is_left_for_redelivery_and_the_module_reconnects() {
     let mut sim = Sim::up(config(|c| c.max_unconfirmed = 1), json!({}));

@@ -176,7 +176,12 @@ impl Hub {
             }
             Packet::PubAck(a) => {
                 let mut state = self.lock();
-                let Some(Err(expected)) = state.sessions.get_mut(client.id).map(|s| s.acknowledged(a.pkid)) else {
+                // A PUBACK read on a connection a newer one has taken over answers nothing now.
+                let current =
+                    |s: &&mut super::session::Session| s.connection.as_ref().is_some_and(|(n, _)| *n == client.me);
+                let Some(Err(expected)) =
+                    state.sessions.get_mut(client.id).filter(current).map(|s| s.acknowledged(a.pkid))
+                else {
                     return Ok(true);
                 };
                 state.out_of_order_acks += 1;

@@ -109,7 +109,9 @@ impl Session {
         info!("stop requested: taking no more input, waiting for {} alerts in flight", self.delivery.alerts_pending());
         self.draining = Some(now + DRAIN_TIMEOUT);
         if let Phase::Up(c) = &mut self.phase {
-            c.deferred.clear();
+            // Left for the next start: so is every acknowledgement after them on this connection.
+            let held = c.deferred.drain(..).filter(|h| h.pkid() != 0).count();
+            c.left_unacknowledged += held as u64;
         }
     }
 

@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use log::warn;
+use log::{debug, warn};
 use rumqttc::mqttbytes::v4::Packet;
 
 use super::inbound::OVERLOAD_WARNING_EVERY;
@@ -50,6 +50,11 @@ impl Session {
         }
         let Phase::Up(c) = &mut self.phase else { return };
         if c.left_unacknowledged > 0 || c.deferred.len() >= max {
+            if publish.pkid == 0 {
+                // QoS 0: no hub sends it again, and it has no acknowledgement to keep in order.
+                debug!("dropped a QoS 0 message past the hold-back bound on {}", publish.topic());
+                return;
+            }
             if c.left_unacknowledged == 0 {
                 warn!(
                     "{} messages held back: leaving the rest unacknowledged for the hub to redeliver",
@@ -69,8 +74,16 @@ impl Session {
         c.deferred.push_back(HeldBack::Publish(publish.clone(), now));
     }
 
-    /// A twin message's acknowledgement, in arrival order: behind what is held back or left
-    /// unacknowledged before it (within the same bound as input), else at once.
+    /// A publish not acknowledged on this connection (a stop is draining it): nothing after it is
+    /// acknowledged either ([`Session::acknowledge_in_turn`]).
+    pub(super) fn leave_unacknowledged(&mut self, pkid: u16) {
+        if let Phase::Up(c) = &mut self.phase {
+            c.left_unacknowledged += u64::from(pkid != 0);
+        }
+    }
+
+    /// The acknowledgement of a publish handled as it arrives, in arrival order: behind what is
+    /// held back or left unacknowledged before it (within the same bound as input), else at once.
     pub(super) fn acknowledge_in_turn(&mut self, pkid: u16) {
         let max = self.max_unconfirmed;
         match &mut self.phase {
@@ -103,7 +116,7 @@ impl Session {
             let Phase::Up(c) = &mut self.phase else { break };
             match c.deferred.pop_front() {
                 Some(HeldBack::Publish(publish, received)) => {
-                    inputs += u64::from(self.publish_at(&publish, received, now))
+                    inputs += u64::from(self.publish_at(&publish, Some(received), now))
                 }
                 Some(HeldBack::TwinAck(pkid)) => self.delivery.dropped(pkid),
                 None => break,

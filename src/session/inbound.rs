@@ -139,16 +139,26 @@ impl Session {
     }
 
     fn publish(&mut self, publish: &Message, now: Instant) -> bool {
-        self.publish_at(publish, now, now)
+        self.publish_at(publish, None, now)
     }
 
-    /// One incoming publish, top to bottom, that arrived at `received`; true when it was an
-    /// input message.
-    pub(super) fn publish_at(&mut self, publish: &Message, received: Instant, now: Instant) -> bool {
+    /// One incoming publish, top to bottom; true when it was an input message. `held`: when it
+    /// arrived, if it was held back (then everything before it is acknowledged or queued to be);
+    /// None when it arrived now.
+    pub(super) fn publish_at(&mut self, publish: &Message, held: Option<Instant>, now: Instant) -> bool {
+        let received = held.unwrap_or(now);
+        // What is not input is acknowledged at once, but never ahead of what came before it.
+        let acknowledge = |s: &mut Session| match held {
+            Some(_) => s.delivery.dropped(publish.pkid),
+            None => s.acknowledge_in_turn(publish.pkid),
+        };
         match topic::classify(&self.id, publish.topic()) {
             Ok(Inbound::Input { input, bag, id }) => {
                 if self.draining.is_some() {
-                    return false; // not acknowledged: the hub keeps it for the next start
+                    // Not acknowledged: the hub keeps it for the next start, and nothing after it
+                    // is acknowledged on this connection either.
+                    self.leave_unacknowledged(publish.pkid);
+                    return false;
                 }
                 self.stats.received.fetch_add(1, Relaxed);
                 let known = topic::input_is(input, filter::INPUT);
@@ -161,26 +171,26 @@ impl Session {
                 true
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
-                self.acknowledge_in_turn(publish.pkid);
+                acknowledge(self);
                 let rid = rid.to_string();
                 self.twin_response(now, status, &rid, &publish.payload);
                 false
             }
             Ok(Inbound::DesiredPatch) => {
-                self.acknowledge_in_turn(publish.pkid);
+                acknowledge(self);
                 self.desired(now, &publish.payload, crate::settings::Source::Patch);
                 false
             }
             Ok(Inbound::Other) => {
                 debug!("ignored a message on {}", publish.topic());
-                self.delivery.dropped(publish.pkid);
+                acknowledge(self);
                 false
             }
             Err(e) => {
                 warn!("dropped a message with an unreadable topic ({}): {}", e.name(), publish.topic());
                 self.stats.received.fetch_add(1, Relaxed);
                 Stats::drop(&self.stats, Reason::BadPropertyBag);
-                self.delivery.dropped(publish.pkid);
+                acknowledge(self);
                 true
             }
         }

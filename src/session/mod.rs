@@ -164,6 +164,15 @@ enum HeldBack {
     TwinAck(u16),
 }
 
+impl HeldBack {
+    fn pkid(&self) -> u16 {
+        match self {
+            HeldBack::Publish(p, _) => p.pkid,
+            HeldBack::TwinAck(pkid) => *pkid,
+        }
+    }
+}
+
 /// An alert held until the hub confirms it.
 #[derive(Debug)]
 pub struct Held {
