@@ -100,7 +100,7 @@ impl Session {
     /// One packet; true when it was an input message.
     fn packet(&mut self, packet: &Received, now: Instant) -> bool {
         let packet = match packet {
-            Received::Publish(p) if self.holding_back() && !self.is_twin(p) => {
+            Received::Publish(p) if self.holding_back() && !topic::is_twin(p.topic()) => {
                 self.hold_back(p, now);
                 return false;
             }
@@ -133,11 +133,6 @@ impl Session {
         false
     }
 
-    /// A twin response or desired patch: never held back (`holdback.rs`).
-    fn is_twin(&self, publish: &Message) -> bool {
-        matches!(topic::classify(&self.id, publish.topic()), Ok(Inbound::TwinResponse { .. } | Inbound::DesiredPatch))
-    }
-
     fn publish(&mut self, publish: &Message, now: Instant) -> bool {
         self.publish_at(publish, None, now)
     }
@@ -146,12 +141,6 @@ impl Session {
     /// arrived, if it was held back (then everything before it is acknowledged or queued to be);
     /// None when it arrived now.
     pub(super) fn publish_at(&mut self, publish: &Message, held: Option<Instant>, now: Instant) -> bool {
-        let received = held.unwrap_or(now);
-        // What is not input is acknowledged at once, but never ahead of what came before it.
-        let acknowledge = |s: &mut Session| match held {
-            Some(_) => s.delivery.dropped(publish.pkid),
-            None => s.acknowledge_in_turn(publish.pkid),
-        };
         match topic::classify(&self.id, publish.topic()) {
             Ok(Inbound::Input { input, bag, id }) => {
                 if self.draining.is_some() {
@@ -160,6 +149,7 @@ impl Session {
                     self.leave_unacknowledged(publish.pkid);
                     return false;
                 }
+                let received = held.unwrap_or(now);
                 self.stats.received.fetch_add(1, Relaxed);
                 let known = topic::input_is(input, filter::INPUT);
                 // Beside the decision: one message can alert and count, from one scan of its body.
@@ -171,28 +161,38 @@ impl Session {
                 true
             }
             Ok(Inbound::TwinResponse { status, rid }) => {
-                acknowledge(self);
+                self.acknowledge_not_input(publish.pkid, held);
                 let rid = rid.to_string();
                 self.twin_response(now, status, &rid, &publish.payload);
                 false
             }
             Ok(Inbound::DesiredPatch) => {
-                acknowledge(self);
+                self.acknowledge_not_input(publish.pkid, held);
                 self.desired(now, &publish.payload, crate::settings::Source::Patch);
                 false
             }
             Ok(Inbound::Other) => {
                 debug!("ignored a message on {}", publish.topic());
-                acknowledge(self);
+                self.acknowledge_not_input(publish.pkid, held);
                 false
             }
             Err(e) => {
                 warn!("dropped a message with an unreadable topic ({}): {}", e.name(), publish.topic());
                 self.stats.received.fetch_add(1, Relaxed);
                 Stats::drop(&self.stats, Reason::BadPropertyBag);
-                acknowledge(self);
+                self.acknowledge_not_input(publish.pkid, held);
                 true
             }
+        }
+    }
+
+    /// What is not input is acknowledged at once, but never ahead of what came before it: from
+    /// the hold-back queue (`held`) everything before it is done; as it arrives, it takes its
+    /// turn ([`Session::acknowledge_in_turn`]).
+    fn acknowledge_not_input(&mut self, pkid: u16, held: Option<Instant>) {
+        match held {
+            Some(_) => self.delivery.dropped(pkid),
+            None => self.acknowledge_in_turn(pkid),
         }
     }
 

@@ -115,6 +115,12 @@ impl TopicError {
     }
 }
 
+/// Whether a topic is twin traffic (a response or a desired patch), which is never held back
+/// behind input (`src/session/holdback.rs`).
+pub fn is_twin(topic: &str) -> bool {
+    topic.starts_with(TWIN_RES_PREFIX) || topic.starts_with(TWIN_DESIRED_PREFIX)
+}
+
 /// Classifies a topic that arrived at module `id`.
 pub fn classify<'a>(id: &ModuleId, topic: &'a str) -> Result<Inbound<'a>, TopicError> {
     if let Some(rest) = topic.strip_prefix(TWIN_RES_PREFIX) {
