@@ -68,6 +68,27 @@ fn input_topics_without_bag_and_other_topics() {
     assert_eq!(classify(&id(), "$iothub/twin/PATCH/properties/desired/?$version=5"), Ok(Inbound::DesiredPatch));
 }
 
+/// Twin traffic, never held back behind input: what classify reads as a twin response (or a bad
+/// one) or a desired patch; not methods, not inputs, not the module's own reported patches.
+#[test]
+fn twin_traffic_is_what_classify_reads_as_twin() {
+    for topic in [
+        "$iothub/twin/res/200/?$rid=7",
+        "$iothub/twin/res/x/?$rid=7",
+        "$iothub/twin/PATCH/properties/desired/?$version=5",
+        "$iothub/methods/POST/reset/?$rid=1",
+        "$iothub/twin/PATCH/properties/reported/?$rid=1",
+        "$iothub/twin/GET/?$rid=1",
+        "devices/Device1/modules/Module1/inputs/input1/a=1",
+    ] {
+        let twin = matches!(
+            classify(&id(), topic),
+            Ok(Inbound::TwinResponse { .. } | Inbound::DesiredPatch) | Err(TopicError::BadTwinResponse)
+        );
+        assert_eq!(edgefilter::topic::is_twin(topic), twin, "{topic}");
+    }
+}
+
 /// The reference for what classify finds in a bag: its entries split at `&`, each at its first
 /// `=`; the first `$.mid` (raw or quoted), the last `batchId` and `sequenceNumber`; None for a
 /// bag the readable path cannot read.

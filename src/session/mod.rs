@@ -122,7 +122,9 @@ struct Conn {
     read_after: Option<Instant>,
     /// What is held back while too many alerts await confirmation, in arrival order.
     deferred: VecDeque<HeldBack>,
-    /// Publishes neither handled nor held back on this connection ([`Session::hold_back`]).
+    /// Publishes not acknowledged on this connection and not held back: past the hold-back bound
+    /// ([`Session::hold_back`]), or while a stop drains. Every acknowledgement after the first of
+    /// them waits for the next connection ([`Session::acknowledge_in_turn`]).
     left_unacknowledged: u64,
     /// The outstanding full-twin request: its rid and when it was sent.
     twin_request: Option<(String, Instant)>,
