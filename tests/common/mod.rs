@@ -39,6 +39,32 @@ pub fn wait_for_listener(pid: u32, port: u16) {
     assert!(listens_within(pid, port, Duration::from_secs(20)), "process {pid} does not listen on port {port}");
 }
 
+/// Spawns `command(port)` on a free port and waits until its process listens there (up to 20 s).
+/// The port can be taken before the process binds it, and the process then exits: it is started
+/// again on another port, up to 5 times.
+pub fn spawn_listening(mut command: impl FnMut(u16) -> Command) -> (Reaped, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Reaped::new(command(port).spawn().unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if owns_listener(child.id(), port) {
+                return (child, port);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(
+            child.try_wait().unwrap().is_some(),
+            "process {} did not listen on port {port} within 20 s",
+            child.id()
+        );
+    }
+    panic!("the process exited before it listened, on 5 ports");
+}
+
 /// Whether process `pid` listens on the port within `limit`.
 pub fn listens_within(pid: u32, port: u16, limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;

@@ -311,20 +311,19 @@ async fn the_tutorials_asa_job_resets_the_simulated_sensor_in_local_mode() {
     }}});
     let twin_file = dir.path().join("twin.json");
     std::fs::write(&twin_file, twin.to_string()).unwrap();
-    let port = crate::common::free_port();
-    let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
-    let local = std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-        .args(["local", "--port", &port.to_string(), "--interval-ms", "10", "--metrics", "off"])
-        .arg("--twin")
-        .arg(&twin_file)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .spawn()
-        .unwrap();
-    let mut local = crate::common::Reaped::new(local);
-    crate::common::wait_for_listener(local.id(), port);
+    let (mut local, port) = crate::common::spawn_listening(|port| {
+        let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edgefilter"));
+        command
+            .args(["local", "--port", &port.to_string(), "--interval-ms", "10", "--metrics", "off"])
+            .arg("--twin")
+            .arg(&twin_file)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log);
+        command
+    });
     let mut upstream = Peer::connect(port, "console", true, &["local/upstream/#"]).await;
     let temperature = |p: &rumqttc::Publish| {
         serde_json::from_slice::<Value>(&p.payload).ok().and_then(|b| b["machine"]["temperature"].as_f64())

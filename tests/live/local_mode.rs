@@ -332,9 +332,7 @@ fn typed(child: &mut std::process::Child, port: u16, line: &str) -> String {
 
 #[test]
 fn local_mode_shows_alerts_and_applies_a_threshold_change() {
-    let port = free_port();
-    let mut child = Reaped::new(local(port, &[]).spawn().unwrap());
-    wait_for_listener(child.id(), port);
+    let (mut child, port) = spawn_listening(|port| local(port, &[]));
     // Alerts reach the upstream (the sensor ramps from 21 past 25 within a few dozen messages).
     let text = upstream(port, 3, 15);
     assert_eq!(
@@ -357,16 +355,14 @@ fn local_mode_shows_alerts_and_applies_a_threshold_change() {
 
 #[test]
 fn local_mode_takes_rules_from_the_twin_file_and_the_console() {
-    let port = free_port();
     let twin = std::env::temp_dir().join(format!("edgefilter-rules-{}.json", std::process::id()));
     let rules = r#"{"Rules":{"Everything":{"path":"machine.temperature","op":"<","value":1000,"output":"everything","properties":{"Kind":"all"}}}}"#;
     std::fs::write(&twin, rules).unwrap();
-    let child = local(port, &["--twin", twin.to_str().unwrap()])
-        .env("EDGEFILTER_METRICS_ADDR", "off") // the other local-mode test has the default port
-        .spawn()
-        .unwrap();
-    let mut child = Reaped::new(child);
-    wait_for_listener(child.id(), port);
+    let (mut child, port) = spawn_listening(|port| {
+        let mut command = local(port, &["--twin", twin.to_str().unwrap()]);
+        command.env("EDGEFILTER_METRICS_ADDR", "off"); // the other local-mode test has the default port
+        command
+    });
     // Every message matches the one rule: on its output, with its property.
     let text = upstream(port, 3, 15);
     assert_eq!(text.lines().filter(|l| l.starts_with("local/upstream/edgefilter/everything {")).count(), 3, "{text}");
