@@ -612,7 +612,9 @@ fn extremes(f: Field, was: u64) -> Vec<u64> {
             .collect(),
         Field::Int => {
             let was = was as i64;
-            let around = [1, 1000, 10_000, 300_001, 86_400_000].into_iter().flat_map(|d| [was + d, was - d]);
+            let around = [1, 1000, 10_000, 300_001, 86_400_000]
+                .into_iter()
+                .flat_map(|d| [was.wrapping_add(d), was.wrapping_sub(d)]);
             [0, 1, -1, i64::MIN, i64::MAX, 1 << 52, i64::from(i32::MIN), i64::from(i32::MAX), -37_221, 35_489]
                 .into_iter()
                 .chain(around)
@@ -625,6 +627,19 @@ fn extremes(f: Field, was: u64) -> Vec<u64> {
             [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, f64::MAX, -f64::MAX, 5e-324, 1e300, -was, was * 2.0]
                 .map(f64::to_bits)
                 .to_vec()
+        }
+    }
+}
+
+/// Two mutations of one field: the second takes its values around the first's, which may be any
+/// extreme (CI once found `i64::MAX + 1` here, in the test's own arithmetic).
+#[test]
+fn extremes_around_any_extreme_do_not_overflow() {
+    for kind in [Field::Flag, Field::Count, Field::Int, Field::Float, Field::Bin, Field::Text] {
+        for was in extremes(kind, 0) {
+            for again in extremes(kind, was) {
+                let _ = extremes(kind, again);
+            }
         }
     }
 }
