@@ -61,7 +61,7 @@ impl Hub {
 
         let mut state = self.lock();
         if let Some(session) = state.sessions.get_mut(&client_id) {
-            if session.connection.as_ref().is_some_and(|(n, _)| *n == me) {
+            if session.held_by(me) {
                 session.connection = None;
                 if session.clean {
                     state.sessions.remove(&client_id);
@@ -174,26 +174,7 @@ impl Hub {
                 client.incoming_qos2.retain(|id| *id != r.pkid);
                 write(out, Packet::PubComp(PubComp::new(r.pkid)))?;
             }
-            Packet::PubAck(a) => {
-                let mut state = self.lock();
-                // A PUBACK read on a connection a newer one has taken over answers nothing now.
-                let current =
-                    |s: &&mut super::session::Session| s.connection.as_ref().is_some_and(|(n, _)| *n == client.me);
-                let Some(Err(expected)) =
-                    state.sessions.get_mut(client.id).filter(current).map(|s| s.acknowledged(a.pkid))
-                else {
-                    return Ok(true);
-                };
-                state.out_of_order_acks += 1;
-                drop(state);
-                match expected {
-                    Some(e) => warn!(
-                        "hub: {}: PUBACK #{} came while #{e} was expected: ignored, as edgeHub ignores it",
-                        client.id, a.pkid
-                    ),
-                    None => warn!("hub: {}: PUBACK #{} came with nothing in flight: ignored", client.id, a.pkid),
-                }
-            }
+            Packet::PubAck(a) => self.acknowledged(client, a.pkid),
             // We never send QoS 2, but answer politely.
             Packet::PubRec(r) => write(out, Packet::PubRel(rumqttc::PubRel::new(r.pkid)))?,
             Packet::PubComp(_) | Packet::PingResp => {}
@@ -227,13 +208,30 @@ impl Hub {
         Ok(true)
     }
 
+    /// The client's PUBACK: taken only in the order of the hub's publishes, as edgeHub's protocol
+    /// gateway takes it, and only on the session's live connection (one a newer connection has
+    /// taken over answers nothing now); any other is ignored, counted and logged.
+    fn acknowledged(&self, client: &Client<'_>, pkid: u16) {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(client.id).filter(|s| s.held_by(client.me)) else { return };
+        let Err(expected) = session.acknowledged(pkid) else { return };
+        state.out_of_order_acks += 1;
+        drop(state);
+        match expected {
+            Some(e) => {
+                warn!("hub: {}: PUBACK #{pkid} came while #{e} was expected: ignored, as edgeHub ignores it", client.id)
+            }
+            None => warn!("hub: {}: PUBACK #{pkid} came with nothing in flight: ignored", client.id),
+        }
+    }
+
     /// Moves queued messages into flight (up to the session's window) and encodes them into `out`.
     /// Returns false when this connection is no longer the session's.
     fn pump(&self, client_id: &str, me: u64, out: &mut BytesMut) -> Result<bool, String> {
         let mut state = self.lock();
         let releasing = state.withhold_acks_from.is_none();
         let Some(session) = state.sessions.get_mut(client_id) else { return Ok(false) };
-        if session.connection.as_ref().is_none_or(|(n, _)| *n != me) {
+        if !session.held_by(me) {
             return Ok(false);
         }
         if releasing {

@@ -16,7 +16,7 @@
 //! the oldest unacknowledged is ignored (with `AbortOnOutOfOrderPubAck` at its default, false),
 //! and that message stays in flight until the next connection.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -75,9 +75,9 @@ pub(super) struct Session {
     queue: VecDeque<Message>,
     /// …twin traffic, which goes out ahead of them and outside the window.
     twin_queue: VecDeque<Message>,
-    inflight: BTreeMap<u16, Message>,
-    /// The packet ids of `inflight`, in the order they were sent: the order PUBACKs must come in.
-    sent: VecDeque<u16>,
+    /// Messages sent and not yet acknowledged, with their packet ids, in the order they were sent:
+    /// the order their PUBACKs must come in.
+    inflight: VecDeque<(u16, Message)>,
     /// Messages (not twin traffic) among `inflight`.
     windowed: usize,
     /// Most messages in flight: set at each connection.
@@ -91,9 +91,14 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// Whether connection `me` is the session's live one (a newer one may have taken it over).
+    pub fn held_by(&self, me: u64) -> bool {
+        self.connection.as_ref().is_some_and(|(n, _)| *n == me)
+    }
+
     fn next_pkid(&mut self) -> u16 {
         let inflight = &self.inflight;
-        self.ids.next(|id| inflight.contains_key(&id))
+        self.ids.next(|id| inflight.iter().any(|(i, _)| *i == id))
     }
 
     pub fn granted(&self, topic: &str) -> Option<QoS> {
@@ -104,8 +109,7 @@ impl Session {
     pub fn resume(&mut self, window: usize) {
         self.window = window;
         self.windowed = 0;
-        for pkid in std::mem::take(&mut self.sent).into_iter().rev() {
-            let Some(mut m) = self.inflight.remove(&pkid) else { continue };
+        for (_, mut m) in std::mem::take(&mut self.inflight).into_iter().rev() {
             m.dup = true;
             if m.is_twin() {
                 self.twin_queue.push_front(m);
@@ -118,14 +122,12 @@ impl Session {
     /// The client's PUBACK for `pkid`: Err with the packet id expected instead, when it is not
     /// the oldest in flight (ignored, as edgeHub's protocol gateway ignores it).
     pub fn acknowledged(&mut self, pkid: u16) -> Result<(), Option<u16>> {
-        if self.sent.front() != Some(&pkid) {
-            return Err(self.sent.front().copied());
+        match self.inflight.front() {
+            Some((oldest, _)) if *oldest == pkid => {}
+            other => return Err(other.map(|(oldest, _)| *oldest)),
         }
-        self.sent.pop_front();
-        if let Some(m) = self.inflight.remove(&pkid) {
-            if !m.is_twin() {
-                self.windowed -= 1;
-            }
+        if let Some((_, m)) = self.inflight.pop_front() {
+            self.windowed -= usize::from(!m.is_twin());
         }
         Ok(())
     }
@@ -148,8 +150,7 @@ impl Session {
         if m.qos != QoS::AtMostOnce {
             p.pkid = self.next_pkid();
             self.windowed += usize::from(!m.is_twin());
-            self.inflight.insert(p.pkid, m);
-            self.sent.push_back(p.pkid);
+            self.inflight.push_back((p.pkid, m));
         }
         super::write(out, Packet::Publish(p))
     }
