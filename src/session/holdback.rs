@@ -49,7 +49,7 @@ impl Session {
             self.stats.overloaded.fetch_add(1, Relaxed);
         }
         let Phase::Up(c) = &mut self.phase else { return };
-        if c.left_unacknowledged > 0 || c.deferred.len() >= max {
+        if c.past_hold_back_bound(max) {
             if publish.pkid == 0 {
                 // QoS 0: no hub sends it again, and it has no acknowledgement to keep in order.
                 debug!("dropped a QoS 0 message past the hold-back bound on {}", publish.topic());
@@ -87,9 +87,7 @@ impl Session {
     pub(super) fn acknowledge_in_turn(&mut self, pkid: u16) {
         let max = self.max_unconfirmed;
         match &mut self.phase {
-            Phase::Up(c) if pkid != 0 && (c.left_unacknowledged > 0 || c.deferred.len() >= max) => {
-                c.left_unacknowledged += 1
-            }
+            Phase::Up(c) if pkid != 0 && c.past_hold_back_bound(max) => c.left_unacknowledged += 1,
             Phase::Up(c) if pkid != 0 && !c.deferred.is_empty() => c.deferred.push_back(HeldBack::TwinAck(pkid)),
             _ => self.delivery.dropped(pkid),
         }

@@ -155,6 +155,12 @@ impl Conn {
             turn_inputs: 0,
         }
     }
+
+    /// Whether what arrives now is left unacknowledged rather than held back: something already
+    /// was, or `max` wait held back.
+    fn past_hold_back_bound(&self, max: usize) -> bool {
+        self.left_unacknowledged > 0 || self.deferred.len() >= max
+    }
 }
 
 /// What waits, in arrival order, while input is held back ([`Session::hold_back`]).
