@@ -46,23 +46,26 @@ pub fn spawn_listening(mut command: impl FnMut(u16) -> Command) -> (Reaped, u16)
     for _ in 0..5 {
         let port = free_port();
         let mut child = Reaped::new(command(port).spawn().unwrap());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if owns_listener(child.id(), port) {
-                return (child, port);
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        if listens_or_exits(&mut child, port) {
+            return (child, port);
         }
-        assert!(
-            child.try_wait().unwrap().is_some(),
-            "process {} did not listen on port {port} within 20 s",
-            child.id()
-        );
     }
     panic!("the process exited before it listened, on 5 ports");
+}
+
+/// Waits until `child` listens on the port (true) or exits first (false: the port was taken);
+/// panics after 20 s (a [`Reaped`] child is killed then).
+fn listens_or_exits(child: &mut Child, port: u16) -> bool {
+    for _ in 0..800 {
+        if owns_listener(child.id(), port) {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("process {} did not listen on port {port} within 20 s", child.id());
 }
 
 /// Whether process `pid` listens on the port within `limit`.
@@ -161,26 +164,20 @@ impl Broker {
     /// Starts mosquitto and waits until it listens (up to 20 s); false if it exited first (its
     /// port was taken: another test's listener there does not count as the broker).
     fn try_spawn(&mut self) -> bool {
-        let mut child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (apt-get install mosquitto)");
-        for _ in 0..800 {
-            if owns_listener(child.id(), self.port) {
-                self.child = Some(child);
-                return true;
-            }
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        let mut child = Reaped::new(
+            Command::new(mosquitto_binary())
+                .arg("-c")
+                .arg(self.dir.path().join("mosquitto.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto must be installed (apt-get install mosquitto)"),
+        );
+        let listens = listens_or_exits(&mut child, self.port);
+        if listens {
+            self.child = Some(child.into_inner());
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto on port {} did not listen within 20 s", self.port);
+        listens
     }
 
     /// The broker's process id (while it runs).
